@@ -1,0 +1,393 @@
+package rereadyverify
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/sha512"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// This file is the pure core shared by the HTTP handler and the `caddy
+// reready` command: signature-header parsing, HMAC signing and checking,
+// and the ?token= check. It has no Caddy types.
+
+// SignatureHeader is the header ReReady signs each delivery with.
+const SignatureHeader = "X-ReReady-Signature-512"
+
+// SecretPrefix starts every ReReady signing secret key.
+const SecretPrefix = "ssk_"
+
+// macSize is the length of an HMAC-SHA512 in bytes; its hex form is twice that.
+const macSize = sha512.Size
+
+// maxTimestampDigits bounds t: 1 to 10 ASCII digits of unix seconds.
+const maxTimestampDigits = 10
+
+// Reason is a stable code naming why a request was rejected. The same code
+// appears in the error, the log line and (later) the metric label.
+type Reason string
+
+// Rejection reasons. They are part of the module's public contract.
+const (
+	ReasonMethod             Reason = "method_not_allowed"
+	ReasonBodyTooLarge       Reason = "body_too_large"
+	ReasonBodyTimeout        Reason = "body_timeout"
+	ReasonBodyRead           Reason = "body_read_failed"
+	ReasonSignatureMissing   Reason = "signature_missing"
+	ReasonSignatureDuplicate Reason = "signature_duplicated"
+	ReasonSignatureMalformed Reason = "signature_malformed"
+	ReasonTimestampStale     Reason = "timestamp_stale"
+	ReasonTimestampFuture    Reason = "timestamp_future"
+	ReasonSignatureMismatch  Reason = "signature_mismatch"
+	ReasonTokenMissing       Reason = "token_missing"
+	ReasonTokenDuplicate     Reason = "token_duplicated"
+	ReasonTokenMismatch      Reason = "token_mismatch"
+	ReasonPayloadEmpty       Reason = "payload_empty"
+	ReasonPayloadInvalidJSON Reason = "payload_invalid_json"
+	ReasonPayloadMissing     Reason = "payload_missing_field"
+	ReasonPayloadWrongType   Reason = "payload_wrong_type"
+	ReasonPayloadDuplicate   Reason = "payload_duplicate_field"
+	ReasonPayloadBadString   Reason = "payload_invalid_string"
+)
+
+// Failure is a rejection: a stable reason code and a message that is safe to
+// log and to show (it never holds a secret, the token or an expected MAC).
+type Failure struct {
+	Reason Reason
+	Msg    string
+}
+
+func (f *Failure) Error() string { return string(f.Reason) + ": " + f.Msg }
+
+func fail(r Reason, format string, args ...any) *Failure {
+	return &Failure{Reason: r, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Signature is a parsed X-ReReady-Signature-512 header value.
+type Signature struct {
+	// T is the timestamp exactly as sent (the bytes that were signed).
+	T string
+	// Timestamp is T as unix seconds.
+	Timestamp int64
+	// V holds each v value as sent: 128 hex characters, either case.
+	V []string
+}
+
+// ParseSignatureHeader parses a header value such as
+// "t=1744831201,v=feef…". Items are comma-separated key=value pairs with
+// optional surrounding spaces; exactly one t (1-10 digits) and at least one
+// v (128 hex characters) are required; unknown keys are ignored. Any item
+// that does not parse makes the whole header malformed.
+func ParseSignatureHeader(h string) (Signature, error) {
+	var sig Signature
+	sig.V = make([]string, 0, 1)
+	haveT := false
+	rest := h
+	for i := 0; ; i++ {
+		item := rest
+		comma := strings.IndexByte(rest, ',')
+		if comma >= 0 {
+			item, rest = rest[:comma], rest[comma+1:]
+		}
+		item = trimSpaces(item)
+		eq := strings.IndexByte(item, '=')
+		if eq < 0 {
+			if item == "" {
+				return Signature{}, fail(ReasonSignatureMalformed, "item %d is empty", i+1)
+			}
+			return Signature{}, fail(ReasonSignatureMalformed, "item %d has no '='", i+1)
+		}
+		key, val := trimSpaces(item[:eq]), trimSpaces(item[eq+1:])
+		switch key {
+		case "":
+			return Signature{}, fail(ReasonSignatureMalformed, "item %d has an empty key", i+1)
+		case "t":
+			if haveT {
+				return Signature{}, fail(ReasonSignatureMalformed, "more than one t")
+			}
+			ts, ok := parseTimestamp(val)
+			if !ok {
+				return Signature{}, fail(ReasonSignatureMalformed, "t %q is not 1-%d digits", clip(val), maxTimestampDigits)
+			}
+			haveT, sig.T, sig.Timestamp = true, val, ts
+		case "v":
+			if len(val) != 2*macSize || !isHex(val) {
+				return Signature{}, fail(ReasonSignatureMalformed, "v %q is not %d hex characters", clip(val), 2*macSize)
+			}
+			sig.V = append(sig.V, val)
+		}
+		if comma < 0 {
+			break
+		}
+	}
+	if !haveT {
+		return Signature{}, fail(ReasonSignatureMalformed, "no t")
+	}
+	if len(sig.V) == 0 {
+		return Signature{}, fail(ReasonSignatureMalformed, "no v")
+	}
+	return sig, nil
+}
+
+// String formats the signature as a header value: "t=<T>,v=<V>[,v=<V>...]".
+func (s Signature) String() string {
+	var b strings.Builder
+	b.WriteString("t=")
+	b.WriteString(s.T)
+	for _, v := range s.V {
+		b.WriteString(",v=")
+		b.WriteString(v)
+	}
+	return b.String()
+}
+
+func trimSpaces(s string) string {
+	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+func parseTimestamp(s string) (int64, bool) {
+	if len(s) == 0 || len(s) > maxTimestampDigits {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+// decodeMAC decodes a 128-character hex v into out without allocating.
+func decodeMAC(out *[macSize]byte, s string) bool {
+	if len(s) != 2*macSize {
+		return false
+	}
+	for i := range out {
+		hi, ok1 := fromHex(s[2*i])
+		lo, ok2 := fromHex(s[2*i+1])
+		if !ok1 || !ok2 {
+			return false
+		}
+		out[i] = hi<<4 | lo
+	}
+	return true
+}
+
+func fromHex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
+func isHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+// clip shortens attacker-supplied text quoted in messages.
+func clip(s string) string {
+	const max = 24
+	if len(s) > max {
+		return s[:max] + "…"
+	}
+	return s
+}
+
+// MAC returns hex(HMAC-SHA512(secret, t + "." + body)), the value ReReady
+// sends as v. The key is the secret string's exact bytes, ssk_ included.
+func MAC(secret, t string, body []byte) string {
+	m := hmac.New(sha512.New, []byte(secret))
+	m.Write([]byte(t))
+	m.Write([]byte{'.'})
+	m.Write(body)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// Sign returns the X-ReReady-Signature-512 value for body at time t.
+func Sign(secret string, t time.Time, body []byte) string {
+	ts := strconv.FormatInt(t.Unix(), 10)
+	return "t=" + ts + ",v=" + MAC(secret, ts, body)
+}
+
+// Verifier checks signatures and tokens against a fixed configuration. It is
+// safe for concurrent use; HMAC states are pooled per secret.
+type Verifier struct {
+	keys      []*hmacKey
+	token     [sha256.Size]byte
+	hasToken  bool
+	tolerance int64 // whole seconds
+}
+
+type hmacKey struct{ pool sync.Pool }
+
+func newHMACKey(secret string) *hmacKey {
+	key := []byte(secret)
+	k := &hmacKey{}
+	k.pool.New = func() any { return hmac.New(sha512.New, key) }
+	return k
+}
+
+// sum writes HMAC(t + "." + body) into out.
+func (k *hmacKey) sum(out *[macSize]byte, t string, body []byte) {
+	m := k.pool.Get().(hash.Hash)
+	var pre [maxTimestampDigits + 1]byte
+	n := copy(pre[:], t)
+	pre[n] = '.'
+	m.Write(pre[:n+1])
+	m.Write(body)
+	m.Sum(out[:0])
+	m.Reset()
+	k.pool.Put(m)
+}
+
+// NewVerifier returns a Verifier for the given secrets (any may match; none
+// disables the signature check) and token ("" disables the token check).
+// Tolerance is the largest accepted |now - t|, counted in whole seconds.
+func NewVerifier(secrets []string, token string, tolerance time.Duration) (*Verifier, error) {
+	if len(secrets) == 0 && token == "" {
+		return nil, errors.New("at least one secret or a token is required")
+	}
+	if tolerance <= 0 {
+		return nil, fmt.Errorf("tolerance %s must be positive", tolerance)
+	}
+	v := &Verifier{tolerance: int64(tolerance / time.Second)}
+	for i, s := range secrets {
+		if s == "" {
+			return nil, fmt.Errorf("secret %d is empty", i+1)
+		}
+		v.keys = append(v.keys, newHMACKey(s))
+	}
+	if token != "" {
+		v.token, v.hasToken = sha256.Sum256([]byte(token)), true
+	}
+	return v, nil
+}
+
+// ChecksSignature reports whether a signature is required.
+func (v *Verifier) ChecksSignature() bool { return len(v.keys) > 0 }
+
+// ChecksToken reports whether a ?token= is required.
+func (v *Verifier) ChecksToken() bool { return v.hasToken }
+
+// VerifySignature checks a header value against body at time now. It
+// returns the parsed signature and the index of the v that matched.
+func (v *Verifier) VerifySignature(header string, body []byte, now time.Time) (Signature, int, error) {
+	sig, err := ParseSignatureHeader(header)
+	if err != nil {
+		return sig, -1, err
+	}
+	if err := v.CheckTimestamp(sig.Timestamp, now); err != nil {
+		return sig, -1, err
+	}
+	if i := v.Match(sig, body); i >= 0 {
+		return sig, i, nil
+	}
+	return sig, -1, fail(ReasonSignatureMismatch, "no v matched under any configured secret")
+}
+
+// CheckTimestamp rejects a t further than the tolerance from now.
+func (v *Verifier) CheckTimestamp(ts int64, now time.Time) error {
+	d := now.Unix() - ts
+	switch {
+	case d > v.tolerance:
+		return fail(ReasonTimestampStale, "t %d is %ds old; tolerance is %ds", ts, d, v.tolerance)
+	case -d > v.tolerance:
+		return fail(ReasonTimestampFuture, "t %d is %ds in the future; tolerance is %ds", ts, -d, v.tolerance)
+	}
+	return nil
+}
+
+// Match returns the index of the first v in sig that equals the MAC of body
+// under any configured secret, or -1. Comparisons are constant-time on the
+// decoded bytes.
+func (v *Verifier) Match(sig Signature, body []byte) int {
+	var want, got [macSize]byte
+	for _, k := range v.keys {
+		k.sum(&want, sig.T, body)
+		for i, s := range sig.V {
+			if !decodeMAC(&got, s) {
+				continue
+			}
+			if hmac.Equal(want[:], got[:]) {
+				return i
+			}
+		}
+	}
+	return -1
+}
+
+// CheckToken checks the token query parameter of rawQuery. It returns the
+// query with every token parameter removed and the other parameters kept in
+// order, byte for byte. Exactly one token is accepted; it is compared
+// through SHA-256 digests in constant time, so its length does not leak.
+func (v *Verifier) CheckToken(rawQuery string) (string, error) {
+	var (
+		found int
+		got   string
+		kept  strings.Builder
+	)
+	rest := rawQuery
+	for rest != "" {
+		param := rest
+		if i := strings.IndexByte(rest, '&'); i >= 0 {
+			param, rest = rest[:i], rest[i+1:]
+		} else {
+			rest = ""
+		}
+		key, val, _ := strings.Cut(param, "=")
+		if k, err := url.QueryUnescape(key); err == nil && k == "token" {
+			found++
+			got = val
+			continue
+		}
+		if kept.Len() > 0 {
+			kept.WriteByte('&')
+		}
+		kept.WriteString(param)
+	}
+	stripped := kept.String()
+	switch {
+	case found == 0:
+		return stripped, fail(ReasonTokenMissing, "no token query parameter")
+	case found > 1:
+		return stripped, fail(ReasonTokenDuplicate, "%d token query parameters", found)
+	}
+	tok, err := url.QueryUnescape(got)
+	if err != nil {
+		return stripped, fail(ReasonTokenMismatch, "token is not valid query encoding")
+	}
+	sum := sha256.Sum256([]byte(tok))
+	if !v.hasToken || subtle.ConstantTimeCompare(sum[:], v.token[:]) != 1 {
+		return stripped, fail(ReasonTokenMismatch, "token does not match")
+	}
+	return stripped, nil
+}
