@@ -1,0 +1,93 @@
+package rereadyverify
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	tests := []struct {
+		name  string
+		input string
+		want  Handler
+	}{
+		{"one secret", `reready_verify {
+			secret ssk_a
+		}`, Handler{Secrets: []string{"ssk_a"}}},
+		{"all options", `reready_verify {
+			secret ssk_a ssk_b
+			secret {env.RR_SECRET}
+			token {file./run/secrets/token}
+			tolerance 90s
+			max_body 1MiB
+			body_timeout 2s
+		}`, Handler{
+			Secrets:     []string{"ssk_a", "ssk_b", "{env.RR_SECRET}"},
+			Token:       "{file./run/secrets/token}",
+			Tolerance:   caddy.Duration(90 * time.Second),
+			MaxBody:     1 << 20,
+			BodyTimeout: caddy.Duration(2 * time.Second),
+		}},
+		{"token only", `reready_verify {
+			token abc
+		}`, Handler{Token: "abc"}},
+		{"decimal size and day duration", `reready_verify {
+			secret ssk_a
+			max_body 1KB
+			tolerance 1d
+		}`, Handler{Secrets: []string{"ssk_a"}, MaxBody: 1000, Tolerance: caddy.Duration(24 * time.Hour)}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var h Handler
+			if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input)); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(h, tc.want) {
+				t.Fatalf("got %+v\nwant %+v", h, tc.want)
+			}
+		})
+	}
+}
+
+func TestUnmarshalCaddyfileErrors(t *testing.T) {
+	tests := []struct {
+		name, input, want string
+	}{
+		{"no block", `reready_verify`, "at least one secret or a token"},
+		{"empty block", "reready_verify {\n}", "at least one secret or a token"},
+		{"argument", "reready_verify ssk_a {\nsecret x\n}", `"ssk_a"`},
+		{"unknown subdirective", "reready_verify {\nsecret x\nsecrets y\n}", `unknown subdirective "secrets"`},
+		{"secret without value", "reready_verify {\nsecret\n}", "wrong argument count"},
+		{"token without value", "reready_verify {\ntoken\n}", "wrong argument count"},
+		{"token two values", "reready_verify {\ntoken a b\n}", `extra "b"`},
+		{"duplicate token", "reready_verify {\ntoken a\ntoken b\n}", "duplicate token"},
+		{"duplicate tolerance", "reready_verify {\nsecret x\ntolerance 1m\ntolerance 2m\n}", "duplicate tolerance"},
+		{"duplicate max_body", "reready_verify {\nsecret x\nmax_body 1KiB\nmax_body 2KiB\n}", "duplicate max_body"},
+		{"duplicate body_timeout", "reready_verify {\nsecret x\nbody_timeout 1s\nbody_timeout 1s\n}", "duplicate body_timeout"},
+		{"bad tolerance", "reready_verify {\nsecret x\ntolerance soon\n}", `invalid tolerance "soon"`},
+		{"zero tolerance", "reready_verify {\nsecret x\ntolerance 0s\n}", `invalid tolerance "0s": must be positive`},
+		{"negative tolerance", "reready_verify {\nsecret x\ntolerance -5m\n}", `invalid tolerance "-5m": must be positive`},
+		{"tolerance without value", "reready_verify {\nsecret x\ntolerance\n}", "wrong argument count"},
+		{"bad body_timeout", "reready_verify {\nsecret x\nbody_timeout 10\n}", `invalid body_timeout "10"`},
+		{"zero body_timeout", "reready_verify {\nsecret x\nbody_timeout 0\n}", `invalid body_timeout "0"`},
+		{"bad max_body", "reready_verify {\nsecret x\nmax_body lots\n}", `invalid max_body "lots"`},
+		{"zero max_body", "reready_verify {\nsecret x\nmax_body 0\n}", `invalid max_body "0"`},
+		{"negative max_body", "reready_verify {\nsecret x\nmax_body -1KiB\n}", `invalid max_body "-1KiB"`},
+		{"max_body two values", "reready_verify {\nsecret x\nmax_body 1 KiB\n}", `extra "KiB"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var h Handler
+			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,147 @@
+package rereadyverify
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+)
+
+func TestParsePayloadVendorExample(t *testing.T) {
+	body, err := os.ReadFile("testdata/vendor_example.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := ParsePayload(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Event{
+		DeviceReturnID: "e025d043-c41d-4167-8bd3-24cc66345696",
+		State:          StatePendingReturnShipment,
+		URL:            "https://www.reready.co/device_returns/e025d043-c41d-4167-8bd3-24cc66345696",
+		HasURL:         true,
+	}
+	if ev != want {
+		t.Fatalf("got %+v\nwant %+v", ev, want)
+	}
+}
+
+func TestParsePayload(t *testing.T) {
+	tests := []struct {
+		name   string
+		body   string
+		want   Event
+		reason Reason
+	}{
+		{"minimal", `{"device_return_id":"d","state":"complete"}`,
+			Event{DeviceReturnID: "d", State: "complete"}, ""},
+		{"all fields", `{"device_return_id":"d","serial_number":"SN1","state":"failed","test":true,"ticket_url":"https://t/1","url":"https://u/1"}`,
+			Event{DeviceReturnID: "d", State: "failed", SerialNumber: "SN1", HasSerialNumber: true, Test: true,
+				TicketURL: "https://t/1", HasTicketURL: true, URL: "https://u/1", HasURL: true}, ""},
+		{"nulls", `{"device_return_id":"d","state":"complete","serial_number":null,"ticket_url":null,"url":null,"test":false}`,
+			Event{DeviceReturnID: "d", State: "complete"}, ""},
+		{"whitespace and unknown fields", " \n{ \"extra\" : [1, {\"a\": -1.5e3}, null, true] ,\t\"device_return_id\":\"d\" , \"state\" : \"complete\", \"n\": 0 }\r\n",
+			Event{DeviceReturnID: "d", State: "complete"}, ""},
+		{"escapes decoded", `{"device_return_id":"a\/b\u00e9\"q","state":"compl\u0065te"}`,
+			Event{DeviceReturnID: `a/bé"q`, State: "complete"}, ""},
+		{"surrogate pair", `{"device_return_id":"\ud83d\ude00","state":"x"}`,
+			Event{DeviceReturnID: "😀", State: "x"}, ""},
+		{"lone surrogate becomes U+FFFD", `{"device_return_id":"\ud83d!","state":"x"}`,
+			Event{DeviceReturnID: "\ufffd!", State: "x"}, ""},
+		{"escaped key", `{"devic\u0065_return_id":"d","st\u0061te":"complete"}`,
+			Event{DeviceReturnID: "d", State: "complete"}, ""},
+		{"unknown state kept", `{"device_return_id":"d","state":"lost_in_space"}`,
+			Event{DeviceReturnID: "d", State: "lost_in_space"}, ""},
+		{"non-ASCII kept", `{"device_return_id":"d","state":"complete","serial_number":"Ünïcødé"}`,
+			Event{DeviceReturnID: "d", State: "complete", SerialNumber: "Ünïcødé", HasSerialNumber: true}, ""},
+
+		{"empty", ``, Event{}, ReasonPayloadEmpty},
+		{"whitespace only", " \n\t", Event{}, ReasonPayloadEmpty},
+		{"not JSON", `device_return_id=d`, Event{}, ReasonPayloadInvalidJSON},
+		{"truncated", `{"device_return_id":"d","state":"complete"`, Event{}, ReasonPayloadInvalidJSON},
+		{"trailing garbage", `{"device_return_id":"d","state":"complete"}x`, Event{}, ReasonPayloadInvalidJSON},
+		{"two objects", `{"device_return_id":"d","state":"complete"}{}`, Event{}, ReasonPayloadInvalidJSON},
+		{"trailing comma", `{"device_return_id":"d","state":"complete",}`, Event{}, ReasonPayloadInvalidJSON},
+		{"single quotes", `{'device_return_id':'d'}`, Event{}, ReasonPayloadInvalidJSON},
+		{"bad number", `{"device_return_id":"d","state":"complete","n":01}`, Event{}, ReasonPayloadInvalidJSON},
+		{"bad literal", `{"device_return_id":"d","state":"complete","n":tru}`, Event{}, ReasonPayloadInvalidJSON},
+		{"raw newline in string", "{\"device_return_id\":\"a\nb\",\"state\":\"complete\"}", Event{}, ReasonPayloadInvalidJSON},
+		{"bad escape", `{"device_return_id":"\x","state":"complete"}`, Event{}, ReasonPayloadInvalidJSON},
+		{"short unicode escape", `{"device_return_id":"\u12","state":"complete"}`, Event{}, ReasonPayloadInvalidJSON},
+		{"too deep", `{"device_return_id":"d","state":"complete","x":` + strings.Repeat("[", 300) + strings.Repeat("]", 300) + `}`, Event{}, ReasonPayloadInvalidJSON},
+		{"array", `[{"device_return_id":"d","state":"complete"}]`, Event{}, ReasonPayloadWrongType},
+		{"string", `"complete"`, Event{}, ReasonPayloadWrongType},
+		{"missing state", `{"device_return_id":"d"}`, Event{}, ReasonPayloadMissing},
+		{"missing id", `{"state":"complete"}`, Event{}, ReasonPayloadMissing},
+		{"empty object", `{}`, Event{}, ReasonPayloadMissing},
+		{"empty state", `{"device_return_id":"d","state":""}`, Event{}, ReasonPayloadMissing},
+		{"null state", `{"device_return_id":"d","state":null}`, Event{}, ReasonPayloadWrongType},
+		{"numeric id", `{"device_return_id":42,"state":"complete"}`, Event{}, ReasonPayloadWrongType},
+		{"object state", `{"device_return_id":"d","state":{"v":"complete"}}`, Event{}, ReasonPayloadWrongType},
+		{"test as string", `{"device_return_id":"d","state":"complete","test":"true"}`, Event{}, ReasonPayloadWrongType},
+		{"test null", `{"device_return_id":"d","state":"complete","test":null}`, Event{}, ReasonPayloadWrongType},
+		{"test number", `{"device_return_id":"d","state":"complete","test":1}`, Event{}, ReasonPayloadWrongType},
+		{"serial number", `{"device_return_id":"d","state":"complete","serial_number":123}`, Event{}, ReasonPayloadWrongType},
+		{"url bool", `{"device_return_id":"d","state":"complete","url":false}`, Event{}, ReasonPayloadWrongType},
+		{"ticket_url array", `{"device_return_id":"d","state":"complete","ticket_url":[]}`, Event{}, ReasonPayloadWrongType},
+		{"duplicate state", `{"device_return_id":"d","state":"failed","state":"complete"}`, Event{}, ReasonPayloadDuplicate},
+		{"duplicate via escape", `{"device_return_id":"d","state":"failed","st\u0061te":"complete"}`, Event{}, ReasonPayloadDuplicate},
+		{"escaped CR LF in id", `{"device_return_id":"a\r\nX-Evil: 1","state":"complete"}`, Event{}, ReasonPayloadBadString},
+		{"escaped NUL in state", `{"device_return_id":"d","state":"complete\u0000"}`, Event{}, ReasonPayloadBadString},
+		{"tab in url", `{"device_return_id":"d","state":"complete","url":"a\tb"}`, Event{}, ReasonPayloadBadString},
+		{"DEL in serial", "{\"device_return_id\":\"d\",\"state\":\"complete\",\"serial_number\":\"a\x7fb\"}", Event{}, ReasonPayloadBadString},
+		{"C1 control in ticket_url", "{\"device_return_id\":\"d\",\"state\":\"complete\",\"ticket_url\":\"a\u0085b\"}", Event{}, ReasonPayloadBadString},
+		{"escaped C1 control", `{"device_return_id":"d\u009b","state":"complete"}`, Event{}, ReasonPayloadBadString},
+		{"invalid UTF-8 in id", "{\"device_return_id\":\"\xff\",\"state\":\"complete\"}", Event{}, ReasonPayloadBadString},
+		{"control char in unknown field is fine", `{"device_return_id":"d","state":"complete","note":"a\nb"}`,
+			Event{DeviceReturnID: "d", State: "complete"}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ev, err := ParsePayload([]byte(tc.body))
+			if got := reasonOf(err); got != tc.reason {
+				t.Fatalf("reason = %q (%v), want %q", got, err, tc.reason)
+			}
+			if tc.reason == "" && ev != tc.want {
+				t.Fatalf("got %+v\nwant %+v", ev, tc.want)
+			}
+			// Our notion of valid JSON agrees with encoding/json's.
+			if valid := json.Valid([]byte(tc.body)); valid == (tc.reason == ReasonPayloadInvalidJSON || tc.reason == ReasonPayloadEmpty) {
+				if tc.name != "too deep" { // we bound nesting at maxDepth; encoding/json at 10000
+					t.Fatalf("json.Valid = %v but reason = %q", valid, tc.reason)
+				}
+			}
+		})
+	}
+}
+
+func TestParsePayloadKnownStatesInterned(t *testing.T) {
+	for _, s := range States {
+		ev, err := ParsePayload([]byte(`{"device_return_id":"d","state":"` + s + `"}`))
+		if err != nil || ev.State != s || !KnownState(ev.State) {
+			t.Fatalf("%s: %+v %v", s, ev, err)
+		}
+	}
+	if KnownState("completed") || KnownState("") {
+		t.Fatal("KnownState accepts an undocumented state")
+	}
+	if len(States) != 7 {
+		t.Fatalf("%d states, want the vendor's 7", len(States))
+	}
+}
+
+// The body is not retained: strings survive the buffer being overwritten.
+func TestParsePayloadDoesNotAliasBody(t *testing.T) {
+	body := []byte(`{"device_return_id":"abc","state":"complete","url":"https://x"}`)
+	ev, err := ParsePayload(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range body {
+		body[i] = 'Z'
+	}
+	if ev.DeviceReturnID != "abc" || ev.URL != "https://x" {
+		t.Fatalf("event changed with the body: %+v", ev)
+	}
+}
