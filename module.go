@@ -119,12 +119,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return err
 		}
-		if !strings.HasPrefix(v, SecretPrefix) {
-			h.logger.Warn("signing secret does not start with "+SecretPrefix+"; ReReady's do",
-				zap.Int("secret", i+1))
-		}
 		secrets[i] = v
 	}
+	warnUnusualSecrets(h.logger, secrets)
 	token := ""
 	if h.Token != "" {
 		v, err := expand(repl, h.Token, "token")
@@ -139,6 +136,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.verifier = v
 	return nil
+}
+
+// warnUnusualSecrets warns, by position only, about secrets that do not
+// look like ReReady's (a common mistake: pasting the token or a wrong value).
+func warnUnusualSecrets(log *zap.Logger, secrets []string) {
+	for i, s := range secrets {
+		if !strings.HasPrefix(s, SecretPrefix) {
+			log.Warn("signing secret does not start with "+SecretPrefix+" as ReReady's do", zap.Int("secret", i+1))
+		}
+	}
 }
 
 // expand resolves placeholders in a secret or token. Errors name the
@@ -384,9 +391,12 @@ func isReReadyHeader(k string) bool {
 		return false
 	}
 	for i := 0; i < len(prefix); i++ {
-		c := k[i] | 0x20 // ASCII lower case; '-' and '_' both map to themselves
-		if c == '_' {
+		c := k[i]
+		switch {
+		case c == '_':
 			c = '-'
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
 		}
 		if c != prefix[i] {
 			return false

@@ -1,0 +1,203 @@
+package rereadyverify
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/iotest"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+func provision(t *testing.T, h *Handler) error {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	return h.Provision(ctx)
+}
+
+func TestProvisionDefaults(t *testing.T) {
+	h := Handler{Secrets: []string{"ssk_a"}}
+	if err := provision(t, &h); err != nil {
+		t.Fatal(err)
+	}
+	if h.Tolerance != caddy.Duration(DefaultTolerance) || h.MaxBody != DefaultMaxBody || h.BodyTimeout != caddy.Duration(DefaultBodyTimeout) {
+		t.Fatalf("defaults not applied: %+v", h)
+	}
+	if !h.verifier.ChecksSignature() || h.verifier.ChecksToken() {
+		t.Fatal("wrong checks enabled")
+	}
+}
+
+func TestProvisionPlaceholders(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "secret")
+	if err := os.WriteFile(file, []byte("ssk_from_file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(empty, nil, 0o600)
+	t.Setenv("RR_TEST_SECRET", "ssk_from_env")
+	t.Setenv("RR_TEST_EMPTY", "")
+
+	h := Handler{Secrets: []string{"{env.RR_TEST_SECRET}", "{file." + file + "}"}, Token: "{env.RR_TEST_SECRET}-tok"}
+	if err := provision(t, &h); err != nil {
+		t.Fatal(err)
+	}
+	// The file's trailing newline is not part of the key.
+	for _, s := range []string{"ssk_from_env", "ssk_from_file"} {
+		sig, _ := ParseSignatureHeader("t=1,v=" + MAC(s, "1", []byte("b")))
+		if h.verifier.Match(sig, []byte("b")) != 0 {
+			t.Fatalf("secret %q not in use", s)
+		}
+	}
+	if _, err := h.verifier.CheckToken("token=ssk_from_env-tok"); err != nil {
+		t.Fatalf("token: %v", err)
+	}
+	// The config keeps the placeholders (adapt output never holds secrets).
+	if h.Secrets[0] != "{env.RR_TEST_SECRET}" {
+		t.Fatalf("config rewritten: %v", h.Secrets)
+	}
+
+	tests := []struct {
+		name string
+		h    Handler
+		want string
+	}{
+		{"unset env", Handler{Secrets: []string{"{env.RR_TEST_UNSET_XYZ}"}}, "secret 1: {env.RR_TEST_UNSET_XYZ} expanded to an empty"},
+		{"empty env", Handler{Secrets: []string{"ssk_ok", "{env.RR_TEST_EMPTY}"}}, "secret 2: {env.RR_TEST_EMPTY}"},
+		{"missing file", Handler{Secrets: []string{"{file." + filepath.Join(dir, "nope") + "}"}}, "secret 1: {file."},
+		{"empty file", Handler{Secrets: []string{"{file." + empty + "}"}}, "secret 1: {file."},
+		{"empty token", Handler{Token: "{env.RR_TEST_EMPTY}"}, "token: {env.RR_TEST_EMPTY}"},
+		{"empty literal", Handler{Secrets: []string{""}}, "secret 1 is empty"},
+		{"nothing", Handler{}, "at least one secret or a token"},
+		{"negative tolerance", Handler{Secrets: []string{"ssk_a"}, Tolerance: -1}, "tolerance"},
+		{"negative max_body", Handler{Secrets: []string{"ssk_a"}, MaxBody: -1}, "max_body -1"},
+		{"negative body_timeout", Handler{Secrets: []string{"ssk_a"}, BodyTimeout: -1}, "body_timeout"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := provision(t, &tc.h)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestWarnUnusualSecrets(t *testing.T) {
+	core, logs := observer.New(zap.WarnLevel)
+	warnUnusualSecrets(zap.New(core), []string{"ssk_fine", "not-a-reready-secret", "ssk_also_fine"})
+	entries := logs.All()
+	if len(entries) != 1 {
+		t.Fatalf("%d warnings, want 1", len(entries))
+	}
+	if n, _ := entries[0].ContextMap()["secret"].(int64); n != 2 {
+		t.Fatalf("warning names secret %v, want 2", entries[0].ContextMap())
+	}
+	for _, f := range entries[0].Context {
+		if strings.Contains(f.String, "not-a-reready") {
+			t.Fatal("warning logs the secret")
+		}
+	}
+}
+
+func TestBufClass(t *testing.T) {
+	prev := 0
+	for n := 1; n <= 1<<maxBufShift; n += 1 + n/7 {
+		_, size, ok := bufClass(n)
+		if !ok || size < n {
+			t.Fatalf("bufClass(%d) = %d, %v", n, size, ok)
+		}
+		if n > 1<<minBufShift && float64(size) > 1.5*float64(n) {
+			t.Fatalf("bufClass(%d) = %d: more than 1.5x", n, size)
+		}
+		if size < prev {
+			t.Fatalf("classes not monotonic at %d", n)
+		}
+		prev = size
+		// A buffer of a class size maps back to the same class.
+		if idx, s2, _ := bufClass(size); s2 != size || idx < 0 {
+			t.Fatalf("class size %d maps to %d", size, s2)
+		}
+	}
+	if _, _, ok := bufClass(1<<maxBufShift + 1); ok {
+		t.Fatal("largest class should not be pooled")
+	}
+}
+
+func TestReadBody(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789"), 10000) // 100,000 bytes
+	tests := []struct {
+		name    string
+		r       io.Reader
+		hint    int64
+		limit   int64
+		want    []byte
+		wantErr error
+	}{
+		{"exact content length", bytes.NewReader(data), int64(len(data)), int64(len(data)), data, nil},
+		{"chunked, grows", iotest.HalfReader(bytes.NewReader(data)), -1, 1 << 20, data, nil},
+		{"one byte at a time", iotest.OneByteReader(bytes.NewReader(data[:5000])), -1, 5000, data[:5000], nil},
+		{"chunked at the limit", bytes.NewReader(data), -1, int64(len(data)), data, nil},
+		{"chunked over the limit", bytes.NewReader(data), -1, int64(len(data) - 1), nil, errTooLarge},
+		{"more than declared", bytes.NewReader(data), 10, 50, nil, errTooLarge},
+		{"empty", bytes.NewReader(nil), 0, 10, []byte{}, nil},
+		{"read error", iotest.ErrReader(io.ErrUnexpectedEOF), -1, 10, nil, io.ErrUnexpectedEOF},
+		{"error mid-body", io.MultiReader(bytes.NewReader(data[:3000]), iotest.ErrReader(io.ErrUnexpectedEOF)), -1, 1 << 20, nil, io.ErrUnexpectedEOF},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := readBody(tc.r, tc.hint, tc.limit)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			if err == nil && !bytes.Equal(got, tc.want) {
+				t.Fatalf("got %d bytes, want %d", len(got), len(tc.want))
+			}
+			if err == nil && tc.hint >= 0 && cap(got) > len(tc.want)*3/2+1<<minBufShift {
+				t.Fatalf("buffer cap %d for a declared %d bytes", cap(got), tc.hint)
+			}
+		})
+	}
+}
+
+func TestBodyReaderDetach(t *testing.T) {
+	br := &bodyReader{buf: append(getBuf(5), "hello"...)}
+	p := make([]byte, 2)
+	if n, err := br.Read(p); n != 2 || err != nil || string(p) != "he" {
+		t.Fatalf("read %d %v %q", n, err, p)
+	}
+	br.detach()
+	if _, err := br.Read(p); err != io.ErrClosedPipe {
+		t.Fatalf("read after detach: %v", err)
+	}
+	br.detach() // idempotent
+}
+
+func TestIsReReadyHeader(t *testing.T) {
+	for k, want := range map[string]bool{
+		"X-Reready-State":    true,
+		"x-reready-state":    true,
+		"X_ReReady_State":    true,
+		"X-Reready_State":    true,
+		"X-Reready-":         true,
+		"X-Reready":          false,
+		"X-Ready-State":      false,
+		"Content-Type":       false,
+		"X-Rereadyy-State":   false,
+		"Y-Reready-State":    false,
+		"X-Reready\x00State": false,
+	} {
+		if got := isReReadyHeader(k); got != want {
+			t.Errorf("isReReadyHeader(%q) = %v", k, got)
+		}
+	}
+}
