@@ -1,6 +1,8 @@
 package rereadyverify
 
 import (
+	"time"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -66,6 +68,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			if dur <= 0 {
 				return d.Errf("invalid %s %q: must be positive", opt, v)
+			}
+			if opt == "tolerance" && dur < time.Second {
+				return d.Errf("invalid tolerance %q: must be at least 1s (t counts whole seconds)", v)
 			}
 			if opt == "tolerance" {
 				h.Tolerance = caddy.Duration(dur)

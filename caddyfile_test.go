@@ -73,6 +73,7 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"bad tolerance", "reready_verify {\nsecret x\ntolerance soon\n}", `invalid tolerance "soon"`},
 		{"zero tolerance", "reready_verify {\nsecret x\ntolerance 0s\n}", `invalid tolerance "0s": must be positive`},
 		{"negative tolerance", "reready_verify {\nsecret x\ntolerance -5m\n}", `invalid tolerance "-5m": must be positive`},
+		{"sub-second tolerance", "reready_verify {\nsecret x\ntolerance 500ms\n}", `invalid tolerance "500ms": must be at least 1s`},
 		{"tolerance without value", "reready_verify {\nsecret x\ntolerance\n}", "wrong argument count"},
 		{"bad body_timeout", "reready_verify {\nsecret x\nbody_timeout 10\n}", `invalid body_timeout "10"`},
 		{"zero body_timeout", "reready_verify {\nsecret x\nbody_timeout 0\n}", `invalid body_timeout "0"`},

@@ -93,6 +93,9 @@ func ParsePayload(body []byte) (Event, error) {
 		if err := s.value(); err != nil {
 			return ev, err
 		}
+		if s.ws(); s.i != len(s.b) {
+			return ev, s.syntax("end of input")
+		}
 		return ev, fail(ReasonPayloadWrongType, "payload is not a JSON object")
 	}
 	s.i++

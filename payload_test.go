@@ -72,6 +72,8 @@ func TestParsePayload(t *testing.T) {
 		{"too deep", `{"device_return_id":"d","state":"complete","x":` + strings.Repeat("[", 300) + strings.Repeat("]", 300) + `}`, Event{}, ReasonPayloadInvalidJSON},
 		{"array", `[{"device_return_id":"d","state":"complete"}]`, Event{}, ReasonPayloadWrongType},
 		{"string", `"complete"`, Event{}, ReasonPayloadWrongType},
+		{"bad non-object", `01`, Event{}, ReasonPayloadInvalidJSON},
+		{"non-object then garbage", `[] x`, Event{}, ReasonPayloadInvalidJSON},
 		{"missing state", `{"device_return_id":"d"}`, Event{}, ReasonPayloadMissing},
 		{"missing id", `{"state":"complete"}`, Event{}, ReasonPayloadMissing},
 		{"empty object", `{}`, Event{}, ReasonPayloadMissing},

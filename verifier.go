@@ -276,8 +276,8 @@ func NewVerifier(secrets []string, token string, tolerance time.Duration) (*Veri
 	if len(secrets) == 0 && token == "" {
 		return nil, errors.New("at least one secret or a token is required")
 	}
-	if tolerance <= 0 {
-		return nil, fmt.Errorf("tolerance %s must be positive", tolerance)
+	if tolerance < time.Second {
+		return nil, fmt.Errorf("tolerance %s must be at least 1s (t counts whole seconds)", tolerance)
 	}
 	v := &Verifier{tolerance: int64(tolerance / time.Second)}
 	for i, s := range secrets {
