@@ -1,0 +1,14 @@
+// Package realbin tests the reready_verify module end to end on a real
+// bin/caddy built by scripts/build-caddy.sh (xcaddy, pinned Caddy, module
+// from the working tree), in front of the example upstream apps in
+// integration/apps (Python, Node, PHP), with requests signed by the
+// independent signers in integration/signers (Ruby, openssl, Python).
+//
+// Every scenario asserts what the upstream app recorded, or that it recorded
+// nothing. The package has only tests; run them with
+//
+//	go test ./integration/realbin/
+//
+// They need python3, node, php, ruby, openssl and curl (scripts/deps.sh
+// installs them) and fail, rather than skip, when one is missing.
+package realbin

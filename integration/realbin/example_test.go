@@ -1,0 +1,84 @@
+package realbin
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Caddyfile.example, as `make run` serves it, in front of the Python demo
+// app: a real event arrives (and the app prints it), a test event is
+// acknowledged at the gateway, anything else is refused. Only its ports are
+// changed, to free ones on 127.0.0.1.
+func TestCaddyfileExample(t *testing.T) {
+	const secret = "ssk_demo_0123456789abcdef" // scripts/run-demo.sh's default
+	src, err := os.ReadFile(filepath.Join(root, "Caddyfile.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminPort, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	caddyfile := string(src)
+	for _, r := range []struct{ old, new string }{
+		{"admin localhost:2019", fmt.Sprintf("admin 127.0.0.1:%d\n\tpersist_config off\n\tdefault_bind 127.0.0.1", adminPort)},
+		{"http://127.0.0.1:8080", base},
+		{"127.0.0.1:9000", python.addr},
+	} {
+		if !strings.Contains(caddyfile, r.old) {
+			t.Fatalf("Caddyfile.example no longer contains %q; update this test and scripts/run-demo.sh", r.old)
+		}
+		caddyfile = strings.ReplaceAll(caddyfile, r.old, r.new)
+	}
+	g := runCaddyfile(t, caddyfile, base, []string{"REREADY_SIGNING_SECRET=" + secret}, secret)
+
+	t.Run("real event", func(t *testing.T) {
+		ev := newEvent("complete")
+		ev.Serial = "C02DEMO12345"
+		body := ev.body()
+		ts := now()
+		sig := rubySigner.sign(t, secret, ts, body)
+		m := mark(t)
+		ok(t, g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", sig))
+		delivered(t, m.one(t, python), ev, body, "hmac", fmt.Sprint(ts), sig)
+		if want := "device return " + ev.ID + " is complete"; !strings.Contains(python.out.String(), want) {
+			t.Errorf("the demo app did not print %q:\n%s", want, python.out.String())
+		}
+	})
+	t.Run("test event", func(t *testing.T) {
+		ev := newEvent("pending_outbound_shipment")
+		ev.Test = true
+		body := ev.body()
+		m := mark(t)
+		r := g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", opensslSigner.sign(t, secret, now(), body))
+		if r.status != http.StatusAccepted {
+			t.Errorf("reply %d %q, want 202", r.status, r.body)
+		}
+		m.none(t)
+	})
+	t.Run("forged", func(t *testing.T) {
+		body := newEvent("complete").body()
+		m := mark(t)
+		r := g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", pythonSigner.sign(t, "ssk_not_the_demo_secret", now(), body))
+		if r.status != http.StatusUnauthorized {
+			t.Errorf("reply %d %q, want 401", r.status, r.body)
+		}
+		m.none(t)
+	})
+	t.Run("other path", func(t *testing.T) {
+		m := mark(t)
+		if r := g.post(t, "/elsewhere", newEvent("complete").body()); r.status != http.StatusNotFound {
+			t.Errorf("reply %d %q, want 404", r.status, r.body)
+		}
+		m.none(t)
+	})
+}
