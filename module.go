@@ -354,8 +354,9 @@ func setQuery(r *http.Request, q string) {
 }
 
 // setEventHeaders removes every client-sent X-ReReady-* header (matching
-// case-insensitively and treating '_' as '-', since some app stacks fold
-// the two) except the signature, then sets the trusted ones.
+// case-insensitively and treating '_' and '.' as '-', since PHP, CGI and
+// others fold them together) except the signature, then sets the trusted
+// ones.
 func setEventHeaders(hdr http.Header, ev *Event, a auth) {
 	for k := range hdr {
 		if k != hdrSignature && isReReadyHeader(k) {
@@ -393,7 +394,7 @@ func isReReadyHeader(k string) bool {
 	for i := 0; i < len(prefix); i++ {
 		c := k[i]
 		switch {
-		case c == '_':
+		case c == '_' || c == '.':
 			c = '-'
 		case 'A' <= c && c <= 'Z':
 			c += 'a' - 'A'

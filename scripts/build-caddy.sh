@@ -9,6 +9,11 @@ MODULE=$(go list -m)
 OUT=bin/caddy
 STAMP=bin/.caddy-stamp
 
+# One build at a time: concurrent test packages may all ask for it.
+mkdir -p bin
+exec 9>bin/.build-lock
+flock 9
+
 sum=$( (echo "$CADDY_VERSION"; cat go.mod go.sum; ls *.go | grep -v _test.go | sort | xargs cat) | sha256sum | cut -d' ' -f1)
 if [ -x "$OUT" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$sum" ]; then
 	exit 0
