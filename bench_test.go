@@ -91,6 +91,7 @@ func benchHandler(b *testing.B, n int) {
 	if err := h.Provision(ctx); err != nil {
 		b.Fatal(err)
 	}
+	defer h.Cleanup()
 	h.logger = zap.NewNop()
 	now := time.Unix(1744831201, 0)
 	h.now = func() time.Time { return now }

@@ -29,6 +29,8 @@ func parseCaddyfile(helper httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //	    tolerance    <duration>         # max |now - t|, default 5m
 //	    max_body     <size>             # default 64KiB; accepts 1KiB, 1MB, ...
 //	    body_timeout <duration>         # max time to read the body, default 10s
+//	    replay       off|memory|storage # default memory
+//	    mode         enforce|observe    # default enforce
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -90,6 +92,28 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("invalid max_body %q: must be between 1 byte and 1TiB", v)
 			}
 			h.MaxBody = int64(size)
+		case "replay":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			switch v {
+			case ReplayMemory, ReplayStorage, ReplayOff:
+			default:
+				return d.Errf("invalid replay %q: want memory, storage or off", v)
+			}
+			h.Replay = v
+		case "mode":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			switch v {
+			case ModeEnforce, ModeObserve:
+			default:
+				return d.Errf("invalid mode %q: want enforce or observe", v)
+			}
+			h.Mode = v
 		default:
 			return d.Errf("unknown subdirective %q", opt)
 		}

@@ -26,7 +26,11 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			tolerance 90s
 			max_body 1MiB
 			body_timeout 2s
+			replay storage
+			mode observe
 		}`, Handler{
+			Replay:      "storage",
+			Mode:        "observe",
 			Secrets:     []string{"ssk_a", "ssk_b", "{env.RR_SECRET}"},
 			Token:       "{file./run/secrets/token}",
 			Tolerance:   caddy.Duration(90 * time.Second),
@@ -80,6 +84,11 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"bad max_body", "reready_verify {\nsecret x\nmax_body lots\n}", `invalid max_body "lots"`},
 		{"zero max_body", "reready_verify {\nsecret x\nmax_body 0\n}", `invalid max_body "0"`},
 		{"negative max_body", "reready_verify {\nsecret x\nmax_body -1KiB\n}", `invalid max_body "-1KiB"`},
+		{"bad replay", "reready_verify {\nsecret x\nreplay redis\n}", `invalid replay "redis": want memory, storage or off`},
+		{"duplicate replay", "reready_verify {\nsecret x\nreplay off\nreplay memory\n}", "duplicate replay"},
+		{"replay without value", "reready_verify {\nsecret x\nreplay\n}", "wrong argument count"},
+		{"bad mode", "reready_verify {\nsecret x\nmode audit\n}", `invalid mode "audit": want enforce or observe`},
+		{"duplicate mode", "reready_verify {\nsecret x\nmode observe\nmode observe\n}", "duplicate mode"},
 		{"max_body two values", "reready_verify {\nsecret x\nmax_body 1 KiB\n}", `extra "KiB"`},
 	}
 	for _, tc := range tests {

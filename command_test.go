@@ -795,6 +795,7 @@ func cmdGateway(t *testing.T, h *Handler) (*httptest.Server, *cmdRecorder) {
 	if err := h.Provision(ctx); err != nil {
 		t.Fatalf("Provision: %v", err)
 	}
+	t.Cleanup(func() { h.Cleanup() })
 	rec := &cmdRecorder{status: http.StatusOK, answer: "upstream ok"}
 	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		rec.ServeHTTP(w, r)

@@ -4,8 +4,10 @@
 package rereadyverify
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -16,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 func init() {
@@ -80,10 +83,37 @@ type Handler struct {
 	// Longest time allowed to read the body. Default: 10s.
 	BodyTimeout caddy.Duration `json:"body_timeout,omitempty"`
 
-	verifier *Verifier
-	logger   *zap.Logger
-	now      func() time.Time
+	// Replay suppression for signature-verified requests: "memory" (this
+	// process, kept across config reloads), "storage" (Caddy's configured
+	// storage, shared by a fleet) or "off". A repeat of a delivery whose
+	// upstream answered 2xx, within 2 x tolerance, is answered 200 without
+	// forwarding; a repeat while the first is in flight gets 409.
+	// Default: memory.
+	Replay string `json:"replay,omitempty"`
+
+	// "enforce" rejects what fails a check; "observe" forwards requests
+	// that would get 401 or 400, marked with X-ReReady-Verified: none and
+	// X-ReReady-Reject-Reason, for rolling the gateway out. Default:
+	// enforce.
+	Mode string `json:"mode,omitempty"`
+
+	verifier      *Verifier
+	replay        replayStore
+	releaseReplay func() error
+	metrics       *metrics
+	observe       bool
+	logger        *zap.Logger
+	now           func() time.Time
 }
+
+// Replay and mode values.
+const (
+	ReplayMemory  = "memory"
+	ReplayStorage = "storage"
+	ReplayOff     = "off"
+	ModeEnforce   = "enforce"
+	ModeObserve   = "observe"
+)
 
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
@@ -108,6 +138,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.BodyTimeout == 0 {
 		h.BodyTimeout = caddy.Duration(DefaultBodyTimeout)
+	}
+	if h.Replay == "" {
+		h.Replay = ReplayMemory
+	}
+	if h.Mode == "" {
+		h.Mode = ModeEnforce
 	}
 	if err := h.Validate(); err != nil {
 		return err
@@ -135,6 +171,31 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.verifier = v
+	h.observe = h.Mode == ModeObserve
+
+	if h.metrics, err = registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("reready_verify: metrics: %v", err)
+	}
+
+	// Only signature-verified requests take part in replay suppression.
+	if v.ChecksSignature() {
+		switch h.Replay {
+		case ReplayMemory:
+			h.replay, h.releaseReplay = loadMemoryReplay(DefaultReplayCapacity, DefaultReplayLease, h.logger)
+		case ReplayStorage:
+			st := newStorageReplay(ctx.Storage(), storageReplayConfig{Logger: h.logger})
+			h.replay, h.releaseReplay = st, st.Close
+		}
+	}
+	return nil
+}
+
+// Cleanup releases the replay store (the memory store outlives a reload
+// while the next config holds it).
+func (h *Handler) Cleanup() error {
+	if h.releaseReplay != nil {
+		return h.releaseReplay()
+	}
 	return nil
 }
 
@@ -201,6 +262,16 @@ func (h *Handler) Validate() error {
 	if h.BodyTimeout < 0 {
 		return fmt.Errorf("reready_verify: body_timeout %s must be positive", time.Duration(h.BodyTimeout))
 	}
+	switch h.Replay {
+	case "", ReplayMemory, ReplayStorage, ReplayOff:
+	default:
+		return fmt.Errorf("reready_verify: replay %q: want memory, storage or off", h.Replay)
+	}
+	switch h.Mode {
+	case "", ModeEnforce, ModeObserve:
+	default:
+		return fmt.Errorf("reready_verify: mode %q: want enforce or observe", h.Mode)
+	}
 	return nil
 }
 
@@ -215,52 +286,170 @@ const (
 	hdrURL            = "X-Reready-Url"
 	hdrTimestamp      = "X-Reready-Timestamp"
 	hdrVerified       = "X-Reready-Verified"
+	hdrRejectReason   = "X-Reready-Reject-Reason"
 )
 
-// ServeHTTP runs the checks in contract order and passes verified requests on.
+// ServeHTTP runs the checks in contract order and passes verified requests
+// on: method, Content-Length, body, authentication, payload, replay gate,
+// request rewrite, next. The body buffer goes back to its pool only after
+// next, and so the upstream round trip, is done with it.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	start := time.Now()
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		return h.reject(w, r, fail(ReasonMethod, "method %s is not allowed; only POST", clip(r.Method)))
+		return h.reject(w, r, start, fail(ReasonMethod, "method %s is not allowed; only POST", clip(r.Method)))
 	}
 	if r.ContentLength > h.MaxBody {
-		return h.reject(w, r, fail(ReasonBodyTooLarge, "Content-Length %d exceeds max_body %d", r.ContentLength, h.MaxBody))
+		return h.reject(w, r, start, fail(ReasonBodyTooLarge, "Content-Length %d exceeds max_body %d", r.ContentLength, h.MaxBody))
 	}
 	body, f := h.readBody(w, r)
 	if f != nil {
-		return h.reject(w, r, f)
+		return h.reject(w, r, start, f)
 	}
-	br := &bodyReader{buf: body}
-	defer br.detach()
+	st := &requestState{body: bodyReader{buf: body}}
+	defer st.body.detach()
 
-	a, f := h.authenticate(r, body)
+	f = h.authenticate(r, body, &st.auth)
+	if f == nil {
+		var err error
+		if st.event, err = ParsePayload(body); err != nil {
+			f = err.(*Failure)
+		}
+	}
 	if f != nil {
-		return h.reject(w, r, f)
+		if !h.observe {
+			return h.reject(w, r, start, f)
+		}
+		h.logReject(r, f, statusFor(f.Reason), true)
+		h.metrics.observe(outcomeObserved, string(f.Reason), time.Since(start))
+		st.auth = auth{verified: "none", reason: f.Reason, query: st.auth.query, stripQuery: st.auth.stripQuery}
+		st.event = Event{}
+		h.forwardable(r, st)
+		return next.ServeHTTP(w, r)
 	}
-	ev, err := ParsePayload(body)
-	if err != nil {
-		return h.reject(w, r, err.(*Failure))
-	}
-	if !KnownState(ev.State) {
-		h.logger.Warn("forwarding unknown state", zap.String("state", clip(ev.State)),
-			zap.String("device_return_id", clip(ev.DeviceReturnID)))
+	if !KnownState(st.event.State) {
+		h.logger.Warn("forwarding unknown state", zap.String("state", clip(st.event.State)),
+			zap.String("device_return_id", clip(st.event.DeviceReturnID)))
 	}
 
-	// The request is authentic: rewrite it for the upstream.
-	if a.stripQuery {
-		setQuery(r, a.query)
+	if h.replay != nil && st.auth.signed {
+		done, err := h.replayGate(w, r, start, st)
+		if done {
+			return err
+		}
+		defer st.settle(h)
 	}
-	r.Body = br
-	r.ContentLength = int64(len(body))
+
+	h.forwardable(r, st)
+	h.metrics.observe(outcomeVerified, "", time.Since(start))
+	h.metrics.event(st.event.State, st.event.Test)
+	if st.claimed {
+		st.status.ResponseWriter = w
+		err := next.ServeHTTP(&st.status, r)
+		st.delivered = err == nil && st.status.ok()
+		return err
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// requestState is everything the handler keeps for one request, in one
+// allocation.
+type requestState struct {
+	body   bodyReader
+	auth   auth
+	event  Event
+	status statusWriter
+
+	claim     replayClaim
+	claimed   bool
+	delivered bool
+}
+
+// replayGate decides a signature-verified request: a repeat of a delivered
+// one is answered 200 without forwarding, a repeat of one in flight gets
+// 409, a new one is claimed. done reports that the request was answered.
+func (h *Handler) replayGate(w http.ResponseWriter, r *http.Request, start time.Time, st *requestState) (done bool, err error) {
+	key := replayKey{t: st.auth.sig.Timestamp}
+	copy(key.id[:], st.auth.id[:])
+	state, claim, err := h.replay.Begin(r.Context(), key, h.now())
+	switch {
+	case err != nil:
+		h.logger.Error("replay store failed; refusing the delivery so that the sender retries", zap.Error(err))
+		w.Header().Set("Retry-After", "10")
+		return true, h.reject(w, r, start, fail(ReasonReplayUnavailable, "replay store unavailable"))
+	case state == replayInFlight:
+		return true, h.reject(w, r, start, fail(ReasonReplayInFlight, "this delivery is being forwarded now"))
+	case state == replayDelivered:
+		h.logReject(r, &Failure{Reason: ReasonReplayDelivered, Msg: "already delivered; acknowledged without forwarding"}, http.StatusOK, false)
+		h.metrics.observe(outcomeReplayed, string(ReasonReplayDelivered), time.Since(start))
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusOK)
+		_, err := io.WriteString(w, "already delivered\n")
+		return true, err
+	}
+	st.claim, st.claimed = claim, true
+	return false, nil
+}
+
+// settle records a claimed delivery once next has returned: delivered if
+// the upstream answered 2xx, otherwise forgotten so a retry goes through.
+// It runs deferred, so a panic in next releases the claim too.
+func (st *requestState) settle(h *Handler) {
+	if !st.claimed {
+		return
+	}
+	ctx := context.Background() // the client may be gone; the record must not be
+	if st.delivered {
+		if err := h.replay.Commit(ctx, st.claim, h.now(), 2*time.Duration(h.Tolerance)); err != nil {
+			h.logger.Error("replay store failed to record a delivery; a repeat may be forwarded", zap.Error(err))
+		}
+		return
+	}
+	if err := h.replay.Abort(ctx, st.claim); err != nil {
+		h.logger.Warn("replay store failed to release a claim; it expires by itself", zap.Error(err))
+	}
+}
+
+// statusWriter records the final status the rest of the chain wrote.
+type statusWriter struct {
+	caddyhttp.ResponseWriterWrapper
+	code int
+}
+
+func (sw *statusWriter) WriteHeader(code int) {
+	if code >= 200 && sw.code == 0 {
+		sw.code = code
+	}
+	sw.ResponseWriterWrapper.WriteHeader(code)
+}
+
+func (sw *statusWriter) Write(p []byte) (int, error) {
+	if sw.code == 0 {
+		sw.code = http.StatusOK
+	}
+	return sw.ResponseWriterWrapper.Write(p)
+}
+
+// ok reports a 2xx answer; nothing written means net/http's implicit 200.
+func (sw *statusWriter) ok() bool { return sw.code == 0 || sw.code >= 200 && sw.code < 300 }
+
+// forwardable rewrites the request for the upstream: the exact body, the
+// query without ?token=, client X-ReReady-* headers replaced by ours, and
+// the placeholders.
+func (h *Handler) forwardable(r *http.Request, st *requestState) {
+	if st.auth.stripQuery {
+		setQuery(r, st.auth.query)
+	}
+	r.Body = &st.body
+	r.ContentLength = int64(len(st.body.buf))
 	r.TransferEncoding = nil
 	r.Header.Del("Transfer-Encoding")
 	r.Header.Del("Expect")
-	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
-	setEventHeaders(r.Header, &ev, a)
-	vars := &eventVars{ev: ev, auth: a}
-	r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).Map(vars.get)
-
-	return next.ServeHTTP(w, r)
+	r.Header.Set("Content-Length", strconv.Itoa(len(st.body.buf)))
+	setEventHeaders(r.Header, &st.event, &st.auth)
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Map(st.placeholder)
+	}
 }
 
 // readBody reads the body under max_body and body_timeout.
@@ -302,42 +491,59 @@ func isTimeout(err error) bool {
 
 // auth is what authentication established.
 type auth struct {
-	timestamp  string // verified t; "" when no signature was checked
-	verified   string // hmac, token or hmac,token
-	query      string // the query without ?token=
+	signed     bool
+	sig        Signature
+	id         [macSize]byte // the delivery's MAC under the first secret
+	verified   string        // hmac, token, hmac,token; none in observe mode
+	reason     Reason        // why an observed request failed
+	query      string        // the query without ?token=
 	stripQuery bool
 }
 
-func (h *Handler) authenticate(r *http.Request, body []byte) (auth, *Failure) {
-	var a auth
+// authenticate runs the configured checks; every one must pass. The
+// signature is checked first, so its failure is the one reported when
+// both fail. The token-less query is computed even when a check fails,
+// so observe mode never forwards the token either.
+func (h *Handler) authenticate(r *http.Request, body []byte, a *auth) *Failure {
 	v := h.verifier
-	if v.ChecksSignature() {
-		vals := r.Header[hdrSignature]
-		switch {
-		case len(vals) == 0:
-			return a, fail(ReasonSignatureMissing, "no %s header", SignatureHeader)
-		case len(vals) > 1:
-			return a, fail(ReasonSignatureDuplicate, "%d %s headers", len(vals), SignatureHeader)
-		}
-		sig, _, err := v.VerifySignature(vals[0], body, h.now())
-		if err != nil {
-			return a, err.(*Failure)
-		}
-		a.timestamp, a.verified = sig.T, "hmac"
-	}
+	var tokenErr error
 	if v.ChecksToken() {
-		q, err := v.CheckToken(r.URL.RawQuery)
-		if err != nil {
-			return a, err.(*Failure)
-		}
-		a.query, a.stripQuery = q, true
-		if a.verified == "" {
-			a.verified = "token"
-		} else {
-			a.verified = "hmac,token"
+		a.query, tokenErr = v.CheckToken(r.URL.RawQuery)
+		a.stripQuery = true
+	}
+	if v.ChecksSignature() {
+		if f := h.checkSignature(r, body, a); f != nil {
+			return f
 		}
 	}
-	return a, nil
+	if tokenErr != nil {
+		return tokenErr.(*Failure)
+	}
+	switch {
+	case a.signed && v.ChecksToken():
+		a.verified = "hmac,token"
+	case a.signed:
+		a.verified = "hmac"
+	default:
+		a.verified = "token"
+	}
+	return nil
+}
+
+func (h *Handler) checkSignature(r *http.Request, body []byte, a *auth) *Failure {
+	vals := r.Header[hdrSignature]
+	switch {
+	case len(vals) == 0:
+		return fail(ReasonSignatureMissing, "no %s header", SignatureHeader)
+	case len(vals) > 1:
+		return fail(ReasonSignatureDuplicate, "%d %s headers", len(vals), SignatureHeader)
+	}
+	sig, _, err := h.verifier.verify(vals[0], body, h.now(), &a.id)
+	if err != nil {
+		return err.(*Failure)
+	}
+	a.sig, a.signed = sig, true
+	return nil
 }
 
 // setQuery replaces the request's query in both URL and RequestURI.
@@ -356,17 +562,24 @@ func setQuery(r *http.Request, q string) {
 // setEventHeaders removes every client-sent X-ReReady-* header (matching
 // case-insensitively and treating '_' and '.' as '-', since PHP, CGI and
 // others fold them together) except the signature, then sets the trusted
-// ones.
-func setEventHeaders(hdr http.Header, ev *Event, a auth) {
+// ones. An observed (unverified) request gets only X-ReReady-Verified:
+// none and X-ReReady-Reject-Reason.
+func setEventHeaders(hdr http.Header, ev *Event, a *auth) {
 	for k := range hdr {
 		if k != hdrSignature && isReReadyHeader(k) {
 			delete(hdr, k)
 		}
 	}
+	// One backing array for all values instead of one slice per header.
 	vals := make([]string, 0, 8)
 	set := func(k, v string) {
 		vals = append(vals, v)
 		hdr[k] = vals[len(vals)-1 : len(vals) : len(vals)]
+	}
+	if a.reason != "" {
+		set(hdrVerified, a.verified)
+		set(hdrRejectReason, string(a.reason))
+		return
 	}
 	set(hdrState, ev.State)
 	set(hdrDeviceReturnID, ev.DeviceReturnID)
@@ -380,8 +593,8 @@ func setEventHeaders(hdr http.Header, ev *Event, a auth) {
 	if ev.HasURL {
 		set(hdrURL, ev.URL)
 	}
-	if a.timestamp != "" {
-		set(hdrTimestamp, a.timestamp)
+	if a.signed {
+		set(hdrTimestamp, a.sig.T)
 	}
 	set(hdrVerified, a.verified)
 }
@@ -406,34 +619,38 @@ func isReReadyHeader(k string) bool {
 	return true
 }
 
-// eventVars serves the {http.reready.*} placeholders for one request.
-type eventVars struct {
-	ev   Event
-	auth auth
-}
-
-func (e *eventVars) get(key string) (any, bool) {
+// placeholder serves {http.reready.*} for one request.
+func (st *requestState) placeholder(key string) (any, bool) {
 	const prefix = "http.reready."
 	if !strings.HasPrefix(key, prefix) {
 		return nil, false
 	}
+	ev, a := &st.event, &st.auth
 	switch key[len(prefix):] {
 	case "state":
-		return e.ev.State, true
+		return ev.State, true
 	case "device_return_id":
-		return e.ev.DeviceReturnID, true
+		return ev.DeviceReturnID, true
 	case "serial_number":
-		return e.ev.SerialNumber, true
+		return ev.SerialNumber, true
 	case "test":
-		return strconv.FormatBool(e.ev.Test), true
+		if a.reason != "" {
+			return "", true
+		}
+		return strconv.FormatBool(ev.Test), true
 	case "ticket_url":
-		return e.ev.TicketURL, true
+		return ev.TicketURL, true
 	case "url":
-		return e.ev.URL, true
+		return ev.URL, true
 	case "timestamp":
-		return e.auth.timestamp, true
+		if !a.signed || a.reason != "" {
+			return "", true
+		}
+		return a.sig.T, true
 	case "verified":
-		return e.auth.verified, true
+		return a.verified, true
+	case "reject_reason":
+		return string(a.reason), true
 	}
 	return nil, false
 }
@@ -449,6 +666,12 @@ func statusFor(r Reason) int {
 		return http.StatusRequestTimeout
 	case ReasonBodyRead:
 		return http.StatusBadRequest
+	case ReasonReplayInFlight:
+		return http.StatusConflict
+	case ReasonReplayUnavailable:
+		return http.StatusServiceUnavailable
+	case ReasonReplayDelivered:
+		return http.StatusOK
 	case ReasonSignatureMissing, ReasonSignatureDuplicate, ReasonSignatureMalformed,
 		ReasonTimestampStale, ReasonTimestampFuture, ReasonSignatureMismatch,
 		ReasonTokenMissing, ReasonTokenDuplicate, ReasonTokenMismatch:
@@ -457,15 +680,35 @@ func statusFor(r Reason) int {
 	return http.StatusBadRequest
 }
 
-// reject logs a rejection once and returns it as a handler error.
-func (h *Handler) reject(w http.ResponseWriter, r *http.Request, f *Failure) error {
+// reject logs and counts a rejection once and returns it as a handler
+// error, so handle_errors can render it.
+func (h *Handler) reject(w http.ResponseWriter, r *http.Request, start time.Time, f *Failure) error {
 	status := statusFor(f.Reason)
 	switch status {
 	case http.StatusMethodNotAllowed, http.StatusRequestTimeout, http.StatusRequestEntityTooLarge:
 		w.Header().Set("Connection", "close")
 	}
+	h.logReject(r, f, status, false)
+	h.metrics.observe(outcomeRejected, string(f.Reason), time.Since(start))
+	return caddyhttp.Error(status, fmt.Errorf("reready_verify: %w", f))
+}
+
+// logReject writes the one log line of a request that failed a check. It
+// never logs the query (which may hold the token) or any header value.
+func (h *Handler) logReject(r *http.Request, f *Failure, status int, observed bool) {
+	msg := "rejected webhook"
+	switch {
+	case observed:
+		msg = "observed webhook that would be rejected; forwarding it (mode observe)"
+	case f.Reason == ReasonReplayDelivered:
+		msg = "replayed webhook acknowledged without forwarding"
+	}
+	c := h.logger.Check(zapcore.InfoLevel, msg)
+	if c == nil {
+		return
+	}
 	clientIP, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
-	h.logger.Info("rejected webhook",
+	c.Write(
 		zap.String("reason", string(f.Reason)),
 		zap.Int("status", status),
 		zap.String("detail", f.Msg),
@@ -474,12 +717,12 @@ func (h *Handler) reject(w http.ResponseWriter, r *http.Request, f *Failure) err
 		zap.String("method", clip(r.Method)),
 		zap.String("path", r.URL.Path),
 	)
-	return caddyhttp.Error(status, fmt.Errorf("reready_verify: %w", f))
 }
 
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

@@ -20,6 +20,7 @@ func provision(t *testing.T, h *Handler) error {
 	t.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
+	t.Cleanup(func() { h.Cleanup() })
 	return h.Provision(ctx)
 }
 

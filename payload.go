@@ -72,6 +72,13 @@ const (
 
 var fieldNames = [numFields]string{"device_return_id", "state", "serial_number", "ticket_url", "url", "test"}
 
+func reasonOf(err error) Reason {
+	if f, ok := err.(*Failure); ok {
+		return f.Reason
+	}
+	return ""
+}
+
 // span is the raw bytes of a JSON string between its quotes.
 type span struct {
 	start, end int
@@ -88,7 +95,10 @@ func ParsePayload(body []byte) (Event, error) {
 	if s.i == len(s.b) {
 		return ev, fail(ReasonPayloadEmpty, "body is empty")
 	}
-	var fields [numFields]span
+	var (
+		fields   [numFields]span
+		fieldErr error
+	)
 	if s.b[s.i] != '{' {
 		if err := s.value(); err != nil {
 			return ev, err
@@ -124,7 +134,14 @@ func ParsePayload(body []byte) (Event, error) {
 					return ev, err
 				}
 			} else if err := s.known(f, &fields[f], &ev); err != nil {
-				return ev, err
+				// A syntax error wins; a field error is reported once the
+				// whole body is known to be JSON.
+				if reasonOf(err) == ReasonPayloadInvalidJSON {
+					return ev, err
+				}
+				if fieldErr == nil {
+					fieldErr = err
+				}
 			}
 			s.ws()
 			c := s.peek()
@@ -142,6 +159,9 @@ func ParsePayload(body []byte) (Event, error) {
 	s.ws()
 	if s.i != len(s.b) {
 		return ev, s.syntax("end of input")
+	}
+	if fieldErr != nil {
+		return ev, fieldErr
 	}
 	for _, f := range []int{fDeviceReturnID, fState} {
 		if !fields[f].set {
@@ -265,7 +285,8 @@ func (s *scanner) syntax(want string) error {
 // field returns the known field a key names, or -1.
 func (s *scanner) field(k span) int {
 	key := s.b[k.start:k.end]
-	var tmp [32]byte
+	// The longest name, every byte written as \uXXXX, is 6 x 16 bytes.
+	var tmp [6 * len("device_return_id")]byte
 	if k.escaped {
 		if len(key) > len(tmp) {
 			return -1
@@ -283,6 +304,9 @@ func (s *scanner) field(k span) int {
 // known parses the value of a known field.
 func (s *scanner) known(f int, sp *span, ev *Event) error {
 	if sp.set {
+		if err := s.value(); err != nil {
+			return err
+		}
 		return fail(ReasonPayloadDuplicate, "%s appears more than once", fieldNames[f])
 	}
 	c := s.peek()

@@ -301,6 +301,14 @@ func (v *Verifier) ChecksToken() bool { return v.hasToken }
 // VerifySignature checks a header value against body at time now. It
 // returns the parsed signature and the index of the v that matched.
 func (v *Verifier) VerifySignature(header string, body []byte, now time.Time) (Signature, int, error) {
+	return v.verify(header, body, now, nil)
+}
+
+// verify is VerifySignature that also writes, when id is not nil, the MAC
+// of t and body under the first configured secret: the same for a delivery
+// whichever secret or v matched, so it identifies the delivery for replay
+// suppression. It is computed anyway, so it costs nothing extra.
+func (v *Verifier) verify(header string, body []byte, now time.Time, id *[macSize]byte) (Signature, int, error) {
 	sig, err := ParseSignatureHeader(header)
 	if err != nil {
 		return sig, -1, err
@@ -308,7 +316,7 @@ func (v *Verifier) VerifySignature(header string, body []byte, now time.Time) (S
 	if err := v.CheckTimestamp(sig.Timestamp, now); err != nil {
 		return sig, -1, err
 	}
-	if i := v.Match(sig, body); i >= 0 {
+	if i := v.match(sig, body, id); i >= 0 {
 		return sig, i, nil
 	}
 	return sig, -1, fail(ReasonSignatureMismatch, "no v matched under any configured secret")
@@ -329,10 +337,15 @@ func (v *Verifier) CheckTimestamp(ts int64, now time.Time) error {
 // Match returns the index of the first v in sig that equals the MAC of body
 // under any configured secret, or -1. Comparisons are constant-time on the
 // decoded bytes.
-func (v *Verifier) Match(sig Signature, body []byte) int {
+func (v *Verifier) Match(sig Signature, body []byte) int { return v.match(sig, body, nil) }
+
+func (v *Verifier) match(sig Signature, body []byte, id *[macSize]byte) int {
 	var want, got [macSize]byte
-	for _, k := range v.keys {
+	for n, k := range v.keys {
 		k.sum(&want, sig.T, body)
+		if n == 0 && id != nil {
+			*id = want
+		}
 		for i, s := range sig.V {
 			if !decodeMAC(&got, s) {
 				continue

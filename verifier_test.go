@@ -3,7 +3,6 @@ package rereadyverify
 import (
 	"bufio"
 	"encoding/hex"
-	"errors"
 	"hash"
 	"os"
 	"path/filepath"
@@ -14,14 +13,6 @@ import (
 )
 
 const testSecret = "ssk_test_4f9a1c2b7d3e8f60"
-
-func reasonOf(err error) Reason {
-	var f *Failure
-	if errors.As(err, &f) {
-		return f.Reason
-	}
-	return ""
-}
 
 // RFC 4231 test cases 1 and 2 for HMAC-SHA-512, through the same pooled
 // HMAC state the verifier uses.

@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -81,8 +83,24 @@ func opensslSign(t *testing.T, secret string, ts int64, body []byte) string {
 	return "t=" + strconv.FormatInt(ts, 10) + ",v=" + mac
 }
 
+var deliveries atomic.Int64
+
+// payload returns a vendor-shaped event with a fresh device return id, so
+// that replay suppression (on by default) never mistakes one test's
+// delivery for another's.
 func payload(state string, test bool) []byte {
-	return []byte(fmt.Sprintf(`{"device_return_id":"e025d043-c41d-4167-8bd3-24cc66345696","serial_number":null,"state":%q,"test":%t,"ticket_url":null,"url":"https://www.reready.co/device_returns/e025d043-c41d-4167-8bd3-24cc66345696"}`, state, test))
+	id := fmt.Sprintf("e025d043-c41d-4167-8bd3-%012d", deliveries.Add(1))
+	return []byte(fmt.Sprintf(`{"device_return_id":%q,"serial_number":null,"state":%q,"test":%t,"ticket_url":null,"url":"https://www.reready.co/device_returns/%s"}`, id, state, test, id))
+}
+
+func idOf(t *testing.T, body []byte) string {
+	var p struct {
+		DeviceReturnID string `json:"device_return_id"`
+	}
+	if err := json.Unmarshal(body, &p); err != nil {
+		t.Fatal(err)
+	}
+	return p.DeviceReturnID
 }
 
 var (
@@ -156,6 +174,7 @@ func TestE2EVerifiedDelivery(t *testing.T) {
 		"pending_return_shipment", "pending_return_shipment_delivery", "failed", "not_returned", "complete"} {
 		t.Run(state, func(t *testing.T) {
 			body := payload(state, false)
+			id := idOf(t, body)
 			secret := secretA
 			if state == "failed" {
 				secret = secretB // the second configured secret
@@ -185,13 +204,13 @@ func TestE2EVerifiedDelivery(t *testing.T) {
 			}
 			want := map[string]string{
 				"X-Reready-State":            state,
-				"X-Reready-Device-Return-Id": "e025d043-c41d-4167-8bd3-24cc66345696",
+				"X-Reready-Device-Return-Id": id,
 				"X-Reready-Test":             "false",
-				"X-Reready-Url":              "https://www.reready.co/device_returns/e025d043-c41d-4167-8bd3-24cc66345696",
+				"X-Reready-Url":              "https://www.reready.co/device_returns/" + id,
 				"X-Reready-Timestamp":        strconv.FormatInt(now, 10),
 				"X-Reready-Verified":         "hmac",
 				"X-Reready-Signature-512":    sig,
-				"X-Placeholders": state + "|e025d043-c41d-4167-8bd3-24cc66345696||false||https://www.reready.co/device_returns/e025d043-c41d-4167-8bd3-24cc66345696|" +
+				"X-Placeholders": state + "|" + id + "||false||https://www.reready.co/device_returns/" + id + "|" +
 					strconv.FormatInt(now, 10) + "|hmac",
 			}
 			for k, v := range want {
