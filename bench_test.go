@@ -76,6 +76,10 @@ func (w *benchWriter) Header() http.Header         { return w.h }
 func (w *benchWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (w *benchWriter) WriteHeader(int)             {}
 
+// SetReadDeadline is what net/http's ResponseWriter offers to
+// http.ResponseController; the handler uses it for body_timeout.
+func (w *benchWriter) SetReadDeadline(time.Time) error { return nil }
+
 func BenchmarkHandler(b *testing.B) {
 	for _, n := range benchSizes {
 		b.Run(sizeName(n), func(b *testing.B) {
@@ -85,7 +89,7 @@ func BenchmarkHandler(b *testing.B) {
 }
 
 func benchHandler(b *testing.B, n int) {
-	h := &Handler{Secrets: []string{testSecret}, MaxBody: 2 << 20}
+	h := &Handler{Secrets: []string{testSecret}, MaxBody: 2 << 20, Replay: ReplayOff}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
 	if err := h.Provision(ctx); err != nil {
@@ -119,6 +123,9 @@ func benchHandler(b *testing.B, n int) {
 			hdr["Accept-Encoding"] = []string{"gzip"}
 			hdr[hdrSignature] = []string{sig}
 			repl := caddy.NewReplacer()
+			// Caddy's server adds its http.* provider to every request's
+			// replacer (addHTTPVarsToReplacer); do the same.
+			repl.Map(func(string) (any, bool) { return nil, false })
 			rctx := context.WithValue(context.Background(), caddy.ReplacerCtxKey, repl)
 			rctx = context.WithValue(rctx, caddyhttp.VarsCtxKey, map[string]any{})
 			reqs[i] = (&http.Request{

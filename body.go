@@ -37,23 +37,28 @@ func bufClass(n int) (idx, size int, ok bool) {
 	return 2 * (k + 1 - minBufShift), 1 << (k + 1), true
 }
 
-func getBuf(n int) []byte {
+// getBuf returns an empty buffer that holds at least n bytes. The pointer
+// itself is what the pool keeps, so a round trip through it allocates
+// nothing.
+func getBuf(n int) *[]byte {
 	idx, size, ok := bufClass(n)
 	if ok {
 		if b, _ := bufPools[idx].Get().(*[]byte); b != nil {
-			return (*b)[:0]
+			*b = (*b)[:0]
+			return b
 		}
 	}
-	return make([]byte, 0, size)
+	b := make([]byte, 0, size)
+	return &b
 }
 
-func putBuf(b []byte) {
-	idx, size, ok := bufClass(cap(b))
-	if !ok || size != cap(b) {
+func putBuf(b *[]byte) {
+	idx, size, ok := bufClass(cap(*b))
+	if !ok || size != cap(*b) {
 		return
 	}
-	b = b[:0]
-	bufPools[idx].Put(&b)
+	*b = (*b)[:0]
+	bufPools[idx].Put(b)
 }
 
 var errTooLarge = errors.New("body too large")
@@ -61,12 +66,13 @@ var errTooLarge = errors.New("body too large")
 // readBody reads r to EOF into a pooled buffer. hint is the declared length
 // (-1 if unknown). It fails with errTooLarge as soon as more than limit bytes
 // arrive; on any error the buffer has already been returned to the pool.
-func readBody(r io.Reader, hint, limit int64) ([]byte, error) {
+func readBody(r io.Reader, hint, limit int64) (*[]byte, error) {
 	first := int64(4 << 10)
 	if hint >= 0 {
 		first = max(hint, 1)
 	}
-	b := getBuf(int(min(first, limit+1)))
+	p := getBuf(int(min(first, limit+1)))
+	b := *p
 	for {
 		if len(b) == cap(b) {
 			// Full: probe for EOF before growing, so a body that exactly
@@ -75,31 +81,34 @@ func readBody(r io.Reader, hint, limit int64) ([]byte, error) {
 			var probe [1]byte
 			n, err := io.ReadFull(r, probe[:])
 			if n == 0 {
+				*p = b
 				if err == io.EOF {
-					return b, nil
+					return p, nil
 				}
-				putBuf(b)
+				putBuf(p)
 				return nil, err
 			}
 			if int64(len(b)) >= limit {
-				putBuf(b)
+				putBuf(p)
 				return nil, errTooLarge
 			}
-			nb := append(getBuf(int(min(int64(cap(b))*2, limit+1))), b...)
-			putBuf(b)
-			b = append(nb, probe[0])
+			np := getBuf(int(min(int64(cap(b))*2, limit+1)))
+			nb := append(append(*np, b...), probe[0])
+			putBuf(p)
+			p, b = np, nb
 		}
 		n, err := r.Read(b[len(b):cap(b)])
 		b = b[:len(b)+n]
 		if int64(len(b)) > limit {
-			putBuf(b)
+			putBuf(p)
 			return nil, errTooLarge
 		}
 		if err == io.EOF {
-			return b, nil
+			*p = b
+			return p, nil
 		}
 		if err != nil {
-			putBuf(b)
+			putBuf(p)
 			return nil, err
 		}
 	}
@@ -110,14 +119,17 @@ func readBody(r io.Reader, hint, limit int64) ([]byte, error) {
 // the request can never see a recycled buffer.
 type bodyReader struct {
 	mu  sync.Mutex
-	buf []byte
+	ref *[]byte // the pooled buffer; nil once detached
+	buf []byte  // *ref
 	off int
 }
+
+func newBodyReader(ref *[]byte) bodyReader { return bodyReader{ref: ref, buf: *ref} }
 
 func (br *bodyReader) Read(p []byte) (int, error) {
 	br.mu.Lock()
 	defer br.mu.Unlock()
-	if br.buf == nil {
+	if br.ref == nil {
 		return 0, io.ErrClosedPipe
 	}
 	if br.off >= len(br.buf) {
@@ -133,10 +145,10 @@ func (br *bodyReader) Close() error { return nil }
 // detach stops all further reads and returns the buffer to its pool.
 func (br *bodyReader) detach() {
 	br.mu.Lock()
-	b := br.buf
-	br.buf = nil
+	ref := br.ref
+	br.ref, br.buf = nil, nil
 	br.mu.Unlock()
-	if b != nil {
-		putBuf(b)
+	if ref != nil {
+		putBuf(ref)
 	}
 }

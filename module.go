@@ -302,17 +302,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if r.ContentLength > h.MaxBody {
 		return h.reject(w, r, start, fail(ReasonBodyTooLarge, "Content-Length %d exceeds max_body %d", r.ContentLength, h.MaxBody))
 	}
-	body, f := h.readBody(w, r)
+	ref, f := h.readBody(w, r)
 	if f != nil {
 		return h.reject(w, r, start, f)
 	}
-	st := &requestState{body: bodyReader{buf: body}}
+	st := &requestState{body: newBodyReader(ref)}
 	defer st.body.detach()
+	body := st.body.buf
 
 	f = h.authenticate(r, body, &st.auth)
 	if f == nil {
 		var err error
-		if st.event, err = ParsePayload(body); err != nil {
+		if st.event, err = parsePayload(body, st.strs[:0]); err != nil {
 			f = err.(*Failure)
 		}
 	}
@@ -359,6 +360,8 @@ type requestState struct {
 	auth   auth
 	event  Event
 	status statusWriter
+	hdrs   [8]string // backing store of the header values set upstream
+	strs   [320]byte // the event's strings, when they fit
 
 	claim     replayClaim
 	claimed   bool
@@ -369,7 +372,7 @@ type requestState struct {
 // one is answered 200 without forwarding, a repeat of one in flight gets
 // 409, a new one is claimed. done reports that the request was answered.
 func (h *Handler) replayGate(w http.ResponseWriter, r *http.Request, start time.Time, st *requestState) (done bool, err error) {
-	key := replayKey{t: st.auth.sig.Timestamp}
+	key := replayKey{t: st.auth.sig.ts}
 	copy(key.id[:], st.auth.id[:])
 	state, claim, err := h.replay.Begin(r.Context(), key, h.now())
 	switch {
@@ -443,20 +446,19 @@ func (h *Handler) forwardable(r *http.Request, st *requestState) {
 	r.Body = &st.body
 	r.ContentLength = int64(len(st.body.buf))
 	r.TransferEncoding = nil
-	r.Header.Del("Transfer-Encoding")
-	r.Header.Del("Expect")
-	r.Header.Set("Content-Length", strconv.Itoa(len(st.body.buf)))
-	setEventHeaders(r.Header, &st.event, &st.auth)
+	delete(r.Header, "Transfer-Encoding")
+	delete(r.Header, "Expect")
+	setContentLength(r.Header, len(st.body.buf))
+	setEventHeaders(r.Header, &st.event, &st.auth, st.hdrs[:0])
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Map(st.placeholder)
 	}
 }
 
 // readBody reads the body under max_body and body_timeout.
-func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *Failure) {
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) (*[]byte, *Failure) {
 	timeout := time.Duration(h.BodyTimeout)
-	rc := http.NewResponseController(w)
-	viaDeadline := rc.SetReadDeadline(time.Now().Add(timeout)) == nil
+	viaDeadline := setReadDeadline(w, time.Now().Add(timeout)) == nil
 	var timer *time.Timer
 	if !viaDeadline {
 		// No connection deadline (e.g. HTTP/3): closing the body ends a
@@ -468,20 +470,40 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *Fai
 	if viaDeadline {
 		// Clear it, or the connection's background read would time out
 		// later and cancel the request while the upstream works.
-		_ = rc.SetReadDeadline(time.Time{})
+		_ = setReadDeadline(w, time.Time{})
 	} else {
 		timer.Stop()
 	}
-	var maxErr *http.MaxBytesError
 	switch {
 	case err == nil:
 		return body, nil
-	case errors.Is(err, errTooLarge), errors.As(err, &maxErr):
+	case errors.Is(err, errTooLarge), isMaxBytes(err):
 		return nil, fail(ReasonBodyTooLarge, "body exceeds max_body %d", h.MaxBody)
 	case isTimeout(err) || !viaDeadline && time.Since(start) >= timeout:
 		return nil, fail(ReasonBodyTimeout, "body not read within body_timeout %s", timeout)
 	}
 	return nil, fail(ReasonBodyRead, "reading body: %v", err)
+}
+
+// setReadDeadline is http.ResponseController.SetReadDeadline without its
+// allocation: it unwraps Caddy's response writer wrappers the same way.
+func setReadDeadline(w http.ResponseWriter, d time.Time) error {
+	for {
+		switch t := w.(type) {
+		case interface{ SetReadDeadline(time.Time) error }:
+			return t.SetReadDeadline(d)
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = t.Unwrap()
+		default:
+			return http.ErrNotSupported
+		}
+	}
+}
+
+// isMaxBytes spots a request_body limit hit earlier in the chain.
+func isMaxBytes(err error) bool {
+	var m *http.MaxBytesError
+	return errors.As(err, &m)
 }
 
 func isTimeout(err error) bool {
@@ -492,7 +514,7 @@ func isTimeout(err error) bool {
 // auth is what authentication established.
 type auth struct {
 	signed     bool
-	sig        Signature
+	sig        sigItems
 	id         [macSize]byte // the delivery's MAC under the first secret
 	verified   string        // hmac, token, hmac,token; none in observe mode
 	reason     Reason        // why an observed request failed
@@ -538,11 +560,10 @@ func (h *Handler) checkSignature(r *http.Request, body []byte, a *auth) *Failure
 	case len(vals) > 1:
 		return fail(ReasonSignatureDuplicate, "%d %s headers", len(vals), SignatureHeader)
 	}
-	sig, _, err := h.verifier.verify(vals[0], body, h.now(), &a.id)
-	if err != nil {
+	if _, err := h.verifier.verify(&a.sig, vals[0], body, h.now(), &a.id); err != nil {
 		return err.(*Failure)
 	}
-	a.sig, a.signed = sig, true
+	a.signed = true
 	return nil
 }
 
@@ -559,19 +580,30 @@ func setQuery(r *http.Request, q string) {
 	}
 }
 
+// setContentLength sets the header, keeping the client's value when it is
+// already right (the usual case), which saves an allocation.
+func setContentLength(hdr http.Header, n int) {
+	var buf [20]byte
+	digits := strconv.AppendInt(buf[:0], int64(n), 10)
+	if v := hdr["Content-Length"]; len(v) == 1 && v[0] == string(digits) {
+		return
+	}
+	hdr["Content-Length"] = []string{string(digits)}
+}
+
 // setEventHeaders removes every client-sent X-ReReady-* header (matching
 // case-insensitively and treating '_' and '.' as '-', since PHP, CGI and
 // others fold them together) except the signature, then sets the trusted
 // ones. An observed (unverified) request gets only X-ReReady-Verified:
 // none and X-ReReady-Reject-Reason.
-func setEventHeaders(hdr http.Header, ev *Event, a *auth) {
+func setEventHeaders(hdr http.Header, ev *Event, a *auth, vals []string) {
 	for k := range hdr {
 		if k != hdrSignature && isReReadyHeader(k) {
 			delete(hdr, k)
 		}
 	}
-	// One backing array for all values instead of one slice per header.
-	vals := make([]string, 0, 8)
+	// One backing array (vals, cap 8) for all values instead of one slice
+	// per header.
 	set := func(k, v string) {
 		vals = append(vals, v)
 		hdr[k] = vals[len(vals)-1 : len(vals) : len(vals)]
@@ -594,7 +626,7 @@ func setEventHeaders(hdr http.Header, ev *Event, a *auth) {
 		set(hdrURL, ev.URL)
 	}
 	if a.signed {
-		set(hdrTimestamp, a.sig.T)
+		set(hdrTimestamp, a.sig.t)
 	}
 	set(hdrVerified, a.verified)
 }
@@ -646,7 +678,7 @@ func (st *requestState) placeholder(key string) (any, bool) {
 		if !a.signed || a.reason != "" {
 			return "", true
 		}
-		return a.sig.T, true
+		return a.sig.t, true
 	case "verified":
 		return a.verified, true
 	case "reject_reason":

@@ -88,7 +88,13 @@ type span struct {
 
 // ParsePayload validates body as JSON and extracts the event. Failures carry
 // the payload_* reason codes; each names the field at fault.
-func ParsePayload(body []byte) (Event, error) {
+func ParsePayload(body []byte) (Event, error) { return parsePayload(body, nil) }
+
+// parsePayload is ParsePayload with the field strings decoded into scratch
+// when they fit (the handler keeps it in its per-request state), so the
+// usual payload needs no allocation of its own. The strings alias scratch:
+// it must never be written again.
+func parsePayload(body, scratch []byte) (Event, error) {
 	var ev Event
 	s := scanner{b: body}
 	s.ws()
@@ -174,12 +180,12 @@ func ParsePayload(body []byte) (Event, error) {
 			return ev, fail(ReasonPayloadMissing, "%s is empty", fieldNames[f])
 		}
 	}
-	return ev, s.strings(&fields, &ev)
+	return ev, s.strings(&fields, &ev, scratch)
 }
 
 // strings decodes the string fields into one allocation and checks each for
 // control characters and invalid UTF-8, since they become header values.
-func (s *scanner) strings(fields *[numFields]span, ev *Event) error {
+func (s *scanner) strings(fields *[numFields]span, ev *Event, scratch []byte) error {
 	n := 0
 	for f := 0; f < fTest; f++ {
 		if fields[f].set && !fields[f].null {
@@ -189,7 +195,10 @@ func (s *scanner) strings(fields *[numFields]span, ev *Event) error {
 	if n == 0 {
 		return nil
 	}
-	buf := make([]byte, 0, n)
+	buf := scratch[:0]
+	if cap(buf) < n {
+		buf = make([]byte, 0, n)
+	}
 	var bounds [fTest][2]int
 	for f := 0; f < fTest; f++ {
 		sp := fields[f]

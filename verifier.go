@@ -88,8 +88,41 @@ type Signature struct {
 // v (128 hex characters) are required; unknown keys are ignored. Any item
 // that does not parse makes the whole header malformed.
 func ParseSignatureHeader(h string) (Signature, error) {
-	var sig Signature
-	sig.V = make([]string, 0, 1)
+	var it sigItems
+	if err := it.parse(h); err != nil {
+		return Signature{}, err
+	}
+	return it.signature(), nil
+}
+
+// sigItems is a parsed header that keeps the first v values inline, so the
+// handler parses without allocating; more spill into extra.
+type sigItems struct {
+	t     string
+	ts    int64
+	n     int
+	v     [4]string
+	extra []string
+}
+
+func (it *sigItems) numV() int { return it.n + len(it.extra) }
+
+func (it *sigItems) vAt(i int) string {
+	if i < it.n {
+		return it.v[i]
+	}
+	return it.extra[i-it.n]
+}
+
+func (it *sigItems) signature() Signature {
+	sig := Signature{T: it.t, Timestamp: it.ts, V: make([]string, 0, it.numV())}
+	for i := 0; i < it.numV(); i++ {
+		sig.V = append(sig.V, it.vAt(i))
+	}
+	return sig
+}
+
+func (it *sigItems) parse(h string) error {
 	haveT := false
 	rest := h
 	for i := 0; ; i++ {
@@ -102,40 +135,45 @@ func ParseSignatureHeader(h string) (Signature, error) {
 		eq := strings.IndexByte(item, '=')
 		if eq < 0 {
 			if item == "" {
-				return Signature{}, fail(ReasonSignatureMalformed, "item %d is empty", i+1)
+				return fail(ReasonSignatureMalformed, "item %d is empty", i+1)
 			}
-			return Signature{}, fail(ReasonSignatureMalformed, "item %d has no '='", i+1)
+			return fail(ReasonSignatureMalformed, "item %d has no '='", i+1)
 		}
 		key, val := trimSpaces(item[:eq]), trimSpaces(item[eq+1:])
 		switch key {
 		case "":
-			return Signature{}, fail(ReasonSignatureMalformed, "item %d has an empty key", i+1)
+			return fail(ReasonSignatureMalformed, "item %d has an empty key", i+1)
 		case "t":
 			if haveT {
-				return Signature{}, fail(ReasonSignatureMalformed, "more than one t")
+				return fail(ReasonSignatureMalformed, "more than one t")
 			}
 			ts, ok := parseTimestamp(val)
 			if !ok {
-				return Signature{}, fail(ReasonSignatureMalformed, "t %q is not 1-%d digits", clip(val), maxTimestampDigits)
+				return fail(ReasonSignatureMalformed, "t %q is not 1-%d digits", clip(val), maxTimestampDigits)
 			}
-			haveT, sig.T, sig.Timestamp = true, val, ts
+			haveT, it.t, it.ts = true, val, ts
 		case "v":
 			if len(val) != 2*macSize || !isHex(val) {
-				return Signature{}, fail(ReasonSignatureMalformed, "v %q is not %d hex characters", clip(val), 2*macSize)
+				return fail(ReasonSignatureMalformed, "v %q is not %d hex characters", clip(val), 2*macSize)
 			}
-			sig.V = append(sig.V, val)
+			if it.n < len(it.v) {
+				it.v[it.n] = val
+				it.n++
+			} else {
+				it.extra = append(it.extra, val)
+			}
 		}
 		if comma < 0 {
 			break
 		}
 	}
 	if !haveT {
-		return Signature{}, fail(ReasonSignatureMalformed, "no t")
+		return fail(ReasonSignatureMalformed, "no t")
 	}
-	if len(sig.V) == 0 {
-		return Signature{}, fail(ReasonSignatureMalformed, "no v")
+	if it.numV() == 0 {
+		return fail(ReasonSignatureMalformed, "no v")
 	}
-	return sig, nil
+	return nil
 }
 
 // String formats the signature as a header value: "t=<T>,v=<V>[,v=<V>...]".
@@ -249,23 +287,31 @@ type Verifier struct {
 
 type hmacKey struct{ pool sync.Pool }
 
+// macState is a pooled HMAC state with its scratch space, so that nothing
+// escapes to the heap per request (arguments of interface calls do).
+type macState struct {
+	h   hash.Hash
+	pre [maxTimestampDigits + 1]byte
+	out [macSize]byte
+}
+
 func newHMACKey(secret string) *hmacKey {
 	key := []byte(secret)
 	k := &hmacKey{}
-	k.pool.New = func() any { return hmac.New(sha512.New, key) }
+	k.pool.New = func() any { return &macState{h: hmac.New(sha512.New, key)} }
 	return k
 }
 
 // sum writes HMAC(t + "." + body) into out.
 func (k *hmacKey) sum(out *[macSize]byte, t string, body []byte) {
-	m := k.pool.Get().(hash.Hash)
-	var pre [maxTimestampDigits + 1]byte
-	n := copy(pre[:], t)
-	pre[n] = '.'
-	m.Write(pre[:n+1])
-	m.Write(body)
-	m.Sum(out[:0])
-	m.Reset()
+	m := k.pool.Get().(*macState)
+	n := copy(m.pre[:], t)
+	m.pre[n] = '.'
+	m.h.Write(m.pre[:n+1])
+	m.h.Write(body)
+	m.h.Sum(m.out[:0])
+	*out = m.out
+	m.h.Reset()
 	k.pool.Put(m)
 }
 
@@ -301,25 +347,31 @@ func (v *Verifier) ChecksToken() bool { return v.hasToken }
 // VerifySignature checks a header value against body at time now. It
 // returns the parsed signature and the index of the v that matched.
 func (v *Verifier) VerifySignature(header string, body []byte, now time.Time) (Signature, int, error) {
-	return v.verify(header, body, now, nil)
+	var it sigItems
+	i, err := v.verify(&it, header, body, now, nil)
+	if it.t == "" {
+		return Signature{}, i, err
+	}
+	return it.signature(), i, err
 }
 
-// verify is VerifySignature that also writes, when id is not nil, the MAC
-// of t and body under the first configured secret: the same for a delivery
-// whichever secret or v matched, so it identifies the delivery for replay
-// suppression. It is computed anyway, so it costs nothing extra.
-func (v *Verifier) verify(header string, body []byte, now time.Time, id *[macSize]byte) (Signature, int, error) {
-	sig, err := ParseSignatureHeader(header)
-	if err != nil {
-		return sig, -1, err
+// verify parses header into it and checks it. When id is not nil it also
+// receives the MAC of t and body under the first configured secret: the
+// same for a delivery whichever secret or v matched, so it identifies the
+// delivery for replay suppression. It is computed anyway, so it costs
+// nothing extra.
+func (v *Verifier) verify(it *sigItems, header string, body []byte, now time.Time, id *[macSize]byte) (int, error) {
+	if err := it.parse(header); err != nil {
+		*it = sigItems{}
+		return -1, err
 	}
-	if err := v.CheckTimestamp(sig.Timestamp, now); err != nil {
-		return sig, -1, err
+	if err := v.CheckTimestamp(it.ts, now); err != nil {
+		return -1, err
 	}
-	if i := v.match(sig, body, id); i >= 0 {
-		return sig, i, nil
+	if i := v.match(it, body, id); i >= 0 {
+		return i, nil
 	}
-	return sig, -1, fail(ReasonSignatureMismatch, "no v matched under any configured secret")
+	return -1, fail(ReasonSignatureMismatch, "no v matched under any configured secret")
 }
 
 // CheckTimestamp rejects a t further than the tolerance from now.
@@ -337,17 +389,20 @@ func (v *Verifier) CheckTimestamp(ts int64, now time.Time) error {
 // Match returns the index of the first v in sig that equals the MAC of body
 // under any configured secret, or -1. Comparisons are constant-time on the
 // decoded bytes.
-func (v *Verifier) Match(sig Signature, body []byte) int { return v.match(sig, body, nil) }
+func (v *Verifier) Match(sig Signature, body []byte) int {
+	it := sigItems{t: sig.T, ts: sig.Timestamp, extra: sig.V}
+	return v.match(&it, body, nil)
+}
 
-func (v *Verifier) match(sig Signature, body []byte, id *[macSize]byte) int {
+func (v *Verifier) match(it *sigItems, body []byte, id *[macSize]byte) int {
 	var want, got [macSize]byte
 	for n, k := range v.keys {
-		k.sum(&want, sig.T, body)
+		k.sum(&want, it.t, body)
 		if n == 0 && id != nil {
 			*id = want
 		}
-		for i, s := range sig.V {
-			if !decodeMAC(&got, s) {
+		for i := 0; i < it.numV(); i++ {
+			if !decodeMAC(&got, it.vAt(i)) {
 				continue
 			}
 			if hmac.Equal(want[:], got[:]) {
