@@ -1,6 +1,7 @@
 package rereadyverify
 
 import (
+	"encoding/binary"
 	"unicode"
 	"unicode/utf8"
 	"unsafe"
@@ -362,11 +363,19 @@ func (s *scanner) literal(lit string) error {
 	return nil
 }
 
-// str scans a string whose opening quote has been consumed.
+// str scans a string whose opening quote has been consumed. Plain runs are
+// skipped eight bytes at a time: a payload's bulk is string content.
 func (s *scanner) str() (span, error) {
 	sp := span{start: s.i}
 	b := s.b
-	for i := s.i; i < len(b); {
+	i := s.i
+	for {
+		for i+8 <= len(b) && !hasSpecial(binary.LittleEndian.Uint64(b[i:])) {
+			i += 8
+		}
+		if i >= len(b) {
+			break
+		}
 		c := b[i]
 		switch {
 		case c == '"':
@@ -401,6 +410,16 @@ func (s *scanner) str() (span, error) {
 	}
 	s.i = len(b)
 	return sp, s.syntax("closing '\"'")
+}
+
+// hasSpecial reports whether any of the eight bytes in w is '"', '\\' or
+// below 0x20: the bytes that end a plain run inside a JSON string. (The
+// classic SWAR tests; a match is exact as to whether one exists.)
+func hasSpecial(w uint64) bool {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	zero := func(v uint64) uint64 { return (v - lo) & ^v & hi }
+	less20 := (w - lo*0x20) & ^w & hi
+	return less20|zero(w^(lo*'"'))|zero(w^(lo*'\\')) != 0
 }
 
 // value skips any JSON value.

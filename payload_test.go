@@ -1,7 +1,9 @@
 package rereadyverify
 
 import (
+	"encoding/binary"
 	"encoding/json"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"testing"
@@ -145,5 +147,38 @@ func TestParsePayloadDoesNotAliasBody(t *testing.T) {
 	}
 	if ev.DeviceReturnID != "abc" || ev.URL != "https://x" {
 		t.Fatalf("event changed with the body: %+v", ev)
+	}
+}
+
+// hasSpecial agrees with a byte-by-byte check, for every byte value at
+// every position and for random words.
+func TestHasSpecial(t *testing.T) {
+	special := func(c byte) bool { return c == '"' || c == '\\' || c < 0x20 }
+	check := func(w [8]byte) {
+		want := false
+		for _, c := range w {
+			want = want || special(c)
+		}
+		if got := hasSpecial(binary.LittleEndian.Uint64(w[:])); got != want {
+			t.Fatalf("hasSpecial(%q) = %v, want %v", w, got, want)
+		}
+	}
+	for pos := 0; pos < 8; pos++ {
+		for c := 0; c < 256; c++ {
+			for _, fill := range []byte{'a', 0xff, 0x80, 0x21} {
+				var w [8]byte
+				for i := range w {
+					w[i] = fill
+				}
+				w[pos] = byte(c)
+				check(w)
+			}
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 200000; i++ {
+		var w [8]byte
+		binary.LittleEndian.PutUint64(w[:], rng.Uint64())
+		check(w)
 	}
 }
