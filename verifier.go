@@ -348,19 +348,15 @@ func (v *Verifier) ChecksToken() bool { return v.hasToken }
 // returns the parsed signature and the index of the v that matched.
 func (v *Verifier) VerifySignature(header string, body []byte, now time.Time) (Signature, int, error) {
 	var it sigItems
-	i, err := v.verify(&it, header, body, now, nil)
+	i, err := v.verify(&it, header, body, now)
 	if it.t == "" {
 		return Signature{}, i, err
 	}
 	return it.signature(), i, err
 }
 
-// verify parses header into it and checks it. When id is not nil it also
-// receives the MAC of t and body under the first configured secret: the
-// same for a delivery whichever secret or v matched, so it identifies the
-// delivery for replay suppression. It is computed anyway, so it costs
-// nothing extra.
-func (v *Verifier) verify(it *sigItems, header string, body []byte, now time.Time, id *[macSize]byte) (int, error) {
+// verify parses header into it and checks it.
+func (v *Verifier) verify(it *sigItems, header string, body []byte, now time.Time) (int, error) {
 	if err := it.parse(header); err != nil {
 		*it = sigItems{}
 		return -1, err
@@ -368,7 +364,7 @@ func (v *Verifier) verify(it *sigItems, header string, body []byte, now time.Tim
 	if err := v.CheckTimestamp(it.ts, now); err != nil {
 		return -1, err
 	}
-	if i := v.match(it, body, id); i >= 0 {
+	if i := v.match(it, body); i >= 0 {
 		return i, nil
 	}
 	return -1, fail(ReasonSignatureMismatch, "no v matched under any configured secret")
@@ -391,16 +387,13 @@ func (v *Verifier) CheckTimestamp(ts int64, now time.Time) error {
 // decoded bytes.
 func (v *Verifier) Match(sig Signature, body []byte) int {
 	it := sigItems{t: sig.T, ts: sig.Timestamp, extra: sig.V}
-	return v.match(&it, body, nil)
+	return v.match(&it, body)
 }
 
-func (v *Verifier) match(it *sigItems, body []byte, id *[macSize]byte) int {
+func (v *Verifier) match(it *sigItems, body []byte) int {
 	var want, got [macSize]byte
-	for n, k := range v.keys {
+	for _, k := range v.keys {
 		k.sum(&want, it.t, body)
-		if n == 0 && id != nil {
-			*id = want
-		}
 		for i := 0; i < it.numV(); i++ {
 			if !decodeMAC(&got, it.vAt(i)) {
 				continue
