@@ -254,3 +254,20 @@ func sizeName(n int) string {
 	}
 	return fmt.Sprintf("%dB", n)
 }
+
+// BenchmarkParsePayload is the payload parser alone, per body size.
+func BenchmarkParsePayload(b *testing.B) {
+	for _, n := range benchSizes {
+		b.Run(sizeName(n), func(b *testing.B) {
+			body := benchBody(n)
+			var scratch [320]byte
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := parsePayload(body, scratch[:0]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

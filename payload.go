@@ -241,6 +241,13 @@ func internState(s string) string {
 // U+0000-U+001F, U+007F-U+009F), which covers CR, LF and NUL.
 func headerSafe(name string, b []byte) error {
 	for i := 0; i < len(b); {
+		// Skip eight plain printable ASCII bytes at a time.
+		for i+8 <= len(b) && plainASCII(binary.LittleEndian.Uint64(b[i:])) {
+			i += 8
+		}
+		if i >= len(b) {
+			break
+		}
 		c := b[i]
 		if c < utf8.RuneSelf {
 			if c < 0x20 || c == 0x7f {
@@ -410,6 +417,15 @@ func (s *scanner) str() (span, error) {
 	}
 	s.i = len(b)
 	return sp, s.syntax("closing '\"'")
+}
+
+// plainASCII reports whether all eight bytes in w are printable ASCII
+// (0x20-0x7e).
+func plainASCII(w uint64) bool {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	less20 := (w - lo*0x20) & ^w & hi
+	del := (w ^ lo*0x7f - lo) & ^(w ^ lo*0x7f) & hi
+	return w&hi|less20|del == 0
 }
 
 // hasSpecial reports whether any of the eight bytes in w is '"', '\\' or

@@ -182,3 +182,37 @@ func TestHasSpecial(t *testing.T) {
 		check(w)
 	}
 }
+
+// plainASCII agrees with a byte-by-byte check.
+func TestPlainASCII(t *testing.T) {
+	plain := func(c byte) bool { return c >= 0x20 && c < 0x7f }
+	check := func(w [8]byte) {
+		want := true
+		for _, c := range w {
+			want = want && plain(c)
+		}
+		if got := plainASCII(binary.LittleEndian.Uint64(w[:])); got != want {
+			t.Fatalf("plainASCII(%q) = %v, want %v", w, got, want)
+		}
+	}
+	for pos := 0; pos < 8; pos++ {
+		for c := 0; c < 256; c++ {
+			for _, fill := range []byte{'a', 0x20, 0x7e, '0'} {
+				var w [8]byte
+				for i := range w {
+					w[i] = fill
+				}
+				w[pos] = byte(c)
+				check(w)
+			}
+		}
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := 0; i < 200000; i++ {
+		var w [8]byte
+		for j := range w {
+			w[j] = byte(0x1c + rng.IntN(0x68)) // mostly printable, some edges
+		}
+		check(w)
+	}
+}
