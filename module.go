@@ -42,7 +42,11 @@ const (
 // declared Content-Length over max_body is refused before reading (413);
 // the body is read within body_timeout (408) and max_body (413); the
 // signature and/or token must verify (401); the payload must be a ReReady
-// JSON object (400). 405, 408 and 413 answers close the connection.
+// JSON object (400); a repeat of a signature-verified delivery is answered
+// 200 without forwarding once delivered, 409 while in flight (replay
+// suppression). 405, 408 and 413 answers close the connection. In observe
+// mode, what would get 401 or 400 is forwarded marked X-ReReady-Verified:
+// none with X-ReReady-Reject-Reason.
 // Rejections are returned as handler errors, so `handle_errors` can render
 // them; the error message starts with a stable reason code.
 //
@@ -64,7 +68,8 @@ const (
 // `{http.reready.ticket_url}`       | ticket URL, empty when null
 // `{http.reready.url}`              | the device return's URL, empty when null
 // `{http.reready.timestamp}`        | the verified t, empty without signature
-// `{http.reready.verified}`         | `hmac`, `token` or `hmac,token`
+// `{http.reready.verified}`         | `hmac`, `token`, `hmac,token`; `none` when observed
+// `{http.reready.reject_reason}`    | observe mode: why it would be rejected
 type Handler struct {
 	// Signing secret keys ("ssk_..."). A request must carry a valid
 	// signature under any one of them. Placeholders such as {env.NAME} and
