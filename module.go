@@ -5,11 +5,8 @@ package rereadyverify
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"net"
 	"net/http"
@@ -380,7 +377,7 @@ type requestState struct {
 // one is answered 200 without forwarding, a repeat of one in flight gets
 // 409, a new one is claimed. done reports that the request was answered.
 func (h *Handler) replayGate(w http.ResponseWriter, r *http.Request, start time.Time, st *requestState) (done bool, err error) {
-	key := replayKey{t: st.auth.sig.ts, id: deliveryID(st.auth.sig.t, st.body.buf, &st.event)}
+	key := replayKeyOf(st.auth.sig.ts, &st.auth.mac)
 	state, claim, err := h.replay.Begin(r.Context(), key, h.now())
 	switch {
 	case err != nil:
@@ -399,41 +396,6 @@ func (h *Handler) replayGate(w http.ResponseWriter, r *http.Request, start time.
 	}
 	st.claim, st.claimed = claim, true
 	return false, nil
-}
-
-// deliveryID identifies a verified delivery for replay suppression. It
-// depends only on what was signed (t and the body), not on any secret or
-// on which v matched, so reordering or rotating secrets, or re-sending a
-// multi-v header with some v removed, is still the same delivery. A full
-// second hash of the body would cost as much as the HMAC again; instead it
-// digests t, the body's length and CRC-32C (hardware, ~20x HMAC's speed)
-// and every field the gateway passes on. Only signature-verified bodies
-// reach it, so no one can aim for a collision; two genuine deliveries
-// would have to share t, length, CRC and every field to collide.
-func deliveryID(t string, body []byte, ev *Event) [32]byte {
-	var stack [512]byte
-	b := append(stack[:0], t...)
-	b = binary.BigEndian.AppendUint64(b, uint64(len(body)))
-	b = binary.BigEndian.AppendUint32(b, crc32.Checksum(body, castagnoli))
-	b = append(b, boolByte(ev.Test))
-	for _, f := range [...]struct {
-		has bool
-		v   string
-	}{{true, ev.DeviceReturnID}, {true, ev.State}, {ev.HasSerialNumber, ev.SerialNumber}, {ev.HasTicketURL, ev.TicketURL}, {ev.HasURL, ev.URL}} {
-		b = append(b, boolByte(f.has))
-		b = binary.AppendUvarint(b, uint64(len(f.v)))
-		b = append(b, f.v...)
-	}
-	return sha256.Sum256(b)
-}
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-func boolByte(b bool) byte {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // settle records a claimed delivery once next has returned: delivered if
@@ -557,9 +519,10 @@ func isTimeout(err error) bool {
 type auth struct {
 	signed     bool
 	sig        sigItems
-	verified   string // hmac, token, hmac,token; none in observe mode
-	reason     Reason // why an observed request failed
-	query      string // the query without ?token=
+	mac        [macSize]byte // the MAC that matched: with t, the replay key
+	verified   string        // hmac, token, hmac,token; none in observe mode
+	reason     Reason        // why an observed request failed
+	query      string        // the query without ?token=
 	stripQuery bool
 }
 
@@ -601,7 +564,7 @@ func (h *Handler) checkSignature(r *http.Request, body []byte, a *auth) *Failure
 	case len(vals) > 1:
 		return fail(ReasonSignatureDuplicate, "%d %s headers", len(vals), SignatureHeader)
 	}
-	if _, err := h.verifier.verify(&a.sig, vals[0], body, h.now()); err != nil {
+	if _, err := h.verifier.verify(&a.sig, vals[0], body, h.now(), &a.mac); err != nil {
 		return err.(*Failure)
 	}
 	a.signed = true

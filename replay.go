@@ -3,7 +3,6 @@ package rereadyverify
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -78,32 +77,22 @@ const (
 	ReasonReplayUnavailable Reason = "replay_store_unavailable" // the store failed
 )
 
-// replayKey names one delivery: the verified t and a 32-byte digest that
-// identifies the signed content.
+// replayKey names one delivery: the verified t and the first 32 bytes of
+// the MAC that matched.
 type replayKey struct {
 	t  int64
 	id [32]byte
 }
 
-// replayKeyFromBody keys a delivery by t and SHA-256(body). The key does
-// not depend on which v matched or under which secret, so re-sending a
-// multi-v header with some v removed (possible while secrets rotate) is
-// still seen as the same delivery. This is the recommended key.
-func replayKeyFromBody(t int64, body []byte) replayKey {
-	return replayKey{t: t, id: sha256.Sum256(body)}
-}
-
-// replayKeyFromMAC keys a delivery by t and the v that matched (either hex
-// case). The first 32 bytes of an HMAC-SHA512 identify it as safely as all
-// 64 do. Only a verified v may be passed.
-func replayKeyFromMAC(t int64, v string) (replayKey, bool) {
-	var mac [macSize]byte
-	if !decodeMAC(&mac, v) {
-		return replayKey{}, false
-	}
+// replayKeyOf keys a delivery by t and the MAC that matched (its first
+// 32 bytes identify it as safely as all 64 do). The MAC depends on the
+// secret, so endpoints with their own secrets that receive the same
+// payload never share a key, and it does not change when secrets are
+// added, removed or reordered.
+func replayKeyOf(t int64, mac *[macSize]byte) replayKey {
 	k := replayKey{t: t}
 	copy(k.id[:], mac[:])
-	return k, true
+	return k
 }
 
 // memKey is the key as the memory store indexes it: 128 bits of the
@@ -465,9 +454,9 @@ func (l *replayList) unlink(slots []replaySlot, i int32) {
 }
 
 // The process keeps one memory store across config reloads. Its pool key
-// does not depend on the configuration (keys hold the MAC or body digest,
-// so deliveries under different secrets cannot collide), so a reload that
-// changes secrets keeps what was delivered.
+// does not depend on the configuration (keys hold the MAC, so deliveries
+// under different secrets cannot collide), so a reload that changes
+// secrets keeps what was delivered.
 var (
 	replayPool         = caddy.NewUsagePool()
 	sharedMemoryReplay atomic.Pointer[memoryReplay] // for metrics

@@ -348,15 +348,16 @@ func (v *Verifier) ChecksToken() bool { return v.hasToken }
 // returns the parsed signature and the index of the v that matched.
 func (v *Verifier) VerifySignature(header string, body []byte, now time.Time) (Signature, int, error) {
 	var it sigItems
-	i, err := v.verify(&it, header, body, now)
+	i, err := v.verify(&it, header, body, now, nil)
 	if it.t == "" {
 		return Signature{}, i, err
 	}
 	return it.signature(), i, err
 }
 
-// verify parses header into it and checks it.
-func (v *Verifier) verify(it *sigItems, header string, body []byte, now time.Time) (int, error) {
+// verify parses header into it and checks it. When mac is not nil it
+// receives the MAC that matched.
+func (v *Verifier) verify(it *sigItems, header string, body []byte, now time.Time, mac *[macSize]byte) (int, error) {
 	if err := it.parse(header); err != nil {
 		*it = sigItems{}
 		return -1, err
@@ -364,7 +365,7 @@ func (v *Verifier) verify(it *sigItems, header string, body []byte, now time.Tim
 	if err := v.CheckTimestamp(it.ts, now); err != nil {
 		return -1, err
 	}
-	if i := v.match(it, body); i >= 0 {
+	if i := v.match(it, body, mac); i >= 0 {
 		return i, nil
 	}
 	return -1, fail(ReasonSignatureMismatch, "no v matched under any configured secret")
@@ -387,10 +388,10 @@ func (v *Verifier) CheckTimestamp(ts int64, now time.Time) error {
 // decoded bytes.
 func (v *Verifier) Match(sig Signature, body []byte) int {
 	it := sigItems{t: sig.T, ts: sig.Timestamp, extra: sig.V}
-	return v.match(&it, body)
+	return v.match(&it, body, nil)
 }
 
-func (v *Verifier) match(it *sigItems, body []byte) int {
+func (v *Verifier) match(it *sigItems, body []byte, mac *[macSize]byte) int {
 	var want, got [macSize]byte
 	for _, k := range v.keys {
 		k.sum(&want, it.t, body)
@@ -399,6 +400,9 @@ func (v *Verifier) match(it *sigItems, body []byte) int {
 				continue
 			}
 			if hmac.Equal(want[:], got[:]) {
+				if mac != nil {
+					*mac = want
+				}
 				return i
 			}
 		}

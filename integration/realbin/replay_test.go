@@ -303,6 +303,7 @@ func adminAddr(t *testing.T, g *gateway) string {
 // token-only requests and `replay off` are not tracked.
 func TestReplayMemory(t *testing.T) {
 	const secret, second, token = "ssk_replay_mem_4b5c6d7e", "ssk_replay_mem_second_8f9a", "tok_replay_mem_1d2e3f"
+	const otherEndpoint = "ssk_replay_mem_other_endpoint_2c3d"
 	ctl := startCtlApp(t)
 	dead, err := freePort()
 	if err != nil {
@@ -323,12 +324,16 @@ func TestReplayMemory(t *testing.T) {
 		secret %[1]s
 		replay off
 	}
+	reready_verify /other {
+		secret %[6]s
+	}
 	reverse_proxy /mem/app {{python}}
 	reverse_proxy /mem/ctl %[4]s
 	reverse_proxy /mem/down 127.0.0.1:%[5]d
 	reverse_proxy /two {{node}}
 	reverse_proxy /tok {{node}}
-	reverse_proxy /off {{php}}`, secret, second, token, ctl.addr, dead), nil, secret, second, token)
+	reverse_proxy /off {{php}}
+	reverse_proxy /other {{node}}`, secret, second, token, ctl.addr, dead, otherEndpoint), nil, secret, second, token, otherEndpoint)
 
 	t.Run("repeat acknowledged without forwarding", func(t *testing.T) {
 		ev, body, ts, sig := signedEvent(t, rubySigner, secret, "complete")
@@ -394,18 +399,41 @@ func TestReplayMemory(t *testing.T) {
 		delivered(t, m.one(t, python), ev, body, "hmac", fmt.Sprint(ts), sig)
 	})
 
-	t.Run("same delivery under any v", func(t *testing.T) {
-		// Signed under the second secret only, then re-sent with the v of
-		// the first secret, and with both: one delivery.
+	t.Run("same payload to another endpoint is its own delivery", func(t *testing.T) {
+		// ReReady sends one event to each of a company's endpoints, each
+		// signed with that endpoint's secret, with the same t and body.
+		// Both share this process's replay memory; neither may be taken
+		// for a repeat of the other.
+		ev := newEvent("pending_return_shipment")
+		body := ev.body()
+		ts := now()
+		sigA := rubySigner.sign(t, secret, ts, body)
+		sigB := opensslSigner.sign(t, otherEndpoint, ts, body)
+		m := mark(t)
+		ok(t, g.post(t, "/mem/app", body, "X-ReReady-Signature-512", sigA))
+		delivered(t, m.one(t, python), ev, body, "hmac", fmt.Sprint(ts), sigA)
+		m = mark(t)
+		ok(t, g.post(t, "/other", body, "X-ReReady-Signature-512", sigB))
+		delivered(t, m.one(t, node), ev, body, "hmac", fmt.Sprint(ts), sigB)
+		// Each is then a repeat at its own endpoint.
+		m = mark(t)
+		alreadyDelivered(t, g.post(t, "/mem/app", body, "X-ReReady-Signature-512", sigA))
+		alreadyDelivered(t, g.post(t, "/other", body, "X-ReReady-Signature-512", sigB))
+		m.none(t)
+	})
+
+	t.Run("a repeat is known by the v that matched", func(t *testing.T) {
+		// Signed under the second secret; re-sent with that v, alone or
+		// beside the first secret's v, it is the same delivery.
 		ev := newEvent("pending_return_shipment")
 		body := ev.body()
 		ts := now()
 		sig2 := rubySigner.sign(t, second, ts, body)
-		sig1 := rubySigner.sign(t, secret, ts, body)
 		m := mark(t)
 		ok(t, g.post(t, "/two", body, "X-ReReady-Signature-512", sig2))
 		delivered(t, m.one(t, node), ev, body, "hmac", fmt.Sprint(ts), sig2)
-		for _, h := range []string{sig1, fmt.Sprintf("t=%d,v=%s,v=%s", ts, macOf(sig2), macOf(sig1))} {
+		wrong := strings.Repeat("0", 128)
+		for _, h := range []string{sig2, fmt.Sprintf("t=%d,v=%s,v=%s", ts, wrong, macOf(sig2))} {
 			m := mark(t)
 			alreadyDelivered(t, g.post(t, "/two", body, "X-ReReady-Signature-512", h))
 			m.none(t)
