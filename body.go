@@ -63,13 +63,20 @@ func putBuf(b *[]byte) {
 
 var errTooLarge = errors.New("body too large")
 
+// maxUpfront bounds the buffer reserved from a declared Content-Length.
+const maxUpfront = 1 << 20
+
 // readBody reads r to EOF into a pooled buffer. hint is the declared length
 // (-1 if unknown). It fails with errTooLarge as soon as more than limit bytes
 // arrive; on any error the buffer has already been returned to the pool.
 func readBody(r io.Reader, hint, limit int64) (*[]byte, error) {
+	// A declared length sizes the buffer, but only up to maxUpfront: a
+	// client that declares a big body and sends nothing must not make the
+	// gateway reserve it before a byte of proof arrives. Beyond that the
+	// buffer grows as data does.
 	first := int64(4 << 10)
 	if hint >= 0 {
-		first = max(hint, 1)
+		first = min(max(hint, 1), maxUpfront)
 	}
 	p := getBuf(int(min(first, limit+1)))
 	b := *p

@@ -52,11 +52,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(args) == 0 {
 				return d.ArgErr()
 			}
+			for _, a := range args {
+				if a == "" {
+					return d.Err("secret is an empty string")
+				}
+			}
 			h.Secrets = append(h.Secrets, args...)
 		case "token":
 			v, err := oneArg(d)
 			if err != nil {
 				return err
+			}
+			if v == "" {
+				return d.Err("token is an empty string; remove the option to check no token")
 			}
 			h.Token = v
 		case "tolerance", "body_timeout":

@@ -69,6 +69,8 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"unknown subdirective", "reready_verify {\nsecret x\nsecrets y\n}", `unknown subdirective "secrets"`},
 		{"secret without value", "reready_verify {\nsecret\n}", "wrong argument count"},
 		{"token without value", "reready_verify {\ntoken\n}", "wrong argument count"},
+		{"empty token", "reready_verify {\nsecret x\ntoken \"\"\n}", "token is an empty string"},
+		{"empty secret", "reready_verify {\nsecret x \"\"\n}", "secret is an empty string"},
 		{"token two values", "reready_verify {\ntoken a b\n}", `extra "b"`},
 		{"duplicate token", "reready_verify {\ntoken a\ntoken b\n}", "duplicate token"},
 		{"duplicate tolerance", "reready_verify {\nsecret x\ntolerance 1m\ntolerance 2m\n}", "duplicate tolerance"},

@@ -381,9 +381,9 @@ func (h *Handler) replayGate(w http.ResponseWriter, r *http.Request, start time.
 	state, claim, err := h.replay.Begin(r.Context(), key, h.now())
 	switch {
 	case err != nil:
-		h.logger.Error("replay store failed; refusing the delivery so that the sender retries", zap.Error(err))
+		// Refused so that the sender retries; logged once, at error level.
 		w.Header().Set("Retry-After", "10")
-		return true, h.reject(w, r, start, fail(ReasonReplayUnavailable, "replay store unavailable"))
+		return true, h.reject(w, r, start, fail(ReasonReplayUnavailable, "replay store unavailable: %v", err))
 	case state == replayInFlight:
 		return true, h.reject(w, r, start, fail(ReasonReplayInFlight, "this delivery is being forwarded now"))
 	case state == replayDelivered:
@@ -450,8 +450,11 @@ func (h *Handler) forwardable(r *http.Request, st *requestState) {
 	r.Body = &st.body
 	r.ContentLength = int64(len(st.body.buf))
 	r.TransferEncoding = nil
+	r.Trailer = nil // trailers would reopen chunked framing and carry X-ReReady-* past us
 	delete(r.Header, "Transfer-Encoding")
 	delete(r.Header, "Expect")
+	delete(r.Header, "Trailer")
+	dropReReadyConnectionTokens(r.Header)
 	setContentLength(r.Header, len(st.body.buf))
 	setEventHeaders(r.Header, &st.event, &st.auth, st.hdrs[:0])
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
@@ -582,6 +585,30 @@ func setQuery(r *http.Request, q string) {
 		}
 		r.RequestURI = path
 	}
+}
+
+// dropReReadyConnectionTokens removes X-ReReady-* names from the
+// Connection header: reverse_proxy deletes every header named there as
+// hop-by-hop, which would let a client strip the trusted headers (or, in
+// observe mode, the X-ReReady-Verified: none marker).
+func dropReReadyConnectionTokens(hdr http.Header) {
+	vals, ok := hdr["Connection"]
+	if !ok {
+		return
+	}
+	var kept []string
+	for _, v := range vals {
+		for _, tok := range strings.Split(v, ",") {
+			if tok = strings.TrimSpace(tok); tok != "" && !isReReadyHeader(tok) {
+				kept = append(kept, tok)
+			}
+		}
+	}
+	if len(kept) == 0 {
+		delete(hdr, "Connection")
+		return
+	}
+	hdr["Connection"] = []string{strings.Join(kept, ", ")}
 }
 
 // setContentLength sets the header, keeping the client's value when it is
@@ -732,14 +759,16 @@ func (h *Handler) reject(w http.ResponseWriter, r *http.Request, start time.Time
 // logReject writes the one log line of a request that failed a check. It
 // never logs the query (which may hold the token) or any header value.
 func (h *Handler) logReject(r *http.Request, f *Failure, status int, observed bool) {
-	msg := "rejected webhook"
+	msg, level := "rejected webhook", zapcore.InfoLevel
 	switch {
 	case observed:
 		msg = "observed webhook that would be rejected; forwarding it (mode observe)"
 	case f.Reason == ReasonReplayDelivered:
 		msg = "replayed webhook acknowledged without forwarding"
+	case f.Reason == ReasonReplayUnavailable:
+		msg, level = "replay store failed; refusing the delivery so that the sender retries", zapcore.ErrorLevel
 	}
-	c := h.logger.Check(zapcore.InfoLevel, msg)
+	c := h.logger.Check(level, msg)
 	if c == nil {
 		return
 	}

@@ -472,3 +472,51 @@ func TestE2ESlowUpstreamAfterBodyRead(t *testing.T) {
 		t.Fatalf("upstream got %d requests", len(got))
 	}
 }
+
+// A client cannot smuggle X-ReReady-* values past the handler as trailers,
+// nor make reverse_proxy drop the trusted headers by naming them in
+// Connection.
+func TestE2ETrailersAndConnectionTokens(t *testing.T) {
+	tester, rec := server(t)
+	body := payload("complete", false)
+	sig := opensslSign(t, secretA, time.Now().Unix(), body)
+
+	// Chunked with declared trailers, on a raw connection.
+	head := "POST /hook HTTP/1.1\r\nHost: localhost:9080\r\nContent-Type: application/json\r\n" +
+		"Transfer-Encoding: chunked\r\nTrailer: X-ReReady-Verified, X-ReReady-State\r\n" +
+		"X-ReReady-Signature-512: " + sig + "\r\n\r\n"
+	chunked := fmt.Sprintf("%x\r\n%s\r\n0\r\nX-ReReady-Verified: hmac,token\r\nX-ReReady-State: failed\r\n\r\n", len(body), body)
+	status, _, _ := rawRequest(t, head, []byte(chunked))
+	if !strings.HasPrefix(status, "200") {
+		t.Fatalf("status %q", status)
+	}
+	got := rec.take()
+	if len(got) != 1 {
+		t.Fatalf("upstream got %d requests", len(got))
+	}
+	r := got[0]
+	if !bytes.Equal(r.Body, body) || r.ContentLength != int64(len(body)) || len(r.TransferEncoding) != 0 {
+		t.Fatalf("forwarded as CL %d TE %v body %q", r.ContentLength, r.TransferEncoding, r.Body)
+	}
+	if r.Header.Get("X-Reready-State") != "complete" || r.Header.Get("X-Reready-Verified") != "hmac" || r.Header.Get("Trailer") != "" {
+		t.Fatalf("headers %v", r.Header)
+	}
+
+	// Connection naming the trusted headers.
+	body = payload("failed", false)
+	resp, _ := post(t, tester, "/hook", bytes.NewReader(body), map[string]string{
+		"X-Reready-Signature-512": opensslSign(t, secretA, time.Now().Unix(), body),
+		"Connection":              "keep-alive, X-ReReady-State, x-reready-verified, X-ReReady-Device-Return-Id",
+	})
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	got = rec.take()
+	if len(got) != 1 {
+		t.Fatalf("upstream got %d requests", len(got))
+	}
+	h := got[0].Header
+	if h.Get("X-Reready-State") != "failed" || h.Get("X-Reready-Verified") != "hmac" || h.Get("X-Reready-Device-Return-Id") != idOf(t, body) {
+		t.Fatalf("trusted headers dropped via Connection: %v", h)
+	}
+}
