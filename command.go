@@ -183,6 +183,13 @@ type sendPayload struct {
 // runSend builds a payload, signs it, POSTs it and prints the answer. A
 // transport error or an answer other than 2xx is an error.
 func runSend(ctx context.Context, o sendOptions, stdout, stderr io.Writer) error {
+	if !KnownState(o.State) {
+		what := "--state is required"
+		if o.State != "" {
+			what = fmt.Sprintf("unknown --state %q", o.State)
+		}
+		return fmt.Errorf("%s; want one of: %s", what, strings.Join(States, ", "))
+	}
 	secret := o.Secret
 	if secret == "" {
 		secret = os.Getenv(envSecret)
@@ -192,13 +199,6 @@ func runSend(ctx context.Context, o sendOptions, stdout, stderr io.Writer) error
 	}
 	if secret != "" {
 		warnPrefix(secret, stderr)
-	}
-	if !KnownState(o.State) {
-		what := "--state is required"
-		if o.State != "" {
-			what = fmt.Sprintf("unknown --state %q", o.State)
-		}
-		return fmt.Errorf("%s; want one of: %s", what, strings.Join(States, ", "))
 	}
 	target, err := sendURL(o.URL, o.Token)
 	if err != nil {
