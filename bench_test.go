@@ -189,6 +189,9 @@ func newHandlerRig(b *testing.B, n int, replay bool) *handlerRig {
 	}
 	b.Cleanup(func() { h.Cleanup() })
 	h.logger = zap.NewNop()
+	if m, ok := h.replay.(*memoryReplay); ok { // quiet "memory full" warnings
+		m.configure(DefaultReplayCapacity, DefaultReplayLease, zap.NewNop())
+	}
 	now := time.Unix(1744831201, 0)
 	h.now = func() time.Time { return now }
 	rig := &handlerRig{h: h, body: benchBody(n), replay: replay, w: &benchWriter{h: http.Header{}}}

@@ -493,14 +493,24 @@ func (g *gateway) waitReady() error {
 // parts (its output arrives through a pipe, a moment after the response).
 func (g *gateway) waitLog(t *testing.T, parts ...string) {
 	t.Helper()
+	waitLogSince(t, g, 0, parts...)
+}
+
+// logOffset is where caddy's log ends now, for waitLogSince.
+func logOffset(g *gateway) int { return len(g.logs.String()) }
+
+// waitLogSince waits until caddy has logged, after offset, a line holding
+// every one of parts.
+func waitLogSince(t *testing.T, g *gateway, offset int, parts ...string) {
+	t.Helper()
 	deadline := time.Now().Add(logTimeout)
 	for {
-		for _, line := range strings.Split(g.logs.String(), "\n") {
-			ok := true
+		for _, line := range strings.Split(g.logs.String()[offset:], "\n") {
+			found := true
 			for _, p := range parts {
-				ok = ok && strings.Contains(line, p)
+				found = found && strings.Contains(line, p)
 			}
-			if ok {
+			if found {
 				return
 			}
 		}

@@ -251,33 +251,6 @@ func sendRaw(base, method, target string, body []byte, hdr ...string) (reply, er
 	return reply{resp.StatusCode, resp.Header, string(b)}, nil
 }
 
-// logOffset is where caddy's output ends now; waitLogSince looks only
-// after it, so lines from earlier requests do not count.
-func logOffset(g *gateway) int { return len(g.logs.String()) }
-
-// waitLogSince waits until caddy has logged, after offset, a line holding
-// every one of parts.
-func waitLogSince(t *testing.T, g *gateway, offset int, parts ...string) {
-	t.Helper()
-	deadline := time.Now().Add(logTimeout)
-	for {
-		for _, line := range strings.Split(g.logs.String()[offset:], "\n") {
-			found := true
-			for _, p := range parts {
-				found = found && strings.Contains(line, p)
-			}
-			if found {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("caddy logged no line containing all of %q after the request", parts)
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 var adminLine = regexp.MustCompile(`(?m)^\s*admin (127\.0\.0\.1:[0-9]+)\s*$`)
 
 // adminAddr returns the admin endpoint of a gateway started by
