@@ -760,7 +760,12 @@ func TestReplayStorageUnavailable(t *testing.T) {
 			t.Errorf("Retry-After %q, want 10", ra)
 		}
 		m.none(t)
-		waitLogSince(t, g, off, `"rejected webhook"`, `"reason":"replay_store_unavailable"`, `"status":503`)
+		waitLogSince(t, g, off, `"level":"error"`, `"replay store failed; refusing the delivery so that the sender retries"`,
+			`"reason":"replay_store_unavailable"`, `"status":503`)
+		// Logged once: one line for the one rejection.
+		if n := strings.Count(g.logs.String()[off:], `"reason":"replay_store_unavailable"`); n != 1 {
+			t.Errorf("%d log lines for one rejection", n)
+		}
 	}
 }
 
