@@ -42,7 +42,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		opt := d.Val()
 		if opt != "secret" {
 			if seen[opt] {
-				return d.Errf("duplicate %s option", opt)
+				val := ""
+				if d.NextArg() {
+					val = d.Val()
+				}
+				return d.Errf("duplicate %s option %q: it may be given once", opt, val)
 			}
 			seen[opt] = true
 		}

@@ -73,7 +73,7 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"empty secret", "reready_verify {\nsecret x \"\"\n}", "secret is an empty string"},
 		{"token two values", "reready_verify {\ntoken a b\n}", `extra "b"`},
 		{"duplicate token", "reready_verify {\ntoken a\ntoken b\n}", "duplicate token"},
-		{"duplicate tolerance", "reready_verify {\nsecret x\ntolerance 1m\ntolerance 2m\n}", "duplicate tolerance"},
+		{"duplicate tolerance", "reready_verify {\nsecret x\ntolerance 1m\ntolerance 2m\n}", `duplicate tolerance option "2m"`},
 		{"duplicate max_body", "reready_verify {\nsecret x\nmax_body 1KiB\nmax_body 2KiB\n}", "duplicate max_body"},
 		{"duplicate body_timeout", "reready_verify {\nsecret x\nbody_timeout 1s\nbody_timeout 1s\n}", "duplicate body_timeout"},
 		{"bad tolerance", "reready_verify {\nsecret x\ntolerance soon\n}", `invalid tolerance "soon"`},
