@@ -55,16 +55,20 @@ func run(m *testing.M) int {
 		return fatal("missing %s: run scripts/deps.sh (make test does)", strings.Join(missing, ", "))
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-	build := exec.CommandContext(ctx, filepath.Join(root, "scripts", "build-caddy.sh"))
-	build.Dir = root
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	err = build.Run()
-	cancel()
-	if err != nil {
-		return fatal("scripts/build-caddy.sh: %v", err)
+	// REALBIN_CADDY runs the suite on another build of the same tree, such
+	// as one with the race detector (XCADDY_RACE_DETECTOR=1 xcaddy build ...).
+	if caddyBin = os.Getenv("REALBIN_CADDY"); caddyBin == "" {
+		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+		build := exec.CommandContext(ctx, filepath.Join(root, "scripts", "build-caddy.sh"))
+		build.Dir = root
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		err = build.Run()
+		cancel()
+		if err != nil {
+			return fatal("scripts/build-caddy.sh: %v", err)
+		}
+		caddyBin = filepath.Join(root, "bin", "caddy")
 	}
-	caddyBin = filepath.Join(root, "bin", "caddy")
 
 	tmp, err := os.MkdirTemp("", "realbin-")
 	if err != nil {
@@ -440,6 +444,9 @@ func runCaddyfile(t *testing.T, caddyfile, base string, env []string, secrets ..
 			if strings.Contains(logs, s) {
 				t.Errorf("caddy's log contains the secret or token %q", s)
 			}
+		}
+		if strings.Contains(logs, "WARNING: DATA RACE") || strings.Contains(logs, "panic:") {
+			t.Errorf("caddy reported a data race or panicked")
 		}
 		if t.Failed() {
 			t.Logf("Caddyfile:\n%s\ncaddy output:\n%s", caddyfile, logs)
