@@ -149,6 +149,13 @@ func (br *bodyReader) Read(p []byte) (int, error) {
 
 func (br *bodyReader) Close() error { return nil }
 
+// rewind makes the body readable again from its start.
+func (br *bodyReader) rewind() {
+	br.mu.Lock()
+	br.off = 0
+	br.mu.Unlock()
+}
+
 // detach stops all further reads and returns the buffer to its pool.
 func (br *bodyReader) detach() {
 	br.mu.Lock()

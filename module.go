@@ -186,7 +186,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if v.ChecksSignature() {
 		switch h.Replay {
 		case ReplayMemory:
-			h.replay, h.releaseReplay = loadMemoryReplay(DefaultReplayCapacity, DefaultReplayLease, h.logger)
+			h.replay, h.releaseReplay = loadMemoryReplay(DefaultReplayCapacity, memoryClaimLease, h.logger)
 		case ReplayStorage:
 			st := newStorageReplay(ctx.Storage(), storageReplayConfig{Logger: h.logger})
 			h.replay, h.releaseReplay = st, st.Close
@@ -312,7 +312,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.reject(w, r, start, f)
 	}
 	st := &requestState{body: newBodyReader(ref)}
-	defer st.body.detach()
+	defer st.release(r)
 	body := st.body.buf
 
 	f = h.authenticate(r, body, &st.auth)
@@ -331,7 +331,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		st.auth = auth{verified: "none", reason: f.Reason, query: st.auth.query, stripQuery: st.auth.stripQuery}
 		st.event = Event{}
 		h.forwardable(r, st)
-		return next.ServeHTTP(w, r)
+		st.nextErr = next.ServeHTTP(w, r)
+		return st.nextErr
 	}
 	if !KnownState(st.event.State) {
 		h.logger.Warn("forwarding unknown state", zap.String("state", clip(st.event.State)),
@@ -351,11 +352,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.metrics.event(st.event.State, st.event.Test)
 	if st.claimed {
 		st.status.ResponseWriter = w
+		stop := h.renewClaim(st)
+		defer stop()
 		err := next.ServeHTTP(&st.status, r)
-		st.delivered = err == nil && st.status.ok()
+		st.nextReturned, st.nextErr = true, err
 		return err
 	}
-	return next.ServeHTTP(w, r)
+	st.nextErr = next.ServeHTTP(w, r)
+	return st.nextErr
+}
+
+// release returns the body buffer to its pool. When the rest of the chain
+// failed (an upstream down: 502), Caddy's handle_errors routes run after
+// this handler returns and may proxy the request again (to a fallback):
+// the body is then rewound and kept until the request is over.
+func (st *requestState) release(r *http.Request) {
+	if st.nextErr == nil {
+		st.body.detach()
+		return
+	}
+	st.body.rewind()
+	context.AfterFunc(r.Context(), st.body.detach)
 }
 
 // requestState is everything the handler keeps for one request, in one
@@ -368,9 +385,46 @@ type requestState struct {
 	hdrs   [8]string // backing store of the header values set upstream
 	strs   [320]byte // the event's strings, when they fit
 
-	claim     replayClaim
-	claimed   bool
-	delivered bool
+	claim        replayClaim
+	claimed      bool
+	nextReturned bool  // next returned (did not panic)
+	nextErr      error // what it returned
+}
+
+// delivered reports whether the app took the event: it answered 2xx (even
+// if copying the answer to the sender failed afterwards and next panicked
+// with http.ErrAbortHandler), or next returned no error and wrote nothing,
+// which net/http answers 200.
+func (st *requestState) delivered() bool {
+	code := st.status.code
+	return code >= 200 && code < 300 || code == 0 && st.nextReturned && st.nextErr == nil
+}
+
+// renewClaim keeps a claim in a lapsing store (storage) alive while next
+// runs; the returned func stops it.
+func (h *Handler) renewClaim(st *requestState) (stop func()) {
+	rn, ok := h.replay.(interface {
+		Renew(context.Context, replayClaim, time.Time) error
+	})
+	if !ok {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(DefaultReplayLease / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				if err := rn.Renew(context.Background(), st.claim, h.now()); err != nil {
+					h.logger.Warn("replay store failed to renew a claim; a repeat may be forwarded after it lapses", zap.Error(err))
+				}
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 // replayGate decides a signature-verified request: a repeat of a delivered
@@ -406,8 +460,8 @@ func (st *requestState) settle(h *Handler) {
 		return
 	}
 	ctx := context.Background() // the client may be gone; the record must not be
-	if st.delivered {
-		if err := h.replay.Commit(ctx, st.claim, h.now(), 2*time.Duration(h.Tolerance)); err != nil {
+	if st.delivered() {
+		if err := h.replay.Commit(ctx, st.claim, h.now(), h.replayTTL(st.auth.sig.ts)); err != nil {
 			h.logger.Error("replay store failed to record a delivery; a repeat may be forwarded", zap.Error(err))
 		}
 		return
@@ -415,6 +469,18 @@ func (st *requestState) settle(h *Handler) {
 	if err := h.replay.Abort(ctx, st.claim); err != nil {
 		h.logger.Warn("replay store failed to release a claim; it expires by itself", zap.Error(err))
 	}
+}
+
+// replayTTL is how long a delivery is remembered: 2 x tolerance, and at
+// least until its t can no longer pass the timestamp check (a t up to
+// tolerance ahead is accepted, counted in whole seconds).
+func (h *Handler) replayTTL(ts int64) time.Duration {
+	ttl := 2 * time.Duration(h.Tolerance)
+	tol := int64(time.Duration(h.Tolerance) / time.Second)
+	if untilStale := time.Unix(ts+tol+1, 0).Sub(h.now()); untilStale > ttl {
+		ttl = untilStale
+	}
+	return ttl
 }
 
 // statusWriter records the final status the rest of the chain wrote.
@@ -436,9 +502,6 @@ func (sw *statusWriter) Write(p []byte) (int, error) {
 	}
 	return sw.ResponseWriterWrapper.Write(p)
 }
-
-// ok reports a 2xx answer; nothing written means net/http's implicit 200.
-func (sw *statusWriter) ok() bool { return sw.code == 0 || sw.code >= 200 && sw.code < 300 }
 
 // forwardable rewrites the request for the upstream: the exact body, the
 // query without ?token=, client X-ReReady-* headers replaced by ours, and

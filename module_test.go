@@ -4,14 +4,19 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
@@ -209,6 +214,127 @@ func TestIsReReadyHeader(t *testing.T) {
 	} {
 		if got := isReReadyHeader(k); got != want {
 			t.Errorf("isReReadyHeader(%q) = %v", k, got)
+		}
+	}
+}
+
+// replayRig serves signed requests through a provisioned handler with
+// replay memory and an injected clock, straight into ServeHTTP.
+type replayRig struct {
+	h   *Handler
+	now time.Time
+}
+
+func newReplayRig(t *testing.T) *replayRig {
+	rig := &replayRig{now: time.Unix(1744831201, 0)}
+	rig.h = &Handler{Secrets: []string{testSecret}, Tolerance: caddy.Duration(5 * time.Minute)}
+	if err := provision(t, rig.h); err != nil {
+		t.Fatal(err)
+	}
+	rig.h.now = func() time.Time { return rig.now }
+	return rig
+}
+
+// serve sends body signed at ts through the handler to next and returns
+// the handler's error and the response recorded.
+func (rig *replayRig) serve(body []byte, ts int64, next caddyhttp.HandlerFunc) (resp *httptest.ResponseRecorder, err error) {
+	req := httptest.NewRequest(http.MethodPost, "/hook", bytes.NewReader(body))
+	req.Header.Set(SignatureHeader, Sign(testSecret, time.Unix(ts, 0), body))
+	ctx := context.WithValue(req.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer())
+	ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{})
+	ctx, cancel := context.WithCancel(ctx) // over when ServeHTTP is, as in net/http
+	defer cancel()
+	resp = httptest.NewRecorder()
+	defer func() {
+		if p := recover(); p != nil && p != http.ErrAbortHandler {
+			panic(p)
+		}
+	}()
+	err = rig.h.ServeHTTP(resp, req.WithContext(ctx), next)
+	return resp, err
+}
+
+func TestReplayDecidedByWhatTheAppAnswered(t *testing.T) {
+	rig := newReplayRig(t)
+	calls := 0
+	counting := func(w http.ResponseWriter, r *http.Request) error { calls++; return nil }
+	tests := []struct {
+		name      string
+		first     caddyhttp.HandlerFunc
+		remembers bool
+	}{
+		{"2xx answered", func(w http.ResponseWriter, r *http.Request) error { w.WriteHeader(201); return nil }, true},
+		{"nothing written, no error (net/http answers 200)", func(w http.ResponseWriter, r *http.Request) error { return nil }, true},
+		// reverse_proxy panics with ErrAbortHandler when copying the app's
+		// answer to a sender that went away: the app still took the event.
+		{"2xx then the copy to the sender aborted", func(w http.ResponseWriter, r *http.Request) error {
+			w.WriteHeader(200)
+			panic(http.ErrAbortHandler)
+		}, true},
+		{"5xx answered", func(w http.ResponseWriter, r *http.Request) error { w.WriteHeader(500); return nil }, false},
+		{"upstream down (502 error)", func(w http.ResponseWriter, r *http.Request) error {
+			return caddyhttp.Error(http.StatusBadGateway, errors.New("dial refused"))
+		}, false},
+		{"aborted before any answer", func(w http.ResponseWriter, r *http.Request) error { panic(http.ErrAbortHandler) }, false},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			body := []byte(fmt.Sprintf(`{"device_return_id":"d%d","state":"complete"}`, i))
+			ts := rig.now.Unix()
+			rig.serve(body, ts, tc.first)
+			calls = 0
+			resp, err := rig.serve(body, ts, counting)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if remembered := calls == 0; remembered != tc.remembers {
+				t.Fatalf("repeat forwarded %d times (answer %d %q); want remembered=%v", calls, resp.Code, resp.Body, tc.remembers)
+			}
+		})
+	}
+}
+
+// A repeat stays 409 for as long as the first is in flight, however long.
+func TestReplayInFlightDoesNotLapse(t *testing.T) {
+	rig := newReplayRig(t)
+	body := []byte(`{"device_return_id":"slow","state":"complete"}`)
+	ts := rig.now.Unix()
+	inside, release := make(chan struct{}), make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rig.serve(body, ts, func(w http.ResponseWriter, r *http.Request) error {
+			close(inside)
+			<-release
+			return nil
+		})
+	}()
+	<-inside
+	rig.now = rig.now.Add(4 * time.Minute) // well past the stored-claim lease, inside tolerance
+	_, err := rig.serve(body, ts, func(w http.ResponseWriter, r *http.Request) error {
+		t.Error("repeat forwarded while the first is in flight")
+		return nil
+	})
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) || he.StatusCode != http.StatusConflict {
+		t.Fatalf("repeat in flight: %v, want 409", err)
+	}
+	close(release)
+	<-done
+}
+
+// A delivery is remembered at least until its t is stale: a t up to
+// tolerance ahead is accepted until t + tolerance (+ the second's rest).
+func TestReplayTTLCoversTheAcceptanceWindow(t *testing.T) {
+	rig := newReplayRig(t)
+	now := rig.now.Unix()
+	for _, ts := range []int64{now, now - 300, now + 300} {
+		ttl := rig.h.replayTTL(ts)
+		if ttl < 10*time.Minute {
+			t.Errorf("t=now%+d: ttl %s, want at least 2 x tolerance", ts-now, ttl)
+		}
+		if end := rig.now.Add(ttl); !end.After(time.Unix(ts+300, 999_999_999)) {
+			t.Errorf("t=now%+d: remembered until %s, but t passes the check until %s", ts-now, end, time.Unix(ts+301, 0))
 		}
 	}
 }

@@ -46,11 +46,16 @@ const (
 	// DefaultReplayCapacity bounds the memory store's entries.
 	DefaultReplayCapacity = 100_000
 
-	// DefaultReplayLease is how long a claim on a delivery that is being
-	// forwarded holds off repeats (409) before a repeat may take it over.
-	// It bounds how long a crashed gateway, or an upstream that never
-	// answers, blocks that delivery.
+	// DefaultReplayLease is how long a stored claim on a delivery that is
+	// being forwarded lasts unless its gateway renews it (every third of
+	// it, while the forward runs): it bounds how long a crashed gateway
+	// blocks that delivery across the fleet.
 	DefaultReplayLease = time.Minute
+
+	// memoryClaimLease: claims in the memory store do not lapse. Their own
+	// request always settles them (deferred, panics included), and the
+	// process holding them cannot have crashed while they matter.
+	memoryClaimLease = 100 * 365 * 24 * time.Hour
 
 	// replayLockWait bounds the wait for a storage lock. It exceeds the
 	// default file_system storage's stale-lock age (10s) so a lock left by
@@ -648,6 +653,21 @@ func (s *storageReplay) Commit(ctx context.Context, c replayClaim, now time.Time
 	key := s.key(c.key)
 	return s.locked(context.WithoutCancel(ctx), key, func(ctx context.Context) error {
 		return s.store(ctx, key, replayRecord{State: "delivered", Expires: now.UnixNano() + int64(ttl)})
+	})
+}
+
+// Renew extends a claim that is still held by c for another lease, so a
+// delivery whose upstream is slow stays in flight (409 for repeats) across
+// the fleet; a gateway that crashed stops renewing and its claim lapses.
+func (s *storageReplay) Renew(ctx context.Context, c replayClaim, now time.Time) error {
+	key := s.key(c.key)
+	return s.locked(context.WithoutCancel(ctx), key, func(ctx context.Context) error {
+		rec, ok, err := s.load(ctx, key)
+		if err != nil || !ok || rec.State != "in_flight" || rec.Claim != claimHex(c.id) {
+			return err
+		}
+		rec.Expires = now.UnixNano() + int64(s.lease)
+		return s.store(ctx, key, rec)
 	})
 }
 

@@ -457,6 +457,32 @@ func TestReplayStorageCrashedClaim(t *testing.T) {
 	mustBegin(t, b, testKey(1), replayT0.Add(DefaultReplayLease+time.Second), replayDelivered)
 }
 
+// A gateway whose forward is slow renews its claim: a peer still sees the
+// delivery in flight after the first lease; a stale claim is not renewed.
+func TestReplayStorageRenew(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	clock := &testClock{t: replayT0}
+	a := newTestStorageReplay(t, &certmagic.FileStorage{Path: root}, clock)
+	b := newTestStorageReplay(t, &certmagic.FileStorage{Path: root}, clock)
+
+	c := mustBegin(t, a, testKey(1), replayT0, replayNew)
+	if err := a.Renew(ctx, c, replayT0.Add(DefaultReplayLease/2)); err != nil {
+		t.Fatal(err)
+	}
+	mustBegin(t, b, testKey(1), replayT0.Add(DefaultReplayLease+time.Second), replayInFlight)
+	// Lapsed and taken over: the old claim's renewal must not revive it.
+	later := replayT0.Add(2 * DefaultReplayLease)
+	cur := mustBegin(t, b, testKey(1), later, replayNew)
+	if err := a.Renew(ctx, c, later); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Abort(ctx, cur); err != nil {
+		t.Fatal(err)
+	}
+	mustBegin(t, a, testKey(1), later.Add(time.Second), replayNew)
+}
+
 func TestReplayStorageDamagedRecord(t *testing.T) {
 	ctx := context.Background()
 	st := &certmagic.FileStorage{Path: t.TempDir()}

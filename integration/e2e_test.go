@@ -135,10 +135,17 @@ func server(t *testing.T) (*caddytest.Tester, *recorder) {
 			secret %[2]s
 			token %[4]s
 		}
+		reready_verify /fallback {
+			secret %[2]s
+		}
+		reverse_proxy /fallback 127.0.0.1:1
 		@test vars {http.reready.test} true
 		respond @test "ack {http.reready.state}" 202
 		reverse_proxy %[5]s {
 			header_up X-Placeholders "{http.reready.state}|{http.reready.device_return_id}|{http.reready.serial_number}|{http.reready.test}|{http.reready.ticket_url}|{http.reready.url}|{http.reready.timestamp}|{http.reready.verified}"
+		}
+		handle_errors 502 {
+			reverse_proxy %[5]s
 		}
 		handle_errors {
 			respond "{err.status_code} {err.message}"
@@ -518,5 +525,21 @@ func TestE2ETrailersAndConnectionTokens(t *testing.T) {
 	h := got[0].Header
 	if h.Get("X-Reready-State") != "failed" || h.Get("X-Reready-Verified") != "hmac" || h.Get("X-Reready-Device-Return-Id") != idOf(t, body) {
 		t.Fatalf("trusted headers dropped via Connection: %v", h)
+	}
+}
+
+// When the upstream is down, a handle_errors route may proxy the request to
+// a fallback: it gets the verified body, whole.
+func TestE2EErrorRouteGetsTheBody(t *testing.T) {
+	tester, rec := server(t)
+	body := payload("failed", false)
+	resp, _ := post(t, tester, "/fallback", bytes.NewReader(body),
+		map[string]string{"X-Reready-Signature-512": opensslSign(t, secretA, time.Now().Unix(), body)})
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	got := rec.take()
+	if len(got) != 1 || !bytes.Equal(got[0].Body, body) || got[0].Header.Get("X-Reready-State") != "failed" {
+		t.Fatalf("fallback got %+v", got)
 	}
 }
