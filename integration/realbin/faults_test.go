@@ -401,12 +401,9 @@ func TestReliabilityUpstreamDown(t *testing.T) {
 // logs") for the error log, which is all these gateways write, plus the
 // deletion of X-ReReady-Signature-512, which the error log of a 5xx answer
 // would otherwise hold (see relStopAndScan).
+// relLogFilter is the README's global log filter, word for word.
 const relLogFilter = `
 	log default {
-		exclude http.log.error
-	}
-	log errors {
-		include http.log.error
 		format filter {
 			request>uri query {
 				delete token
