@@ -150,69 +150,63 @@ func TestParsePayloadDoesNotAliasBody(t *testing.T) {
 	}
 }
 
-// hasSpecial agrees with a byte-by-byte check, for every byte value at
-// every position and for random words.
-func TestHasSpecial(t *testing.T) {
-	special := func(c byte) bool { return c == '"' || c == '\\' || c < 0x20 }
-	check := func(w [8]byte) {
-		want := false
-		for _, c := range w {
-			want = want || special(c)
-		}
-		if got := hasSpecial(binary.LittleEndian.Uint64(w[:])); got != want {
-			t.Fatalf("hasSpecial(%q) = %v, want %v", w, got, want)
-		}
-	}
-	for pos := 0; pos < 8; pos++ {
-		for c := 0; c < 256; c++ {
-			for _, fill := range []byte{'a', 0xff, 0x80, 0x21} {
-				var w [8]byte
-				for i := range w {
-					w[i] = fill
-				}
-				w[pos] = byte(c)
-				check(w)
-			}
-		}
-	}
-	rng := rand.New(rand.NewPCG(1, 2))
-	for i := 0; i < 200000; i++ {
-		var w [8]byte
+// The SWAR word tests agree with byte-by-byte checks, for every byte value
+// at every position among several fillers, and for random words.
+func TestSWARWordTests(t *testing.T) {
+	randomWord := func(rng *rand.Rand) (w [8]byte) {
 		binary.LittleEndian.PutUint64(w[:], rng.Uint64())
-		check(w)
+		return w
 	}
-}
-
-// plainASCII agrees with a byte-by-byte check.
-func TestPlainASCII(t *testing.T) {
-	plain := func(c byte) bool { return c >= 0x20 && c < 0x7f }
-	check := func(w [8]byte) {
-		want := true
-		for _, c := range w {
-			want = want && plain(c)
-		}
-		if got := plainASCII(binary.LittleEndian.Uint64(w[:])); got != want {
-			t.Fatalf("plainASCII(%q) = %v, want %v", w, got, want)
-		}
-	}
-	for pos := 0; pos < 8; pos++ {
-		for c := 0; c < 256; c++ {
-			for _, fill := range []byte{'a', 0x20, 0x7e, '0'} {
-				var w [8]byte
-				for i := range w {
-					w[i] = fill
-				}
-				w[pos] = byte(c)
-				check(w)
-			}
-		}
-	}
-	rng := rand.New(rand.NewPCG(3, 4))
-	for i := 0; i < 200000; i++ {
-		var w [8]byte
+	mostlyPrintable := func(rng *rand.Rand) (w [8]byte) {
 		for j := range w {
-			w[j] = byte(0x1c + rng.IntN(0x68)) // mostly printable, some edges
+			w[j] = byte(0x1c + rng.IntN(0x68)) // printable, with the edges
 		}
-		check(w)
+		return w
+	}
+	tests := []struct {
+		name  string
+		word  func(uint64) bool
+		any   bool // word is true if any byte matches (else: if all do)
+		byte  func(byte) bool
+		fills []byte
+		gen   func(*rand.Rand) [8]byte
+	}{
+		{"hasSpecial", hasSpecial, true, func(c byte) bool { return c == '"' || c == '\\' || c < 0x20 },
+			[]byte{'a', 0xff, 0x80, 0x21}, randomWord},
+		{"plainASCII", plainASCII, false, func(c byte) bool { return c >= 0x20 && c < 0x7f },
+			[]byte{'a', 0x20, 0x7e, '0'}, mostlyPrintable},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			check := func(w [8]byte) {
+				want := !tc.any
+				for _, c := range w {
+					if tc.any {
+						want = want || tc.byte(c)
+					} else {
+						want = want && tc.byte(c)
+					}
+				}
+				if got := tc.word(binary.LittleEndian.Uint64(w[:])); got != want {
+					t.Fatalf("%s(%q) = %v, want %v", tc.name, w, got, want)
+				}
+			}
+			for pos := 0; pos < 8; pos++ {
+				for c := 0; c < 256; c++ {
+					for _, fill := range tc.fills {
+						var w [8]byte
+						for i := range w {
+							w[i] = fill
+						}
+						w[pos] = byte(c)
+						check(w)
+					}
+				}
+			}
+			rng := rand.New(rand.NewPCG(1, 2))
+			for i := 0; i < 200000; i++ {
+				check(tc.gen(rng))
+			}
+		})
 	}
 }
