@@ -404,14 +404,20 @@ func TestReplayStorageLifecycle(t *testing.T) {
 	mustBegin(t, s, testKey(2), replayT0, replayNew)
 }
 
+// twoGateways returns two stores over one file_system root, as two
+// gateways sharing storage would have.
+func twoGateways(t *testing.T) (a, b *storageReplay) {
+	root := t.TempDir()
+	clock := &testClock{t: replayT0}
+	return newTestStorageReplay(t, &certmagic.FileStorage{Path: root}, clock),
+		newTestStorageReplay(t, &certmagic.FileStorage{Path: root}, clock)
+}
+
 // TestReplayStorageShared runs two stores over one root, as two gateways
 // sharing storage would.
 func TestReplayStorageShared(t *testing.T) {
 	ctx := context.Background()
-	root := t.TempDir()
-	clock := &testClock{t: replayT0}
-	a := newTestStorageReplay(t, &certmagic.FileStorage{Path: root}, clock)
-	b := newTestStorageReplay(t, &certmagic.FileStorage{Path: root}, clock)
+	a, b := twoGateways(t)
 
 	c := mustBegin(t, a, testKey(1), replayT0, replayNew)
 	mustBegin(t, b, testKey(1), replayT0, replayInFlight)
@@ -434,10 +440,7 @@ func TestReplayStorageShared(t *testing.T) {
 // late Abort does not undo that.
 func TestReplayStorageCrashedClaim(t *testing.T) {
 	ctx := context.Background()
-	root := t.TempDir()
-	clock := &testClock{t: replayT0}
-	a := newTestStorageReplay(t, &certmagic.FileStorage{Path: root}, clock)
-	b := newTestStorageReplay(t, &certmagic.FileStorage{Path: root}, clock)
+	a, b := twoGateways(t)
 
 	old := mustBegin(t, a, testKey(1), replayT0, replayNew)
 	mustBegin(t, b, testKey(1), replayT0.Add(DefaultReplayLease-time.Second), replayInFlight)
@@ -461,10 +464,7 @@ func TestReplayStorageCrashedClaim(t *testing.T) {
 // delivery in flight after the first lease; a stale claim is not renewed.
 func TestReplayStorageRenew(t *testing.T) {
 	ctx := context.Background()
-	root := t.TempDir()
-	clock := &testClock{t: replayT0}
-	a := newTestStorageReplay(t, &certmagic.FileStorage{Path: root}, clock)
-	b := newTestStorageReplay(t, &certmagic.FileStorage{Path: root}, clock)
+	a, b := twoGateways(t)
 
 	c := mustBegin(t, a, testKey(1), replayT0, replayNew)
 	if err := a.Renew(ctx, c, replayT0.Add(DefaultReplayLease/2)); err != nil {
@@ -495,10 +495,7 @@ func TestReplayStorageDamagedRecord(t *testing.T) {
 }
 
 func TestReplayStorageConcurrentBegin(t *testing.T) {
-	clock := &testClock{t: replayT0}
-	root := t.TempDir()
-	a := newTestStorageReplay(t, &certmagic.FileStorage{Path: root}, clock)
-	b := newTestStorageReplay(t, &certmagic.FileStorage{Path: root}, clock)
+	a, b := twoGateways(t)
 	testConcurrentBegin(t, 4, a, b)
 }
 
