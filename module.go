@@ -528,14 +528,14 @@ func (h *Handler) forwardable(r *http.Request, st *requestState) {
 // readBody reads the body under max_body and body_timeout.
 func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) (*[]byte, *Failure) {
 	timeout := time.Duration(h.BodyTimeout)
-	viaDeadline := setReadDeadline(w, time.Now().Add(timeout)) == nil
+	start := time.Now()
+	viaDeadline := setReadDeadline(w, start.Add(timeout)) == nil
 	var timer *time.Timer
 	if !viaDeadline {
 		// No connection deadline (e.g. HTTP/3): closing the body ends a
 		// blocked read.
 		timer = time.AfterFunc(timeout, func() { r.Body.Close() })
 	}
-	start := time.Now()
 	body, err := readBody(r.Body, r.ContentLength, h.MaxBody)
 	if viaDeadline {
 		// Clear it, or the connection's background read would time out
