@@ -441,10 +441,11 @@ func (h *Handler) replayGate(w http.ResponseWriter, r *http.Request, start time.
 	case state == replayInFlight:
 		return true, h.reject(w, r, start, fail(ReasonReplayInFlight, "this delivery is being forwarded now"))
 	case state == replayDelivered:
-		h.logReject(r, &Failure{Reason: ReasonReplayDelivered, Msg: "already delivered; acknowledged without forwarding"}, http.StatusOK, false)
-		h.metrics.observe(outcomeReplayed, string(ReasonReplayDelivered), time.Since(start))
+		f := &Failure{Reason: ReasonReplayDelivered, Msg: "already delivered; acknowledged without forwarding"}
+		h.logReject(r, f, statusFor(f.Reason), false)
+		h.metrics.observe(outcomeReplayed, string(f.Reason), time.Since(start))
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.WriteHeader(http.StatusOK)
+		w.WriteHeader(statusFor(f.Reason))
 		_, err := io.WriteString(w, "already delivered\n")
 		return true, err
 	}
