@@ -219,13 +219,7 @@ func (m *metrics) event(state string, test bool) {
 	if m == nil {
 		return
 	}
-	i := len(States)
-	for j, s := range States {
-		if s == state {
-			i = j
-			break
-		}
-	}
+	i := stateIndex(state) // len(States): unknown
 	t := 0
 	if test {
 		t = 1

@@ -34,13 +34,16 @@ var States = []string{
 }
 
 // KnownState reports whether s is one of the documented states.
-func KnownState(s string) bool {
-	for _, k := range States {
+func KnownState(s string) bool { return stateIndex(s) < len(States) }
+
+// stateIndex is s's position in States, or len(States) for an unknown one.
+func stateIndex(s string) int {
+	for i, k := range States {
 		if s == k {
-			return true
+			return i
 		}
 	}
-	return false
+	return len(States)
 }
 
 // Event is the part of a ReReady payload the gateway passes on. Optional
@@ -229,10 +232,8 @@ func (s *scanner) strings(fields *[numFields]span, ev *Event, scratch []byte) er
 }
 
 func internState(s string) string {
-	for _, k := range States {
-		if s == k {
-			return k
-		}
+	if i := stateIndex(s); i < len(States) {
+		return States[i]
 	}
 	return s
 }
