@@ -431,7 +431,7 @@ func (h *Handler) renewClaim(st *requestState) (stop func()) {
 // one is answered 200 without forwarding, a repeat of one in flight gets
 // 409, a new one is claimed. done reports that the request was answered.
 func (h *Handler) replayGate(w http.ResponseWriter, r *http.Request, start time.Time, st *requestState) (done bool, err error) {
-	key := replayKeyOf(st.auth.sig.ts, &st.auth.mac)
+	key := signedDeliveryID(st.auth.sig.ts, &st.auth.mac)
 	state, claim, err := h.replay.Begin(r.Context(), key, h.now())
 	switch {
 	case err != nil:

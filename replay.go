@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -82,48 +81,30 @@ const (
 	ReasonReplayUnavailable Reason = "replay_store_unavailable" // the store failed
 )
 
-// replayKey names one delivery: the verified t and the first 32 bytes of
-// the MAC that matched.
-type replayKey struct {
-	t  int64
-	id [32]byte
-}
+// replayKey names one delivery: its delivery id (delivery.go), derived
+// from the verified t and the MAC that matched. The MAC depends on the
+// secret, so endpoints with their own secrets that receive the same payload
+// never share a key, and it does not change when secrets are added,
+// removed or reordered.
+type replayKey = deliveryID
 
-// replayKeyOf keys a delivery by t and the MAC that matched (its first
-// 32 bytes identify it as safely as all 64 do). The MAC depends on the
-// secret, so endpoints with their own secrets that receive the same
-// payload never share a key, and it does not change when secrets are
-// added, removed or reordered.
-func replayKeyOf(t int64, mac *[macSize]byte) replayKey {
-	k := replayKey{t: t}
-	copy(k.id[:], mac[:])
-	return k
-}
-
-// memKey is the key as the memory store indexes it: 128 bits of the
-// digest with t folded in. Different deliveries collide with probability
-// about n²/2¹²⁹ (n entries), and nobody can aim for a collision: only
-// signature-verified requests reach the store, and the digest is an HMAC or
-// SHA-256 output.
+// memKey is the key as the memory store indexes it: the id's 128-bit digest
+// with t folded in. Different deliveries collide with probability about
+// n²/2¹²⁹ (n entries), and nobody can aim for a collision: only
+// signature-verified requests reach the store, and the digest is a SHA-256
+// of an HMAC output.
 type memKey [2]uint64
 
 func (k replayKey) mem() memKey {
 	return memKey{
-		binary.LittleEndian.Uint64(k.id[0:8]) ^ uint64(k.t),
-		binary.LittleEndian.Uint64(k.id[8:16]),
+		binary.LittleEndian.Uint64(k.h[0:8]) ^ uint64(k.t),
+		binary.LittleEndian.Uint64(k.h[8:16]),
 	}
 }
 
-// name is the key's storage name and lock name suffix: "<t>-<hex id>".
-// Names sort by t while t has 10 digits (2001 to 2286).
-func (k replayKey) name() string {
-	var b [20 + 1 + 2*32]byte
-	n := len(strconv.AppendInt(b[:0], k.t, 10))
-	b[n] = '-'
-	n++
-	n += hex.Encode(b[n:], k.id[:])
-	return string(b[:n])
-}
+// name is the key's storage name and lock name suffix: the delivery id,
+// "<t>-<hex digest>". Names sort by t while t has 10 digits (2001 to 2286).
+func (k replayKey) name() string { return k.String() }
 
 // replayState is what Begin found.
 type replayState uint8
