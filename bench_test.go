@@ -184,6 +184,7 @@ func newHandlerRig(b *testing.B, n int, replay bool) *handlerRig {
 	h := &Handler{Secrets: []string{testSecret}, MaxBody: 2 << 20, Replay: mode}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	b.Cleanup(cancel)
+	h.app = testApp(b)
 	if err := h.Provision(ctx); err != nil {
 		b.Fatal(err)
 	}

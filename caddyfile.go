@@ -1,9 +1,11 @@
 package rereadyverify
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -13,6 +15,7 @@ import (
 func init() {
 	httpcaddyfile.RegisterHandlerDirective("reready_verify", parseCaddyfile)
 	httpcaddyfile.RegisterDirectiveOrder("reready_verify", httpcaddyfile.After, "forward_auth")
+	httpcaddyfile.RegisterGlobalOption("reready", parseGlobalOption)
 }
 
 func parseCaddyfile(helper httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
@@ -31,6 +34,10 @@ func parseCaddyfile(helper httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //	    body_timeout <duration>         # max time to read the body, default 10s
 //	    replay       off|memory|storage # default memory
 //	    mode         enforce|observe    # default enforce
+//	    queue [{                        # store-and-forward; default off
+//	        max_age   <duration>        # give up after this, default 72h
+//	        max_items <n>               # pending + dead per storage, default 10000
+//	    }]
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -115,6 +122,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("invalid replay %q: want memory, storage or off", v)
 			}
 			h.Replay = v
+		case "queue":
+			if d.NextArg() {
+				return d.Errf("queue takes no value, only an optional block; got %q", d.Val())
+			}
+			q, err := unmarshalQueue(d)
+			if err != nil {
+				return err
+			}
+			h.Queue = q
 		case "mode":
 			v, err := oneArg(d)
 			if err != nil {
@@ -134,6 +150,82 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Err("reready_verify needs at least one secret or a token")
 	}
 	return nil
+}
+
+// unmarshalQueue reads the optional block of the queue option.
+func unmarshalQueue(d *caddyfile.Dispenser) (*QueueConfig, error) {
+	q := new(QueueConfig)
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("duplicate queue option %s: it may be given once", opt)
+		}
+		seen[opt] = true
+		v, err := oneArg(d)
+		if err != nil {
+			return nil, err
+		}
+		switch opt {
+		case "max_age":
+			dur, err := caddy.ParseDuration(v)
+			if err != nil {
+				return nil, d.Errf("invalid queue max_age %q: %v", v, err)
+			}
+			if dur <= 0 {
+				return nil, d.Errf("invalid queue max_age %q: must be positive", v)
+			}
+			q.MaxAge = caddy.Duration(dur)
+		case "max_items":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return nil, d.Errf("invalid queue max_items %q: want a whole number of at least 1", v)
+			}
+			q.MaxItems = n
+		default:
+			return nil, d.Errf("unknown queue option %q: want max_age or max_items", opt)
+		}
+	}
+	return q, nil
+}
+
+// parseGlobalOption reads the reready global option, which configures the
+// reready app:
+//
+//	{
+//	    reready {
+//	        journal_size <n>   # journal entries kept in memory, default 10000
+//	    }
+//	}
+func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
+	d.Next() // option name
+	if d.NextArg() {
+		return nil, d.Errf("reready takes no value, only a block; got %q", d.Val())
+	}
+	app := new(App)
+	seen := map[string]bool{}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("duplicate reready option %s: it may be given once", opt)
+		}
+		seen[opt] = true
+		v, err := oneArg(d)
+		if err != nil {
+			return nil, err
+		}
+		switch opt {
+		case "journal_size":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > maxJournalSize {
+				return nil, d.Errf("invalid journal_size %q: want a whole number from 1 to %d", v, maxJournalSize)
+			}
+			app.JournalSize = n
+		default:
+			return nil, d.Errf("unknown reready option %q: want journal_size", opt)
+		}
+	}
+	return httpcaddyfile.App{Name: "reready", Value: caddyconfig.JSON(app, nil)}, nil
 }
 
 func oneArg(d *caddyfile.Dispenser) (string, error) {

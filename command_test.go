@@ -792,6 +792,7 @@ func cmdGateway(t *testing.T, h *Handler) (*httptest.Server, *cmdRecorder) {
 	t.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
+	h.app = testApp(t)
 	if err := h.Provision(ctx); err != nil {
 		t.Fatalf("Provision: %v", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -567,6 +568,7 @@ func fzProvision(f *testing.F) *fzHandlerSet {
 		h.now = func() time.Time { return time.Unix(fzNow, 0) }
 		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 		f.Cleanup(cancel)
+		h.app = testApp(f)
 		if err := h.Provision(ctx); err != nil {
 			f.Fatalf("provision mode %d: %v", mode, err)
 		}
@@ -801,6 +803,7 @@ func FuzzHandler(f *testing.F) {
 			if checksSig {
 				want["X-Reready-Timestamp"] = fzParseSig(sigVals[0]).t
 			}
+			sawID := false
 			for k, vs := range r.Header {
 				if !fzIsReReady(k) {
 					continue
@@ -809,6 +812,18 @@ func FuzzHandler(f *testing.F) {
 					if !slices.Equal(vs, sigVals) {
 						t.Fatalf("signature header changed: %q, was %q", vs, sigVals)
 					}
+					continue
+				}
+				if k == "X-Reready-Delivery-Id" {
+					// t-<32 hex>: the signed t, or the arrival time without a signature.
+					prefix := `[0-9]+-`
+					if checksSig {
+						prefix = regexp.QuoteMeta(fzParseSig(sigVals[0]).t) + "-"
+					}
+					if len(vs) != 1 || !regexp.MustCompile(`^`+prefix+`[0-9a-f]{32}$`).MatchString(vs[0]) {
+						t.Fatalf("upstream header %s = %q, want one <t>-<32 hex>", k, vs)
+					}
+					sawID = true
 					continue
 				}
 				wv, ok := want[k]
@@ -820,8 +835,8 @@ func FuzzHandler(f *testing.F) {
 				}
 				delete(want, k)
 			}
-			if len(want) != 0 {
-				t.Fatalf("upstream headers missing: %v", want)
+			if len(want) != 0 || !sawID {
+				t.Fatalf("upstream headers missing: %v (delivery id seen: %t)", want, sawID)
 			}
 			if checksTok {
 				path, q, _ := strings.Cut(r.RequestURI, "?")

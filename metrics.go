@@ -21,6 +21,9 @@ import (
 //	caddy_reready_verify_duration_seconds         handler entry to decision
 //	caddy_reready_replay_entries                  memory replay store size
 //	caddy_reready_replay_evictions_total          deliveries forgotten early
+//	caddy_reready_queue_items{status}             queued deliveries: pending, dead
+//	caddy_reready_queue_oldest_age_seconds        age of the oldest pending one
+//	caddy_reready_redeliveries_total{result}      attempts: delivered, failed, dead
 
 // Request outcomes, the outcome label of caddy_reready_requests_total.
 const (
@@ -28,6 +31,13 @@ const (
 	outcomeRejected = "rejected" // refused; reason is the Reason
 	outcomeReplayed = "replayed" // stopped by the replay gate; reason says how
 	outcomeObserved = "observed" // failed a check but passed on anyway
+)
+
+// Redelivery results, the result label of caddy_reready_redeliveries_total.
+const (
+	redeliveryDelivered = "delivered" // the app took it
+	redeliveryFailed    = "failed"    // still queued
+	redeliveryDead      = "dead"      // given up on (or set aside)
 )
 
 // stateUnknown is the state label for states ReReady does not document.
@@ -48,6 +58,8 @@ type metrics struct {
 	events   *prometheus.CounterVec
 	duration prometheus.Observer
 
+	redeliveries *prometheus.CounterVec
+
 	verified prometheus.Counter      // requests{verified,""}
 	byState  [][2]prometheus.Counter // events by States index; the last row is unknown
 
@@ -63,6 +75,7 @@ var processMetrics struct {
 	duration   prometheus.Histogram
 	entries    prometheus.GaugeFunc
 	evictions  prometheus.CounterFunc
+	redeliver  *prometheus.CounterVec
 	collectors []prometheus.Collector
 }
 
@@ -100,7 +113,37 @@ func initProcessMetrics() {
 		}
 		return 0
 	})
-	pm.collectors = []prometheus.Collector{pm.requests, pm.events, pm.duration, pm.entries, pm.evictions}
+	pm.redeliver = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Subsystem: sub, Name: "redeliveries_total",
+		Help: "Redelivery attempts of queued deliveries, by result (delivered, failed, dead).",
+	}, []string{"result"})
+	queueGauge := func(status string, n func(*worker) int64) prometheus.GaugeFunc {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "queue_items",
+			Help:        "Queued deliveries in the storage, by status (pending, dead), as this gateway last read them.",
+			ConstLabels: prometheus.Labels{"status": status},
+		}, func() float64 {
+			if w := liveWorker(); w != nil {
+				return float64(n(w))
+			}
+			return 0
+		})
+	}
+	oldest := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: ns, Subsystem: sub, Name: "queue_oldest_age_seconds",
+		Help: "Age of the oldest pending queued delivery, in seconds; 0 when none is pending.",
+	}, func() float64 {
+		w := liveWorker()
+		if w == nil || w.oldest.Load() == 0 {
+			return 0
+		}
+		return time.Since(time.Unix(0, w.oldest.Load())).Seconds()
+	})
+	pm.collectors = []prometheus.Collector{pm.requests, pm.events, pm.duration, pm.entries, pm.evictions,
+		pm.redeliver, oldest,
+		queueGauge(ItemPending, func(w *worker) int64 { return w.pending.Load() }),
+		queueGauge(ItemDead, func(w *worker) int64 { return w.dead.Load() }),
+	}
 }
 
 // registerMetrics registers the process's collectors on reg and returns a
@@ -110,7 +153,7 @@ func initProcessMetrics() {
 func registerMetrics(reg prometheus.Registerer) (*metrics, error) {
 	processMetrics.once.Do(initProcessMetrics)
 	pm := &processMetrics
-	m := &metrics{requests: pm.requests, events: pm.events, duration: pm.duration}
+	m := &metrics{requests: pm.requests, events: pm.events, duration: pm.duration, redeliveries: pm.redeliver}
 	if r, ok := reg.(*prometheus.Registry); ok && r == nil {
 		reg = nil
 	}
@@ -128,6 +171,8 @@ func registerMetrics(reg prometheus.Registerer) (*metrics, error) {
 				m.events, err = as[*prometheus.CounterVec](existing)
 			case pm.duration:
 				m.duration, err = as[prometheus.Observer](existing)
+			case pm.redeliver:
+				m.redeliveries, err = as[*prometheus.CounterVec](existing)
 			}
 			if err != nil {
 				return nil, err
@@ -225,4 +270,20 @@ func (m *metrics) event(state string, test bool) {
 		t = 1
 	}
 	m.byState[i][t].Inc()
+}
+
+// redelivery counts one redelivery attempt's result.
+func (m *metrics) redelivery(result string) {
+	if m == nil {
+		return
+	}
+	m.redeliveries.WithLabelValues(result).Inc()
+}
+
+// liveWorker is the running config's redelivery worker, if any.
+func liveWorker() *worker {
+	if a := liveApp.Load(); a != nil {
+		return a.worker
+	}
+	return nil
 }

@@ -102,6 +102,15 @@ type Handler struct {
 	// enforce.
 	Mode string `json:"mode,omitempty"`
 
+	// Store-and-forward: when set (an empty object takes the defaults), a
+	// verified delivery that the rest of the route fails (an error such as
+	// 502/504, or a 5xx, 408 or 429 answer) is stored in Caddy's storage
+	// and answered 202, then redelivered through the same route until the
+	// app answers 2xx. A delivery whose device return has queued
+	// deliveries waits behind them. Default: off.
+	Queue *QueueConfig `json:"queue,omitempty"`
+
+	app           *App
 	verifier      *Verifier
 	replay        replayStore
 	releaseReplay func() error
@@ -180,6 +189,23 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 	if h.metrics, err = registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("reready_verify: metrics: %v", err)
+	}
+
+	if h.app == nil { // unit tests set their own
+		app, err := ctx.App("reready")
+		if err != nil {
+			return fmt.Errorf("reready_verify: %v", err)
+		}
+		h.app = app.(*App)
+	}
+	if h.Queue != nil {
+		if h.Queue.MaxAge == 0 {
+			h.Queue.MaxAge = caddy.Duration(DefaultQueueMaxAge)
+		}
+		if h.Queue.MaxItems == 0 {
+			h.Queue.MaxItems = DefaultQueueMaxItems
+		}
+		h.app.useQueue()
 	}
 
 	// Only signature-verified requests take part in replay suppression.
@@ -277,6 +303,14 @@ func (h *Handler) Validate() error {
 	default:
 		return fmt.Errorf("reready_verify: mode %q: want enforce or observe", h.Mode)
 	}
+	if q := h.Queue; q != nil {
+		if q.MaxAge < 0 {
+			return fmt.Errorf("reready_verify: queue max_age %s must be positive", time.Duration(q.MaxAge))
+		}
+		if q.MaxItems < 0 {
+			return fmt.Errorf("reready_verify: queue max_items %d must be positive", q.MaxItems)
+		}
+	}
 	return nil
 }
 
@@ -299,17 +333,20 @@ const (
 // request rewrite, next. The body buffer goes back to its pool only after
 // next, and so the upstream round trip, is done with it.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if rd := redeliveryFrom(r.Context()); rd != nil && rd.take() {
+		return h.redeliver(w, r, next, rd)
+	}
 	start := time.Now()
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		return h.reject(w, r, start, fail(ReasonMethod, "method %s is not allowed; only POST", clip(r.Method)))
+		return h.reject(w, r, start, nil, fail(ReasonMethod, "method %s is not allowed; only POST", clip(r.Method)))
 	}
 	if r.ContentLength > h.MaxBody {
-		return h.reject(w, r, start, fail(ReasonBodyTooLarge, "Content-Length %d exceeds max_body %d", r.ContentLength, h.MaxBody))
+		return h.reject(w, r, start, nil, fail(ReasonBodyTooLarge, "Content-Length %d exceeds max_body %d", r.ContentLength, h.MaxBody))
 	}
 	ref, f := h.readBody(w, r)
 	if f != nil {
-		return h.reject(w, r, start, f)
+		return h.reject(w, r, start, nil, f)
 	}
 	st := &requestState{body: newBodyReader(ref)}
 	defer st.release(r)
@@ -324,15 +361,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if f != nil {
 		if !h.observe {
-			return h.reject(w, r, start, f)
+			if st.auth.signed {
+				st.id = signedDeliveryID(st.auth.sig.ts, &st.auth.mac)
+			}
+			return h.reject(w, r, start, st, f)
 		}
 		h.logReject(r, f, statusFor(f.Reason), true)
 		h.metrics.observe(outcomeObserved, string(f.Reason), time.Since(start))
 		st.auth = auth{verified: "none", reason: f.Reason, query: st.auth.query, stripQuery: st.auth.stripQuery}
 		st.event = Event{}
 		h.forwardable(r, st)
-		st.nextErr = next.ServeHTTP(w, r)
+		st.status.ResponseWriter = w
+		defer func() { h.journalLive(r, st, start, OutcomeObserved, f.Reason, st.answered(), st.upstreamStatus()) }()
+		st.nextErr = next.ServeHTTP(&st.status, r)
 		return st.nextErr
+	}
+	if st.auth.signed {
+		st.id = signedDeliveryID(st.auth.sig.ts, &st.auth.mac)
+	} else {
+		st.id = randomDeliveryID(start.Unix())
 	}
 	if !KnownState(st.event.State) {
 		h.logger.Warn("forwarding unknown state", zap.String("state", clip(st.event.State)),
@@ -351,15 +398,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.metrics.observe(outcomeVerified, "", time.Since(start))
 	h.metrics.event(st.event.State, st.event.Test)
 	if st.claimed {
-		st.status.ResponseWriter = w
 		stop := h.renewClaim(st)
 		defer stop()
-		err := next.ServeHTTP(&st.status, r)
-		st.nextReturned, st.nextErr = true, err
-		return err
 	}
-	st.nextErr = next.ServeHTTP(w, r)
-	return st.nextErr
+	if h.Queue != nil {
+		return h.forwardOrQueue(w, r, next, st, start)
+	}
+	return h.forward(w, r, next, st, start)
 }
 
 // release returns the body buffer to its pool. When the rest of the chain
@@ -382,13 +427,19 @@ type requestState struct {
 	auth   auth
 	event  Event
 	status statusWriter
-	hdrs   [8]string // backing store of the header values set upstream
+	hdrs   [12]string // backing store of the header values set upstream
 	strs   [320]byte // the event's strings, when they fit
 
 	claim        replayClaim
 	claimed      bool
 	nextReturned bool  // next returned (did not panic)
 	nextErr      error // what it returned
+
+	id         deliveryID
+	idText     string      // id.String(), once needed
+	queued     bool        // stored for redelivery and answered 202
+	queueW     queueWriter // the response writer with the queue on
+	redelivery *redelivery // set when this is a redelivery
 }
 
 // delivered reports whether the app took the event: it answered 2xx (even
@@ -431,19 +482,19 @@ func (h *Handler) renewClaim(st *requestState) (stop func()) {
 // one is answered 200 without forwarding, a repeat of one in flight gets
 // 409, a new one is claimed. done reports that the request was answered.
 func (h *Handler) replayGate(w http.ResponseWriter, r *http.Request, start time.Time, st *requestState) (done bool, err error) {
-	key := signedDeliveryID(st.auth.sig.ts, &st.auth.mac)
-	state, claim, err := h.replay.Begin(r.Context(), key, h.now())
+	state, claim, err := h.replay.Begin(r.Context(), st.id, h.now())
 	switch {
 	case err != nil:
 		// Refused so that the sender retries; logged once, at error level.
 		w.Header().Set("Retry-After", "10")
-		return true, h.reject(w, r, start, fail(ReasonReplayUnavailable, "replay store unavailable: %v", err))
+		return true, h.reject(w, r, start, st, fail(ReasonReplayUnavailable, "replay store unavailable: %v", err))
 	case state == replayInFlight:
-		return true, h.reject(w, r, start, fail(ReasonReplayInFlight, "this delivery is being forwarded now"))
+		return true, h.reject(w, r, start, st, fail(ReasonReplayInFlight, "this delivery is being forwarded now"))
 	case state == replayDelivered:
 		f := &Failure{Reason: ReasonReplayDelivered, Msg: "already delivered; acknowledged without forwarding"}
 		h.logReject(r, f, statusFor(f.Reason), false)
 		h.metrics.observe(outcomeReplayed, string(f.Reason), time.Since(start))
+		h.journalLive(r, st, start, OutcomeReplayed, f.Reason, statusFor(f.Reason), 0)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(statusFor(f.Reason))
 		_, err := io.WriteString(w, "already delivered\n")
@@ -461,7 +512,7 @@ func (st *requestState) settle(h *Handler) {
 		return
 	}
 	ctx := context.Background() // the client may be gone; the record must not be
-	if st.delivered() {
+	if st.queued || st.delivered() {
 		if err := h.replay.Commit(ctx, st.claim, h.now(), h.replayTTL(st.auth.sig.ts)); err != nil {
 			h.logger.Error("replay store failed to record a delivery; a repeat may be forwarded", zap.Error(err))
 		}
@@ -520,7 +571,7 @@ func (h *Handler) forwardable(r *http.Request, st *requestState) {
 	delete(r.Header, "Trailer")
 	dropReReadyConnectionTokens(r.Header)
 	setContentLength(r.Header, len(st.body.buf))
-	setEventHeaders(r.Header, &st.event, &st.auth, st.hdrs[:0])
+	setEventHeaders(r.Header, st)
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Map(st.placeholder)
 	}
@@ -691,13 +742,14 @@ func setContentLength(hdr http.Header, n int) {
 // others fold them together) except the signature, then sets the trusted
 // ones. An observed (unverified) request gets only X-ReReady-Verified:
 // none and X-ReReady-Reject-Reason.
-func setEventHeaders(hdr http.Header, ev *Event, a *auth, vals []string) {
+func setEventHeaders(hdr http.Header, st *requestState) {
+	ev, a, vals := &st.event, &st.auth, st.hdrs[:0]
 	for k := range hdr {
 		if k != hdrSignature && isReReadyHeader(k) {
 			delete(hdr, k)
 		}
 	}
-	// One backing array (vals, cap 8) for all values instead of one slice
+	// One backing array (vals, cap 12) for all values instead of one slice
 	// per header.
 	set := func(k, v string) {
 		vals = append(vals, v)
@@ -724,6 +776,7 @@ func setEventHeaders(hdr http.Header, ev *Event, a *auth, vals []string) {
 		set(hdrTimestamp, a.sig.t)
 	}
 	set(hdrVerified, a.verified)
+	st.deliveryHeaders(set)
 }
 
 func isReReadyHeader(k string) bool {
@@ -778,6 +831,16 @@ func (st *requestState) placeholder(key string) (any, bool) {
 		return a.verified, true
 	case "reject_reason":
 		return string(a.reason), true
+	case "delivery_id":
+		return st.deliveryID(), true
+	case "attempt":
+		if st.redelivery != nil {
+			return strconv.Itoa(st.redelivery.attempt), true
+		}
+		if a.reason != "" {
+			return "", true
+		}
+		return "1", true
 	}
 	return nil, false
 }
@@ -809,7 +872,7 @@ func statusFor(r Reason) int {
 
 // reject logs and counts a rejection once and returns it as a handler
 // error, so handle_errors can render it.
-func (h *Handler) reject(w http.ResponseWriter, r *http.Request, start time.Time, f *Failure) error {
+func (h *Handler) reject(w http.ResponseWriter, r *http.Request, start time.Time, st *requestState, f *Failure) error {
 	status := statusFor(f.Reason)
 	switch status {
 	case http.StatusMethodNotAllowed, http.StatusRequestTimeout, http.StatusRequestEntityTooLarge:
@@ -817,6 +880,7 @@ func (h *Handler) reject(w http.ResponseWriter, r *http.Request, start time.Time
 	}
 	h.logReject(r, f, status, false)
 	h.metrics.observe(outcomeRejected, string(f.Reason), time.Since(start))
+	h.journalLive(r, st, start, OutcomeRejected, f.Reason, status, 0)
 	return caddyhttp.Error(status, fmt.Errorf("reready_verify: %w", f))
 }
 

@@ -26,6 +26,7 @@ func provision(t *testing.T, h *Handler) error {
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
 	t.Cleanup(func() { h.Cleanup() })
+	h.app = testApp(t)
 	return h.Provision(ctx)
 }
 

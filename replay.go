@@ -553,23 +553,33 @@ type replayRecord struct {
 }
 
 func (s *storageReplay) key(k replayKey) string     { return replayStoragePrefix + "/" + k.name() }
-func (s *storageReplay) lockName(key string) string { return strings.ReplaceAll(key, "/", "_") }
 
 // locked runs f under the storage lock for key, with the lock wait bounded
-// by lockWait. Unlocking ignores the caller's cancellation.
+// by lockWait.
 func (s *storageReplay) locked(ctx context.Context, key string, f func(context.Context) error) error {
+	return withStorageLock(ctx, s.storage, s.lockWait, key, s.logger, f)
+}
+
+// lockName is the storage lock name for key.
+func lockName(key string) string { return strings.ReplaceAll(key, "/", "_") }
+
+// withStorageLock runs f under st's lock for key (named after it, with '/'
+// as '_'), waiting at most wait for the lock. f gets a context with that
+// deadline. Unlocking ignores the caller's cancellation. Storage locks are
+// advisory: f must re-read whatever it decides on.
+func withStorageLock(ctx context.Context, st certmagic.Storage, wait time.Duration, key string, log *zap.Logger, f func(context.Context) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	lctx, cancel := context.WithTimeout(ctx, s.lockWait)
+	lctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	name := s.lockName(key)
-	if err := s.storage.Lock(lctx, name); err != nil {
-		return fmt.Errorf("replay: locking %s: %w", key, err)
+	name := lockName(key)
+	if err := st.Lock(lctx, name); err != nil {
+		return fmt.Errorf("locking %s: %w", key, err)
 	}
 	err := f(lctx)
-	if uerr := s.storage.Unlock(context.WithoutCancel(ctx), name); uerr != nil {
-		s.logger.Error("replay: unlocking", zap.String("key", key), zap.Error(uerr))
+	if uerr := st.Unlock(context.WithoutCancel(ctx), name); uerr != nil {
+		log.Error("unlocking storage", zap.String("key", key), zap.Error(uerr))
 	}
 	return err
 }

@@ -103,6 +103,7 @@ type sigItems struct {
 	n     int
 	v     [4]string
 	extra []string
+	key   int // after a match: the index of the secret that matched
 }
 
 func (it *sigItems) numV() int { return it.n + len(it.extra) }
@@ -393,13 +394,14 @@ func (v *Verifier) Match(sig Signature, body []byte) int {
 
 func (v *Verifier) match(it *sigItems, body []byte, mac *[macSize]byte) int {
 	var want, got [macSize]byte
-	for _, k := range v.keys {
+	for ki, k := range v.keys {
 		k.sum(&want, it.t, body)
 		for i := 0; i < it.numV(); i++ {
 			if !decodeMAC(&got, it.vAt(i)) {
 				continue
 			}
 			if hmac.Equal(want[:], got[:]) {
+				it.key = ki
 				if mac != nil {
 					*mac = want
 				}

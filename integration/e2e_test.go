@@ -3,6 +3,8 @@ package integration
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -192,7 +194,8 @@ func TestE2EVerifiedDelivery(t *testing.T) {
 				"X-Reready-State":         "complete",   // spoofed
 				"X-Reready-Verified":      "hmac,token", // spoofed
 				"X-Reready-Extra":         "spoof",
-				"X-Reready_test":          "true", // underscore form (Caddy 2.11 drops these too)
+				"X-Reready-Delivery-Id":   "1-00000000000000000000000000000000", // spoofed
+				"X-Reready_test":          "true",                               // underscore form (Caddy 2.11 drops these too)
 				"x-rereadY-uRL":           "https://evil.example",
 			})
 			if resp.StatusCode != 200 || respBody != `{"ok":true}` {
@@ -217,6 +220,7 @@ func TestE2EVerifiedDelivery(t *testing.T) {
 				"X-Reready-Timestamp":        strconv.FormatInt(now, 10),
 				"X-Reready-Verified":         "hmac",
 				"X-Reready-Signature-512":    sig,
+				"X-Reready-Delivery-Id":      deliveryIDOf(t, sig),
 				"X-Placeholders": state + "|" + id + "||false||https://www.reready.co/device_returns/" + id + "|" +
 					strconv.FormatInt(now, 10) + "|hmac",
 			}
@@ -542,4 +546,18 @@ func TestE2EErrorRouteGetsTheBody(t *testing.T) {
 	if len(got) != 1 || !bytes.Equal(got[0].Body, body) || got[0].Header.Get("X-Reready-State") != "failed" {
 		t.Fatalf("fallback got %+v", got)
 	}
+}
+
+// deliveryIDOf derives the delivery id from a signature made by another
+// signer: the signed t and the first 16 bytes of SHA-256 over a domain
+// string and the MAC's bytes.
+func deliveryIDOf(t *testing.T, sig string) string {
+	t.Helper()
+	ts, v, ok := strings.Cut(strings.TrimPrefix(sig, "t="), ",v=")
+	mac, err := hex.DecodeString(v)
+	if !ok || err != nil {
+		t.Fatalf("signature %q: want t=<t>,v=<hex>", sig)
+	}
+	sum := sha256.Sum256(append([]byte("reready_verify delivery id\x00"), mac...))
+	return ts + "-" + hex.EncodeToString(sum[:16])
 }

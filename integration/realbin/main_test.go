@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -376,6 +378,20 @@ func (s signer) sign(t *testing.T, secret string, ts int64, body []byte) string 
 	return v
 }
 
+// deliveryIDOf derives the delivery id the gateway gives a signed delivery:
+// the signed t and the first 16 bytes of SHA-256 over a domain string and
+// the MAC's bytes.
+func deliveryIDOf(t *testing.T, sig string) string {
+	t.Helper()
+	ts, v, ok := strings.Cut(strings.TrimPrefix(sig, "t="), ",v=")
+	mac, err := hex.DecodeString(v)
+	if !ok || err != nil {
+		t.Fatalf("signature %q: want t=<t>,v=<hex>", sig)
+	}
+	sum := sha256.Sum256(append([]byte("reready_verify delivery id\x00"), mac...))
+	return ts + "-" + hex.EncodeToString(sum[:16])
+}
+
 // macOf returns the v part of a signature value.
 func macOf(sig string) string { _, v, _ := strings.Cut(sig, ",v="); return v }
 
@@ -649,6 +665,20 @@ func delivered(t *testing.T, rec record, ev event, body []byte, verified, ts, si
 		}
 	}
 	got := rec.rereadyHeaders()
+	// The delivery id derives from the MAC of a signed delivery (checked
+	// against the signature an independent signer made); a token-only one
+	// gets the arrival time and random digits.
+	idPrefix := `[0-9]+`
+	if ts != "" {
+		idPrefix = ts
+	}
+	if sigValue.MatchString(signature) { // one v: its MAC is the one that matched
+		wantHdr["x-reready-delivery-id"] = deliveryIDOf(t, signature)
+	} else if id := got["x-reready-delivery-id"]; !regexp.MustCompile(`^` + idPrefix + `-[0-9a-f]{32}$`).MatchString(id) {
+		t.Errorf("%s app: header x-reready-delivery-id = %q, want %s-<32 hex>", rec["app"], id, idPrefix)
+	} else {
+		wantHdr["x-reready-delivery-id"] = id
+	}
 	for k, v := range wantHdr {
 		if got[k] != v {
 			t.Errorf("%s app: header %s = %q, want %q", rec["app"], k, got[k], v)

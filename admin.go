@@ -1,0 +1,188 @@
+package rereadyverify
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(AdminAPI{})
+}
+
+// AdminAPI serves the journal and the queue on Caddy's admin endpoint:
+//
+//	GET    /reready/deliveries?return_id=&state=&outcome=&limit=&after=
+//	GET    /reready/queue
+//	POST   /reready/queue/<id>/retry
+//	DELETE /reready/queue/<id>
+//
+// It holds no state: admin modules are provisioned before the apps on
+// every config load, so it finds the running reready app per request.
+type AdminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (AdminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.reready",
+		New: func() caddy.Module { return new(AdminAPI) },
+	}
+}
+
+// Routes returns the admin routes.
+func (AdminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{
+		Pattern: "/reready/",
+		Handler: caddy.AdminHandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			if err := serveOps(w, r, strings.TrimPrefix(r.URL.Path, "/reready")); err != nil {
+				return caddy.APIError{HTTPStatus: err.status, Err: errors.New(err.msg)}
+			}
+			return nil
+		}),
+	}}
+}
+
+// journalHeader carries the journal's epoch, so a follower notices that
+// the process (and its sequence numbers) changed.
+const journalHeader = "X-Reready-Journal"
+
+// opsError is a refused operation: a status and a message for the JSON
+// error body.
+type opsError struct {
+	status int
+	msg    string
+}
+
+func opsErrorf(status int, format string, args ...any) *opsError {
+	return &opsError{status: status, msg: fmt.Sprintf(format, args...)}
+}
+
+// serveOps answers the operations the admin API and the page share, at
+// sub-path p: /deliveries, /queue, /queue/<id>/retry and /queue/<id>. Both
+// go through the same queries, so they cannot disagree.
+func serveOps(w http.ResponseWriter, r *http.Request, p string) *opsError {
+	switch {
+	case p == "/deliveries":
+		if r.Method != http.MethodGet {
+			return methodNotAllowed(w, http.MethodGet)
+		}
+		f, err := deliveryFilter(r)
+		if err != nil {
+			return err
+		}
+		w.Header().Set(journalHeader, processJournal.epoch)
+		return writeJSON(w, processJournal.query(f))
+	case p == "/queue":
+		if r.Method != http.MethodGet {
+			return methodNotAllowed(w, http.MethodGet)
+		}
+		a := liveApp.Load()
+		if a == nil {
+			return writeJSON(w, []QueueItem{})
+		}
+		items, err := a.queueView(r.Context())
+		if err != nil {
+			return opsErrorf(http.StatusServiceUnavailable, "reading the queue: %v", err)
+		}
+		return writeJSON(w, items)
+	case strings.HasPrefix(p, "/queue/"):
+		rest := strings.TrimPrefix(p, "/queue/")
+		id, action, _ := strings.Cut(rest, "/")
+		switch {
+		case action == "retry":
+			if r.Method != http.MethodPost {
+				return methodNotAllowed(w, http.MethodPost)
+			}
+		case action == "":
+			if r.Method != http.MethodDelete {
+				return methodNotAllowed(w, http.MethodDelete)
+			}
+		default:
+			return opsErrorf(http.StatusNotFound, "no such operation %q", clip(action))
+		}
+		return changeItem(w, r, id, action == "retry")
+	}
+	return opsErrorf(http.StatusNotFound, "not found: want /deliveries, /queue, /queue/<id>/retry or /queue/<id>")
+}
+
+// changeItem retries or drops a queued delivery.
+func changeItem(w http.ResponseWriter, r *http.Request, id string, retry bool) *opsError {
+	a := liveApp.Load()
+	if !validItemName(id) || a == nil {
+		return opsErrorf(http.StatusNotFound, "no queued delivery %q", clip(id))
+	}
+	var it *queueItem
+	var err error
+	if retry {
+		it, err = a.queue.retry(r.Context(), id, a.now())
+	} else {
+		it, err = a.queue.drop(r.Context(), id)
+	}
+	switch {
+	case errors.Is(err, errItemNotFound):
+		return opsErrorf(http.StatusNotFound, "no queued delivery %q", id)
+	case errors.Is(err, errItemCorrupt):
+		return opsErrorf(http.StatusConflict, "%v", err)
+	case err != nil:
+		return opsErrorf(http.StatusServiceUnavailable, "%v", err)
+	}
+	if retry {
+		a.logger.Info("queued delivery to be retried now, as asked", zap.String("id", id))
+		a.wake()
+	} else {
+		a.logger.Info("queued delivery dropped, as asked", zap.String("id", id),
+			zap.String("device_return_id", clip(it.DeviceReturnID)), zap.String("state", clip(it.State)))
+		a.wake()
+	}
+	return writeJSON(w, it.view())
+}
+
+// deliveryFilter reads the query parameters of /deliveries.
+func deliveryFilter(r *http.Request) (DeliveryFilter, *opsError) {
+	q := r.URL.Query()
+	f := DeliveryFilter{ReturnID: q.Get("return_id"), State: q.Get("state"), Outcome: q.Get("outcome")}
+	if f.Outcome != "" && !slices.Contains(Outcomes, f.Outcome) {
+		return f, opsErrorf(http.StatusBadRequest, "invalid outcome %q: want one of %s", clip(f.Outcome), strings.Join(Outcomes, ", "))
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxDeliveryLimit {
+			return f, opsErrorf(http.StatusBadRequest, "invalid limit %q: want 1 to %d", clip(v), maxDeliveryLimit)
+		}
+		f.Limit = n
+	}
+	if v := q.Get("after"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return f, opsErrorf(http.StatusBadRequest, "invalid after %q: want a sequence number", clip(v))
+		}
+		f.After = n
+	}
+	return f, nil
+}
+
+func methodNotAllowed(w http.ResponseWriter, allow string) *opsError {
+	w.Header().Set("Allow", allow)
+	return opsErrorf(http.StatusMethodNotAllowed, "method not allowed; want %s", allow)
+}
+
+func writeJSON(w http.ResponseWriter, v any) *opsError {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return opsErrorf(http.StatusInternalServerError, "encoding: %v", err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(append(data, '\n'))
+	return nil
+}
+
+// Interface guards
+var _ caddy.AdminRouter = (*AdminAPI)(nil)

@@ -1,0 +1,216 @@
+package rereadyverify
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// App is the `reready` app: what outlives a request. It owns the delivery
+// journal (per process, kept across reloads) and, when a reready_verify
+// handler has `queue` on, the worker that redelivers queued deliveries
+// from Caddy's storage. Handlers load it; configuring it is optional:
+//
+//	{
+//		reready {
+//			journal_size <n>
+//		}
+//	}
+//
+// Events it emits through Caddy's events app: reready.queued,
+// reready.redelivered and reready.dead, with data id, device_return_id,
+// state, test, attempt, status and error.
+type App struct {
+	// Most journal entries kept in memory, per process; the oldest go
+	// first. Default: 10000.
+	JournalSize int `json:"journal_size,omitempty"`
+
+	ctx     caddy.Context
+	logger  *zap.Logger
+	journal *journal
+	queue   *queue
+	events  *caddyevents.App
+	metrics *metrics
+	queueOn bool
+	worker  *worker
+	servers map[string]*caddyhttp.Server
+	names   map[*caddyhttp.Server]string
+}
+
+// liveApp is the app of the running config, for the admin API (admin
+// modules are provisioned before the apps on every load, so they look it
+// up per request). A reload starts the new app before stopping the old.
+var liveApp atomic.Pointer[App]
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "reready",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision sets the app up. It starts nothing: `caddy validate`
+// provisions without starting.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.ctx = ctx
+	a.logger = ctx.Logger()
+	a.journal = processJournal
+	a.queue = newQueue(ctx.Storage(), a.logger)
+	ev, err := ctx.App("events")
+	if err != nil {
+		return fmt.Errorf("reready: loading the events app: %v", err)
+	}
+	a.events, _ = ev.(*caddyevents.App)
+	if a.metrics, err = registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("reready: metrics: %v", err)
+	}
+	return nil
+}
+
+// Validate checks the configuration.
+func (a *App) Validate() error {
+	if a.JournalSize < 0 || a.JournalSize > maxJournalSize {
+		return fmt.Errorf("reready: journal_size %d: want 1 to %d (0 for the default, %d)", a.JournalSize, maxJournalSize, DefaultJournalSize)
+	}
+	return nil
+}
+
+// useQueue is called by a handler with `queue` on, while provisioning.
+func (a *App) useQueue() { a.queueOn = true }
+
+// Start sizes the journal and, when a handler queues, starts the
+// redelivery worker.
+func (a *App) Start() error {
+	a.journal.resize(a.JournalSize)
+	if httpApp, err := a.ctx.AppIfConfigured("http"); err == nil {
+		if h, ok := httpApp.(*caddyhttp.App); ok {
+			a.servers = h.Servers
+			a.names = make(map[*caddyhttp.Server]string, len(h.Servers))
+			for name, srv := range h.Servers {
+				a.names[srv] = name
+			}
+		}
+	}
+	if a.queueOn {
+		a.worker = newWorker(a, a.queue, a.logger)
+		a.worker.start()
+	}
+	liveApp.Store(a)
+	return nil
+}
+
+// Stop ends the worker; queued deliveries stay in storage for the next
+// config (or another gateway).
+func (a *App) Stop() error {
+	liveApp.CompareAndSwap(a, nil)
+	if a.worker != nil {
+		a.worker.stop()
+	}
+	return nil
+}
+
+// server returns the running config's server of that name.
+func (a *App) server(name string) *caddyhttp.Server { return a.servers[name] }
+
+// serverName names the server a live request came through.
+func (a *App) serverName(r *http.Request) string {
+	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	return a.names[srv]
+}
+
+// now is the app's clock.
+func (a *App) now() time.Time { return time.Now() }
+
+// wake makes the worker look at the queue now (an item was added, or an
+// operator asked for a retry).
+func (a *App) wake() {
+	if a.worker != nil {
+		a.worker.wake()
+	}
+}
+
+// kick tells the worker a delivery on path succeeded.
+func (a *App) kick(path string) {
+	if a.worker != nil {
+		a.worker.kick(path)
+	}
+}
+
+// record adds an entry to the journal.
+func (a *App) record(e journalEntry) {
+	a.journal.add(e)
+}
+
+// recordItem journals what happened to a queued item and emits the
+// matching event.
+func (a *App) recordItem(it *queueItem, outcome string, reason Reason, res attemptResult, now time.Time) {
+	id, _ := parseDeliveryID(it.ID)
+	path, host := it.path(), it.Host
+	a.record(journalEntry{
+		at:             now,
+		id:             id,
+		outcome:        outcome,
+		reason:         reason,
+		status:         res.status,
+		upstreamStatus: res.upstream,
+		attempt:        it.Attempts,
+		returnID:       it.DeviceReturnID,
+		state:          ownString(it.State),
+		test:           it.Test,
+		verified:       it.Verified,
+		key:            it.Key,
+		duration:       res.duration,
+		host:           host,
+		path:           path,
+		remoteAddr:     it.RemoteAddr,
+	})
+	switch outcome {
+	case OutcomeRedelivered:
+		a.emit("reready.redelivered", it, res)
+	case OutcomeDead:
+		a.emit("reready.dead", it, res)
+	case OutcomeQueued:
+		if reason == ReasonUpstreamFailed || reason == ReasonHeld { // not a failed redelivery
+			a.emit("reready.queued", it, res)
+		}
+	}
+}
+
+// emit sends a Caddy event about an item. Its data never holds a body,
+// header or secret.
+func (a *App) emit(name string, it *queueItem, res attemptResult) {
+	if a.events == nil {
+		return
+	}
+	a.events.Emit(a.ctx, name, map[string]any{
+		"id":               it.ID,
+		"device_return_id": it.DeviceReturnID,
+		"state":            it.State,
+		"test":             it.Test,
+		"attempt":          it.Attempts,
+		"status":           res.status,
+		"error":            it.LastError,
+	})
+}
+
+// queueView lists the storage's queue, for the views.
+func (a *App) queueView(ctx context.Context) ([]QueueItem, error) { return a.queue.view(ctx) }
+
+// Interface guards
+var (
+	_ caddy.App         = (*App)(nil)
+	_ caddy.Provisioner = (*App)(nil)
+	_ caddy.Validator   = (*App)(nil)
+)

@@ -1,0 +1,390 @@
+package rereadyverify
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// This file is the last step of the pipeline: passing a verified delivery
+// on to the rest of the route, and, with `queue` on, taking over when the
+// app fails (storing the delivery and answering 202) or when earlier
+// deliveries of the same return are still queued. It also holds the
+// handler's side of a redelivery and the journal records of live requests.
+
+// Headers a forwarded delivery carries besides the event's.
+const (
+	hdrDeliveryID = "X-Reready-Delivery-Id"
+	hdrAttempt    = "X-Reready-Attempt"
+	hdrReceivedAt = "X-Reready-Received-At"
+)
+
+// journalClip bounds the strings a journal entry keeps from a request, so
+// 10,000 entries stay small whatever clients send.
+const journalClip = 256
+
+// forward passes a verified request on and journals what it was answered.
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, st *requestState, start time.Time) error {
+	st.status.ResponseWriter = w
+	defer func() { h.journalLive(r, st, start, OutcomeForwarded, "", st.answered(), st.upstreamStatus()) }()
+	err := next.ServeHTTP(&st.status, r)
+	st.nextReturned, st.nextErr = true, err
+	return err
+}
+
+// forwardOrQueue is forward with the queue on: a delivery whose return has
+// queued deliveries waits behind them; one the app fails (an error from
+// next, or a 5xx, 408 or 429 answer) is stored and answered 202.
+func (h *Handler) forwardOrQueue(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, st *requestState, start time.Time) error {
+	held, err := h.app.queue.held(r.Context(), st.event.DeviceReturnID)
+	if err != nil {
+		// Forwarding live risks order; refusing would lose the event.
+		h.logger.Error("queue: cannot tell whether this return has queued deliveries; forwarding it live", zap.Error(err))
+	}
+	if held {
+		return h.enqueue(w, r, st, start, ReasonHeld, 0, "", nil)
+	}
+
+	qw := &st.queueW
+	qw.reset(w)
+	err = next.ServeHTTP(qw, r)
+	st.nextReturned, st.nextErr = true, err
+	st.status.code = qw.code
+	if !qw.swallowed && (err == nil || qw.passed) {
+		if qw.code >= 200 && qw.code < 300 || qw.code == 0 && err == nil {
+			h.app.kick(r.URL.Path)
+		}
+		h.journalLive(r, st, start, OutcomeForwarded, "", st.answered(), st.upstreamStatus())
+		return err
+	}
+	failure, upstream := err, 0
+	if qw.swallowed {
+		upstream = qw.code
+		failure = caddyhttp.Error(qw.code, fmt.Errorf("reready_verify: the app answered %d", qw.code))
+	}
+	return h.enqueue(w, r, st, start, ReasonUpstreamFailed, upstream, qw.retryAfter, failure)
+}
+
+// enqueue stores the delivery and answers 202 once the storage reported it
+// stored. If storing fails the sender gets failure (the app's failure, or
+// 503 for a held delivery); at max_items, 503 with Retry-After.
+func (h *Handler) enqueue(w http.ResponseWriter, r *http.Request, st *requestState, start time.Time, reason Reason, upstream int, retryAfterValue string, failure error) error {
+	now := h.now()
+	it := h.newItem(r, st, now)
+	if reason == ReasonUpstreamFailed {
+		it.Attempts, it.LastAttemptAt, it.LastStatus = 1, &start, upstream
+		if upstream != 0 {
+			it.LastError = fmt.Sprintf("the app answered %d", upstream)
+		} else if failure != nil {
+			it.LastError = clipError(failure)
+		}
+		next := nextAttempt(it, 1, now, retryAfterValue)
+		it.NextAttemptAt = &next
+	} else {
+		it.NextAttemptAt = &now // due as soon as it is first in its line
+	}
+	failStatus := http.StatusServiceUnavailable
+	if failure != nil {
+		failStatus = statusOf(failure)
+	}
+
+	// The sender may be gone; the verified event must still be stored.
+	_, err := h.app.queue.enqueue(context.WithoutCancel(r.Context()), it, h.Queue.MaxItems)
+	switch {
+	case errors.Is(err, errQueueFull):
+		w.Header().Set("Retry-After", "60")
+		f := fail(ReasonQueueFull, "max_items %d reached; refusing so that the sender retries later", h.Queue.MaxItems)
+		h.logger.Error("queue full; refusing a failed delivery with 503", zap.Int("max_items", h.Queue.MaxItems),
+			zap.String("delivery_id", it.ID))
+		h.journalLive(r, st, start, OutcomeRejected, ReasonQueueFull, http.StatusServiceUnavailable, upstream)
+		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("reready_verify: %w", f))
+	case err != nil:
+		h.logger.Error("queue: storing a delivery failed; the sender gets the failure", zap.String("delivery_id", it.ID), zap.Error(err))
+		h.journalLive(r, st, start, OutcomeForwarded, ReasonQueueUnavailable, failStatus, upstream)
+		if failure == nil {
+			w.Header().Set("Retry-After", "10")
+			return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("reready_verify: %s: %v", ReasonQueueUnavailable, err))
+		}
+		return failure
+	}
+
+	st.queued, st.nextErr = true, nil // the chain's failure is handled
+	h.app.recordItem(it, OutcomeQueued, reason, attemptResult{status: http.StatusAccepted, upstream: upstream, duration: time.Since(start)}, start)
+	h.app.wake()
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/plain; charset=utf-8")
+	hdr.Set(hdrDeliveryID, it.ID)
+	w.WriteHeader(http.StatusAccepted)
+	_, err = io.WriteString(w, "queued for redelivery\n")
+	return err
+}
+
+// newItem makes a queue item of a verified request that forwardable has
+// rewritten: its URI is without the token, and its X-ReReady-* headers are
+// ours, which the item leaves out (the redelivery sets them afresh).
+func (h *Handler) newItem(r *http.Request, st *requestState, now time.Time) *queueItem {
+	hdr := make(http.Header, len(r.Header))
+	for k, v := range r.Header {
+		switch {
+		case k == hdrSignature:
+		case isReReadyHeader(k), k == "Content-Length", k == "Connection", k == "Transfer-Encoding",
+			k == "Expect", k == "Trailer", k == "Te", k == "Upgrade", k == "Keep-Alive":
+			continue
+		}
+		hdr[k] = v
+	}
+	uri := r.RequestURI
+	if uri == "" {
+		uri = r.URL.RequestURI()
+	}
+	it := &queueItem{
+		ID:             st.id.String(),
+		Status:         ItemPending,
+		DeviceReturnID: st.event.DeviceReturnID,
+		State:          st.event.State,
+		Test:           st.event.Test,
+		ReceivedAt:     now.UTC(),
+		MaxAge:         int64(h.Queue.MaxAge),
+		Server:         h.app.serverName(r),
+		TLS:            r.TLS != nil,
+		Host:           r.Host,
+		URI:            uri,
+		RemoteAddr:     r.RemoteAddr,
+		Header:         hdr,
+		Verified:       st.auth.verified,
+		Key:            st.auth.keyNumber(),
+		Body:           st.body.buf, // marshalled before the buffer is released
+	}
+	if st.auth.signed {
+		it.Timestamp = st.auth.sig.t
+	}
+	return it
+}
+
+// statusOf is the status Caddy answers for a handler error.
+func statusOf(err error) int {
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) && he.StatusCode != 0 {
+		return he.StatusCode
+	}
+	return http.StatusInternalServerError
+}
+
+// answered is the status the sender got from the rest of the chain.
+func (st *requestState) answered() int {
+	if st.nextErr != nil {
+		return statusOf(st.nextErr)
+	}
+	if st.status.code == 0 {
+		return http.StatusOK // nothing written: net/http answers 200
+	}
+	return st.status.code
+}
+
+// upstreamStatus is what the rest of the chain answered; 0 when it failed
+// without an answer.
+func (st *requestState) upstreamStatus() int {
+	if st.nextErr != nil && st.status.code == 0 {
+		return 0
+	}
+	return st.answered()
+}
+
+// redeliver is the handler's side of a redelivery: the request carries a
+// marker of an unexported type, set by the reready app's worker, instead
+// of a checkable signature. It passes the stored delivery on with its
+// trusted headers and reports what the rest of the route answered.
+func (h *Handler) redeliver(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, rd *redelivery) error {
+	it := rd.item
+	ref := getBuf(len(it.Body))
+	*ref = append(*ref, it.Body...)
+	st := &requestState{body: newBodyReader(ref), redelivery: rd}
+	defer st.release(r)
+	ev, err := parsePayload(st.body.buf, st.strs[:0])
+	if err != nil {
+		rd.report(0, caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("stored delivery %s: %w", it.ID, err)))
+		return nil
+	}
+	st.event = ev
+	st.auth = auth{verified: it.Verified, signed: it.Timestamp != ""}
+	st.auth.sig.t = it.Timestamp
+	st.id, _ = parseDeliveryID(it.ID)
+	h.forwardable(r, st)
+	st.status.ResponseWriter = w
+	err = next.ServeHTTP(&st.status, r)
+	rd.report(st.status.code, err)
+	// The worker records a failure and tries again later: no handle_errors
+	// route (a fallback would get a duplicate) and no error log per attempt.
+	return nil
+}
+
+// report records what the rest of the route did with a redelivery.
+func (rd *redelivery) report(status int, err error) {
+	rd.mu.Lock()
+	rd.returned, rd.status, rd.err = true, status, err
+	rd.mu.Unlock()
+}
+
+// journalLive records a live request. st is nil for a request refused
+// before its body was read.
+func (h *Handler) journalLive(r *http.Request, st *requestState, start time.Time, outcome string, reason Reason, status, upstream int) {
+	if h.app == nil {
+		return
+	}
+	e := journalEntry{
+		at:             start,
+		outcome:        outcome,
+		reason:         reason,
+		status:         status,
+		upstreamStatus: upstream,
+		duration:       time.Since(start),
+		host:           clipOwn(r.Host),
+		path:           clipOwn(r.URL.Path),
+		remoteAddr:     clipOwn(r.RemoteAddr),
+	}
+	if st != nil {
+		e.id = st.id
+		e.returnID = clipOwn(st.event.DeviceReturnID)
+		e.state = ownString(clipTo(st.event.State, journalClip))
+		e.test = st.event.Test
+		e.verified = st.auth.verified
+		e.key = st.auth.keyNumber()
+		if outcome == OutcomeForwarded || outcome == OutcomeObserved {
+			e.attempt = 1
+		}
+	}
+	h.app.record(e)
+}
+
+// keyNumber is the 1-based position of the secret that matched, 0 when no
+// signature was checked.
+func (a *auth) keyNumber() int {
+	if !a.signed {
+		return 0
+	}
+	return a.sig.key + 1
+}
+
+// clipTo shortens s to at most n bytes, on a UTF-8 boundary, marking the cut.
+func clipTo(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := n
+	for i > 0 && s[i]&0xC0 == 0x80 {
+		i--
+	}
+	return s[:i] + "…"
+}
+
+// clipOwn is clipTo for the journal, copied so no request memory is kept.
+func clipOwn(s string) string { return strings.Clone(clipTo(s, journalClip)) }
+
+// queueWriter is the response writer of a live delivery with the queue on.
+// A 5xx, 408 or 429 answer is swallowed, headers and body, so the handler
+// can store the delivery and answer 202 instead; any other answer passes
+// through. Until the status is known, headers are staged in a copy of the
+// response's header map.
+type queueWriter struct {
+	w          http.ResponseWriter
+	hdr        http.Header
+	code       int
+	swallowed  bool // a queueable answer was kept from the sender
+	passed     bool // the answer went to the sender
+	retryAfter string
+}
+
+func (q *queueWriter) reset(w http.ResponseWriter) {
+	*q = queueWriter{w: w, hdr: w.Header().Clone()}
+	if q.hdr == nil {
+		q.hdr = http.Header{}
+	}
+}
+
+func (q *queueWriter) Header() http.Header {
+	if q.passed {
+		return q.w.Header()
+	}
+	return q.hdr
+}
+
+func (q *queueWriter) WriteHeader(code int) {
+	if code < 200 || q.swallowed || q.passed {
+		return // interim answers are not relayed; a second status is ignored
+	}
+	q.code = code
+	if queueable(code) {
+		q.swallowed, q.retryAfter = true, q.hdr.Get("Retry-After")
+		return
+	}
+	q.passed = true
+	real := q.w.Header()
+	clear(real)
+	maps.Copy(real, q.hdr)
+	q.w.WriteHeader(code)
+}
+
+func (q *queueWriter) Write(p []byte) (int, error) {
+	if !q.swallowed && !q.passed {
+		q.WriteHeader(http.StatusOK)
+	}
+	if q.swallowed {
+		return len(p), nil
+	}
+	return q.w.Write(p)
+}
+
+// ReadFrom keeps reverse_proxy's copy going through Write's decision.
+func (q *queueWriter) ReadFrom(src io.Reader) (int64, error) {
+	if q.passed {
+		if rf, ok := q.w.(io.ReaderFrom); ok {
+			return rf.ReadFrom(src)
+		}
+	}
+	return io.Copy(writerOnly{q}, src)
+}
+
+// FlushError flushes only an answer that passes through: a flush before
+// the status would commit a 200.
+func (q *queueWriter) FlushError() error {
+	if !q.passed {
+		return nil
+	}
+	return http.NewResponseController(q.w).Flush()
+}
+
+// Unwrap lets http.ResponseController reach deadlines on the connection.
+func (q *queueWriter) Unwrap() http.ResponseWriter { return q.w }
+
+// writerOnly hides ReadFrom, so io.Copy uses Write.
+type writerOnly struct{ io.Writer }
+
+// deliveryHeaders adds the delivery id, and for a redelivery its attempt
+// and arrival time, to a forwarded request.
+func (st *requestState) deliveryHeaders(set func(k, v string)) {
+	if st.id.isZero() {
+		return
+	}
+	set(hdrDeliveryID, st.deliveryID())
+	if rd := st.redelivery; rd != nil {
+		set(hdrAttempt, strconv.Itoa(rd.attempt))
+		set(hdrReceivedAt, rd.item.ReceivedAt.UTC().Format(time.RFC3339))
+	}
+}
+
+// deliveryID is the delivery id's text, made once per request.
+func (st *requestState) deliveryID() string {
+	if st.idText == "" && !st.id.isZero() {
+		st.idText = st.id.String()
+	}
+	return st.idText
+}

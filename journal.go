@@ -1,0 +1,235 @@
+package rereadyverify
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"strings"
+	"sync"
+	"time"
+)
+
+// This file is the delivery journal: a bounded, in-memory record of every
+// request that reached a reready_verify handler in this process, and of
+// every redelivery attempt, newest kept. It never holds a secret, the
+// token, a MAC, the signature header or a body: only what the operator
+// needs to answer "did it arrive, and what did the app say?".
+//
+// The process keeps one journal across config reloads, so a reload neither
+// empties it nor restarts its sequence numbers (which `caddy reready
+// deliveries --follow` and the page use to ask for what is new).
+
+// DefaultJournalSize is how many entries the journal keeps by default.
+const DefaultJournalSize = 10_000
+
+// maxJournalSize bounds the journal_size option.
+const maxJournalSize = 10_000_000
+
+// Journal outcomes: what happened to a request or redelivery attempt.
+const (
+	OutcomeForwarded   = "forwarded"   // passed on live; status is what the sender got
+	OutcomeRejected    = "rejected"    // refused by a check, or the queue was full
+	OutcomeReplayed    = "replayed"    // a repeat, stopped by the replay gate
+	OutcomeObserved    = "observed"    // failed a check, passed on in observe mode
+	OutcomeQueued      = "queued"      // stored for redelivery (or a redelivery attempt failed)
+	OutcomeRedelivered = "redelivered" // a queued delivery the app took
+	OutcomeDead        = "dead"        // a queued delivery given up on
+)
+
+// Outcomes lists the journal outcomes, for validating filters.
+var Outcomes = []string{OutcomeForwarded, OutcomeRejected, OutcomeReplayed, OutcomeObserved,
+	OutcomeQueued, OutcomeRedelivered, OutcomeDead}
+
+// Reason codes that only the journal and the queue use.
+const (
+	ReasonUpstreamFailed    Reason = "upstream_failed"    // queued: the app failed live
+	ReasonHeld              Reason = "held"               // queued behind an earlier delivery of its return
+	ReasonRedeliveryFailed  Reason = "redelivery_failed"  // a redelivery attempt failed; still queued
+	ReasonMaxAge            Reason = "max_age"            // dead: max_age passed
+	ReasonAppRefused        Reason = "app_refused"        // dead: the app answered a 4xx that retrying cannot change
+	ReasonCorrupt           Reason = "item_corrupt"       // dead: the stored item could not be read
+	ReasonQueueFull         Reason = "queue_full"         // 503: max_items reached
+	ReasonQueueUnavailable  Reason = "queue_unavailable"  // storing failed; the sender got the failure
+	ReasonManualRetry       Reason = "manual_retry"       // an operator asked for an attempt
+	ReasonRouteUnavailable  Reason = "route_unavailable"  // the item's server or route is gone
+	ReasonRedeliveryTimeout Reason = "redelivery_timeout" // an attempt ran out of time
+)
+
+// journalEntry is one record. Strings in it are owned by the journal
+// (cloned or constants), so it keeps no request memory alive.
+type journalEntry struct {
+	seq            uint64
+	at             time.Time
+	id             deliveryID
+	outcome        string
+	reason         Reason
+	status         int
+	upstreamStatus int
+	attempt        int
+	returnID       string
+	state          string
+	test           bool
+	verified       string
+	key            int
+	duration       time.Duration
+	host           string
+	path           string
+	remoteAddr     string
+}
+
+// Delivery is a journal entry as the admin API, the page and the CLI show
+// it.
+type Delivery struct {
+	Seq            uint64  `json:"seq"`
+	Time           string  `json:"time"`
+	DeliveryID     string  `json:"delivery_id"`
+	Outcome        string  `json:"outcome"`
+	Reason         string  `json:"reason"`
+	Status         int     `json:"status"`
+	UpstreamStatus int     `json:"upstream_status"`
+	Attempt        int     `json:"attempt"`
+	DeviceReturnID string  `json:"device_return_id"`
+	State          string  `json:"state"`
+	Test           bool    `json:"test"`
+	Verified       string  `json:"verified"`
+	Key            int     `json:"key"`
+	DurationMS     float64 `json:"duration_ms"`
+	Host           string  `json:"host"`
+	Path           string  `json:"path"`
+	RemoteAddr     string  `json:"remote_addr"`
+}
+
+func (e *journalEntry) view() Delivery {
+	d := Delivery{
+		Seq:            e.seq,
+		Time:           e.at.UTC().Format(time.RFC3339Nano),
+		Outcome:        e.outcome,
+		Reason:         string(e.reason),
+		Status:         e.status,
+		UpstreamStatus: e.upstreamStatus,
+		Attempt:        e.attempt,
+		DeviceReturnID: e.returnID,
+		State:          e.state,
+		Test:           e.test,
+		Verified:       e.verified,
+		Key:            e.key,
+		DurationMS:     float64(e.duration.Microseconds()) / 1000,
+		Host:           e.host,
+		Path:           e.path,
+		RemoteAddr:     e.remoteAddr,
+	}
+	if !e.id.isZero() {
+		d.DeliveryID = e.id.String()
+	}
+	return d
+}
+
+// journal is a ring of entries. It is safe for concurrent use.
+type journal struct {
+	mu      sync.Mutex
+	ring    []journalEntry
+	start   int // index of the oldest entry
+	n       int // entries held
+	nextSeq uint64
+	epoch   string // tells this process's sequence from another's
+}
+
+func newJournal(size int) *journal {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	j := &journal{nextSeq: 1, epoch: hex.EncodeToString(b[:])}
+	j.resize(size)
+	return j
+}
+
+// processJournal is the process's journal, kept across config reloads.
+var processJournal = newJournal(DefaultJournalSize)
+
+// resize keeps the newest entries that fit in size (<= 0: the default).
+func (j *journal) resize(size int) {
+	if size <= 0 {
+		size = DefaultJournalSize
+	}
+	size = min(size, maxJournalSize)
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if size == len(j.ring) {
+		return
+	}
+	keep := min(j.n, size)
+	ring := make([]journalEntry, size)
+	for i := 0; i < keep; i++ {
+		ring[i] = j.ring[(j.start+j.n-keep+i)%len(j.ring)]
+	}
+	j.ring, j.start, j.n = ring, 0, keep
+}
+
+// add records e, assigning its sequence number.
+func (j *journal) add(e journalEntry) {
+	j.mu.Lock()
+	e.seq = j.nextSeq
+	j.nextSeq++
+	if j.n < len(j.ring) {
+		j.ring[(j.start+j.n)%len(j.ring)] = e
+		j.n++
+	} else {
+		j.ring[j.start] = e
+		j.start = (j.start + 1) % len(j.ring)
+	}
+	j.mu.Unlock()
+}
+
+// DeliveryFilter selects journal entries. Zero fields match everything.
+type DeliveryFilter struct {
+	ReturnID string // exact device_return_id
+	State    string // exact state
+	Outcome  string // exact outcome
+	After    uint64 // only entries with a larger seq
+	Limit    int    // at most this many, newest first; <= 0: DefaultDeliveryLimit
+}
+
+// DefaultDeliveryLimit is how many entries a query returns by default.
+const DefaultDeliveryLimit = 100
+
+// maxDeliveryLimit bounds one query's answer.
+const maxDeliveryLimit = 10_000
+
+// query returns the matching entries, newest first.
+func (j *journal) query(f DeliveryFilter) []Delivery {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = DefaultDeliveryLimit
+	}
+	limit = min(limit, maxDeliveryLimit)
+	out := []Delivery{}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for i := j.n - 1; i >= 0 && len(out) < limit; i-- {
+		e := &j.ring[(j.start+i)%len(j.ring)]
+		if e.seq <= f.After {
+			break
+		}
+		if f.ReturnID != "" && e.returnID != f.ReturnID ||
+			f.State != "" && e.state != f.State ||
+			f.Outcome != "" && e.outcome != f.Outcome {
+			continue
+		}
+		out = append(out, e.view())
+	}
+	return out
+}
+
+// last returns the newest sequence number handed out (0 if none).
+func (j *journal) last() uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.nextSeq - 1
+}
+
+// ownString copies s unless it is a documented state (a constant), so a
+// journal entry does not keep the request's memory alive.
+func ownString(s string) string {
+	if i := stateIndex(s); i < len(States) {
+		return States[i]
+	}
+	return strings.Clone(s)
+}

@@ -1,0 +1,487 @@
+package rereadyverify
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+)
+
+// This file is the store-and-forward queue's storage: one record per
+// queued delivery in Caddy's configured storage, so a queued delivery
+// survives a crash and every gateway sharing the storage sees it, and one
+// record per device return listing its pending deliveries in arrival order.
+//
+//	reready_verify/queue/items/<delivery id>   a queueItem, JSON
+//	reready_verify/queue/returns/<digest>      a returnRecord, JSON
+//
+// A return's record exists while it has pending deliveries; a live delivery
+// for that return is then queued behind them, and only the first of them is
+// redelivered, so the app sees a return's states in order. Changes to a
+// return's record are made under the storage lock of that return; changes
+// to an item under the item's lock (item lock first when both are held).
+
+// Queue defaults and bounds.
+const (
+	DefaultQueueMaxAge   = 72 * time.Hour
+	DefaultQueueMaxItems = 10_000
+
+	queuePrefix        = "reready_verify/queue"
+	queueItemsPrefix   = queuePrefix + "/items"
+	queueReturnsPrefix = queuePrefix + "/returns"
+
+	// queueLockWait bounds a wait for a storage lock on the live path and
+	// in the admin API; it exceeds file_system's stale-lock age (10s).
+	queueLockWait = 15 * time.Second
+)
+
+// Item statuses.
+const (
+	ItemPending = "pending" // waiting for its next attempt
+	ItemDead    = "dead"    // given up on; retried only by hand
+)
+
+// QueueConfig turns store-and-forward on for a handler.
+type QueueConfig struct {
+	// How long to keep redelivering a delivery before it is given up on
+	// (dead: kept and listed, retried only by hand). Default: 72h.
+	MaxAge caddy.Duration `json:"max_age,omitempty"`
+
+	// Most deliveries, pending and dead, kept in the storage; beyond it a
+	// failed delivery is answered 503 with Retry-After. Default: 10000.
+	MaxItems int `json:"max_items,omitempty"`
+}
+
+// queueItem is a queued delivery as stored. It holds what it takes to send
+// the request again through the same route: the body, the original
+// headers (without X-ReReady-* ones other than the signature), host, URI
+// (without the token) and remote address.
+type queueItem struct {
+	ID             string     `json:"id"`
+	Status         string     `json:"status"`
+	DeviceReturnID string     `json:"device_return_id"`
+	State          string     `json:"state"`
+	Test           bool       `json:"test"`
+	ReceivedAt     time.Time  `json:"received_at"`
+	Attempts       int        `json:"attempts"`
+	LastAttemptAt  *time.Time `json:"last_attempt_at,omitempty"`
+	NextAttemptAt  *time.Time `json:"next_attempt_at"`
+	LastStatus     int        `json:"last_status"`
+	LastError      string     `json:"last_error"`
+	MaxAge         int64      `json:"max_age"` // nanoseconds
+
+	Server     string      `json:"server"`
+	TLS        bool        `json:"tls,omitempty"`
+	Host       string      `json:"host"`
+	URI        string      `json:"uri"`
+	RemoteAddr string      `json:"remote_addr"`
+	Header     http.Header `json:"header"`
+	Verified   string      `json:"verified"`
+	Key        int         `json:"key"`
+	Timestamp  string      `json:"timestamp,omitempty"`
+	Body       []byte      `json:"body"`
+
+	// Set aside: an item that could not be read, kept with its raw bytes.
+	Corrupt bool   `json:"corrupt,omitempty"`
+	Raw     []byte `json:"raw,omitempty"`
+}
+
+// deadline is when the item stops being retried by itself.
+func (it *queueItem) deadline() time.Time {
+	return it.ReceivedAt.Add(time.Duration(it.MaxAge))
+}
+
+// path is the request path the item is delivered to, for route kicks.
+func (it *queueItem) path() string {
+	p, _, _ := strings.Cut(it.URI, "?")
+	return p
+}
+
+// QueueItem is a queued delivery as the admin API, the page and the CLI
+// show it: never its body, headers or signature.
+type QueueItem struct {
+	ID             string  `json:"id"`
+	Status         string  `json:"status"`
+	DeviceReturnID string  `json:"device_return_id"`
+	State          string  `json:"state"`
+	Test           bool    `json:"test"`
+	ReceivedAt     string  `json:"received_at"`
+	Attempts       int     `json:"attempts"`
+	NextAttemptAt  *string `json:"next_attempt_at"`
+	LastStatus     int     `json:"last_status"`
+	LastError      string  `json:"last_error"`
+}
+
+func (it *queueItem) view() QueueItem {
+	v := QueueItem{
+		ID:             it.ID,
+		Status:         it.Status,
+		DeviceReturnID: it.DeviceReturnID,
+		State:          it.State,
+		Test:           it.Test,
+		Attempts:       it.Attempts,
+		LastStatus:     it.LastStatus,
+		LastError:      it.LastError,
+	}
+	if !it.ReceivedAt.IsZero() {
+		v.ReceivedAt = it.ReceivedAt.UTC().Format(time.RFC3339)
+	}
+	if it.Status == ItemPending && it.NextAttemptAt != nil {
+		s := it.NextAttemptAt.UTC().Format(time.RFC3339)
+		v.NextAttemptAt = &s
+	}
+	return v
+}
+
+// returnRecord lists a return's pending deliveries, oldest first.
+type returnRecord struct {
+	DeviceReturnID string   `json:"device_return_id"`
+	IDs            []string `json:"ids"`
+}
+
+// Queue errors.
+var (
+	errQueueFull    = errors.New("queue is full (max_items)")
+	errItemNotFound = errors.New("no such queued delivery")
+	errItemCorrupt  = errors.New("unreadable queued delivery")
+)
+
+// queue is the storage side of store-and-forward. It is safe for
+// concurrent use; every gateway sharing the storage may use it at once.
+type queue struct {
+	storage  certmagic.Storage
+	logger   *zap.Logger
+	lockWait time.Duration
+}
+
+func newQueue(st certmagic.Storage, logger *zap.Logger) *queue {
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	return &queue{storage: st, logger: logger, lockWait: queueLockWait}
+}
+
+// validItemName reports whether s can name an item: what List may return
+// under the items prefix, and what the admin API accepts, without a path
+// separator or a dot-only name.
+func validItemName(s string) bool {
+	if s == "" || len(s) > 128 || strings.Trim(s, ".") == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+func itemKey(id string) string { return queueItemsPrefix + "/" + id }
+
+// returnKey names a return's record by a digest of its id, which is any
+// string the payload carried.
+func returnKey(returnID string) string {
+	sum := sha256.Sum256([]byte(returnID))
+	return queueReturnsPrefix + "/" + hex.EncodeToString(sum[:16])
+}
+
+func (q *queue) locked(ctx context.Context, key string, f func(context.Context) error) error {
+	return withStorageLock(ctx, q.storage, q.lockWait, key, q.logger, f)
+}
+
+// loadItem reads an item. A record that does not parse is errItemCorrupt.
+func (q *queue) loadItem(ctx context.Context, id string) (*queueItem, error) {
+	data, err := q.storage.Load(ctx, itemKey(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, errItemNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading queued delivery %s: %w", id, err)
+	}
+	return decodeItem(id, data)
+}
+
+func decodeItem(id string, data []byte) (*queueItem, error) {
+	it := new(queueItem)
+	if err := json.Unmarshal(data, it); err != nil {
+		return nil, fmt.Errorf("%w %s: %v", errItemCorrupt, id, err)
+	}
+	if it.ID != id || (it.Status != ItemPending && it.Status != ItemDead) {
+		return nil, fmt.Errorf("%w %s: id %q, status %q", errItemCorrupt, id, clip(it.ID), clip(it.Status))
+	}
+	if !it.Corrupt && (it.ReceivedAt.IsZero() || len(it.Body) == 0) {
+		return nil, fmt.Errorf("%w %s: no received_at or body", errItemCorrupt, id)
+	}
+	return it, nil
+}
+
+func (q *queue) storeItem(ctx context.Context, it *queueItem) error {
+	data, err := json.Marshal(it)
+	if err != nil {
+		return err
+	}
+	if err := q.storage.Store(ctx, itemKey(it.ID), data); err != nil {
+		return fmt.Errorf("storing queued delivery %s: %w", it.ID, err)
+	}
+	return nil
+}
+
+func (q *queue) deleteItem(ctx context.Context, id string) error {
+	if err := q.storage.Delete(ctx, itemKey(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("deleting queued delivery %s: %w", id, err)
+	}
+	return nil
+}
+
+// ids lists the names of the stored items.
+func (q *queue) ids(ctx context.Context) ([]string, error) {
+	keys, err := q.storage.List(ctx, queueItemsPrefix, false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", queueItemsPrefix, err)
+	}
+	ids := make([]string, 0, len(keys))
+	for _, k := range keys {
+		if name := k[strings.LastIndexByte(k, '/')+1:]; validItemName(name) {
+			ids = append(ids, name)
+		}
+	}
+	return ids, nil
+}
+
+// loadReturn reads a return's record; a missing or damaged one is empty.
+func (q *queue) loadReturn(ctx context.Context, returnID string) (returnRecord, error) {
+	rec := returnRecord{DeviceReturnID: returnID}
+	data, err := q.storage.Load(ctx, returnKey(returnID))
+	if errors.Is(err, fs.ErrNotExist) {
+		return rec, nil
+	}
+	if err != nil {
+		return rec, fmt.Errorf("loading the queue of return %q: %w", clip(returnID), err)
+	}
+	if err := json.Unmarshal(data, &rec); err != nil || rec.DeviceReturnID != returnID {
+		q.logger.Warn("queue: ignoring a damaged return record", zap.String("key", returnKey(returnID)))
+		return returnRecord{DeviceReturnID: returnID}, nil
+	}
+	return rec, nil
+}
+
+func (q *queue) storeReturn(ctx context.Context, rec returnRecord) error {
+	key := returnKey(rec.DeviceReturnID)
+	if len(rec.IDs) == 0 {
+		if err := q.storage.Delete(ctx, key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("deleting %s: %w", key, err)
+		}
+		return nil
+	}
+	data, _ := json.Marshal(rec)
+	if err := q.storage.Store(ctx, key, data); err != nil {
+		return fmt.Errorf("storing %s: %w", key, err)
+	}
+	return nil
+}
+
+// held reports whether returnID has pending deliveries, so a live one for
+// it must queue behind them.
+func (q *queue) held(ctx context.Context, returnID string) (bool, error) {
+	rec, err := q.loadReturn(ctx, returnID)
+	return len(rec.IDs) > 0, err
+}
+
+// enqueue stores it as pending at the end of its return's line. existed
+// reports that an item with its id was already stored (a resend of a
+// queued delivery), which is left as it is. At maxItems stored items it
+// fails with errQueueFull.
+func (q *queue) enqueue(ctx context.Context, it *queueItem, maxItems int) (existed bool, err error) {
+	err = q.locked(ctx, returnKey(it.DeviceReturnID), func(ctx context.Context) error {
+		if q.storage.Exists(ctx, itemKey(it.ID)) {
+			existed = true
+			return nil
+		}
+		ids, err := q.ids(ctx)
+		if err != nil {
+			return err
+		}
+		if len(ids) >= maxItems {
+			return errQueueFull
+		}
+		rec, err := q.loadReturn(ctx, it.DeviceReturnID)
+		if err != nil {
+			return err
+		}
+		if err := q.storeItem(ctx, it); err != nil {
+			return err
+		}
+		rec.IDs = append(rec.IDs, it.ID)
+		if err := q.storeReturn(ctx, rec); err != nil {
+			if derr := q.deleteItem(context.WithoutCancel(ctx), it.ID); derr != nil {
+				q.logger.Error("queue: removing a delivery whose return record failed", zap.Error(derr))
+			}
+			return err
+		}
+		return nil
+	})
+	return existed, err
+}
+
+// leaveLine removes id from its return's line (delivered, dead or dropped).
+func (q *queue) leaveLine(ctx context.Context, returnID, id string) error {
+	return q.locked(ctx, returnKey(returnID), func(ctx context.Context) error {
+		rec, err := q.loadReturn(ctx, returnID)
+		if err != nil || !slices.Contains(rec.IDs, id) {
+			return err
+		}
+		rec.IDs = slices.DeleteFunc(rec.IDs, func(s string) bool { return s == id })
+		return q.storeReturn(ctx, rec)
+	})
+}
+
+// joinLine puts id back in its return's line, before any later arrival
+// (by received time), for a dead delivery retried by hand.
+func (q *queue) joinLine(ctx context.Context, it *queueItem) error {
+	return q.locked(ctx, returnKey(it.DeviceReturnID), func(ctx context.Context) error {
+		rec, err := q.loadReturn(ctx, it.DeviceReturnID)
+		if err != nil || slices.Contains(rec.IDs, it.ID) {
+			return err
+		}
+		at := len(rec.IDs)
+		for i, other := range rec.IDs {
+			o, err := q.loadItem(ctx, other)
+			if err == nil && o.ReceivedAt.After(it.ReceivedAt) {
+				at = i
+				break
+			}
+		}
+		rec.IDs = slices.Insert(rec.IDs, at, it.ID)
+		return q.storeReturn(ctx, rec)
+	})
+}
+
+// withItem runs f on the item id under its lock, re-read after taking it.
+func (q *queue) withItem(ctx context.Context, id string, f func(ctx context.Context, it *queueItem) error) error {
+	return q.locked(ctx, itemKey(id), func(ctx context.Context) error {
+		it, err := q.loadItem(ctx, id)
+		if err != nil {
+			return err
+		}
+		return f(ctx, it)
+	})
+}
+
+// all loads every stored item. Items that cannot be read are returned as
+// dead ones holding the error, so views list them and they can be dropped.
+func (q *queue) all(ctx context.Context) ([]*queueItem, error) {
+	ids, err := q.ids(ctx)
+	if err != nil {
+		return nil, err
+	}
+	items := make([]*queueItem, 0, len(ids))
+	for _, id := range ids {
+		it, err := q.loadItem(ctx, id)
+		switch {
+		case errors.Is(err, errItemNotFound):
+			continue // delivered or dropped meanwhile
+		case err != nil:
+			it = &queueItem{ID: id, Status: ItemDead, Corrupt: true, LastError: err.Error()}
+		}
+		items = append(items, it)
+	}
+	return items, nil
+}
+
+// view lists every item for the admin API, oldest first.
+func (q *queue) view(ctx context.Context) ([]QueueItem, error) {
+	items, err := q.all(ctx)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortStableFunc(items, func(a, b *queueItem) int { return a.ReceivedAt.Compare(b.ReceivedAt) })
+	out := make([]QueueItem, 0, len(items))
+	for _, it := range items {
+		out = append(out, it.view())
+	}
+	return out, nil
+}
+
+// retry makes id pending and due now (a dead one rejoins its return's
+// line). A set-aside (corrupt) item cannot be retried.
+func (q *queue) retry(ctx context.Context, id string, now time.Time) (*queueItem, error) {
+	var out *queueItem
+	err := q.withItem(ctx, id, func(ctx context.Context, it *queueItem) error {
+		if it.Corrupt {
+			return fmt.Errorf("%w %s: it was set aside and can only be dropped", errItemCorrupt, id)
+		}
+		wasDead := it.Status == ItemDead
+		it.Status, it.NextAttemptAt = ItemPending, &now
+		if wasDead {
+			// A fresh max_age from now, so it is not given up on again at
+			// its first failure.
+			it.MaxAge = int64(now.Sub(it.ReceivedAt) + time.Duration(it.MaxAge))
+		}
+		if err := q.storeItem(ctx, it); err != nil {
+			return err
+		}
+		out = it
+		if wasDead {
+			return q.joinLine(ctx, it)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// drop deletes id and takes it out of its return's line.
+func (q *queue) drop(ctx context.Context, id string) (*queueItem, error) {
+	var out *queueItem
+	err := q.locked(ctx, itemKey(id), func(ctx context.Context) error {
+		it, err := q.loadItem(ctx, id)
+		switch {
+		case errors.Is(err, errItemCorrupt):
+			it = &queueItem{ID: id, Status: ItemDead, Corrupt: true}
+		case err != nil:
+			return err
+		}
+		if err := q.deleteItem(ctx, id); err != nil {
+			return err
+		}
+		out = it
+		if it.DeviceReturnID != "" {
+			return q.leaveLine(ctx, it.DeviceReturnID, id)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// setAside rewrites an unreadable item as a dead, corrupt one holding its
+// raw bytes and the error, so it is listed, never attempted, and can be
+// dropped. It returns the rewritten item.
+func (q *queue) setAside(ctx context.Context, id string, cause error) (*queueItem, error) {
+	var out *queueItem
+	err := q.locked(ctx, itemKey(id), func(ctx context.Context) error {
+		raw, err := q.storage.Load(ctx, itemKey(id))
+		if err != nil {
+			return err
+		}
+		if _, err := decodeItem(id, raw); err == nil {
+			return nil // rewritten meanwhile
+		}
+		out = &queueItem{ID: id, Status: ItemDead, Corrupt: true, Raw: raw, LastError: cause.Error()}
+		return q.storeItem(ctx, out)
+	})
+	return out, err
+}
