@@ -428,7 +428,7 @@ type requestState struct {
 	event  Event
 	status statusWriter
 	hdrs   [12]string // backing store of the header values set upstream
-	strs   [320]byte // the event's strings, when they fit
+	strs   [320]byte  // the event's strings, when they fit
 
 	claim        replayClaim
 	claimed      bool

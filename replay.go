@@ -552,7 +552,7 @@ type replayRecord struct {
 	Claim   string `json:"claim,omitempty"` // in_flight: the claim id, hex
 }
 
-func (s *storageReplay) key(k replayKey) string     { return replayStoragePrefix + "/" + k.name() }
+func (s *storageReplay) key(k replayKey) string { return replayStoragePrefix + "/" + k.name() }
 
 // locked runs f under the storage lock for key, with the lock wait bounded
 // by lockWait.
