@@ -397,7 +397,7 @@ func readInput(file string, stdin io.Reader) ([]byte, error) {
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "reready",
-		Usage: "sign|send|verify",
+		Usage: "sign|send|verify|deliveries|queue",
 		Short: "Signs, sends and verifies ReReady webhook deliveries",
 		Long: `
 Tools for the reready_verify handler, built on the same signing and checking
@@ -541,6 +541,7 @@ signature_mismatch. The command fails when the signature is invalid.
 			verify.Flags().String("header", "", "Captured "+SignatureHeader+" value (required)")
 			verify.Flags().String("file", "", "Read the body from this file instead of stdin")
 			cmd.AddCommand(verify)
+			cmd.AddCommand(opsCommands()...)
 		},
 	})
 }
