@@ -1,0 +1,272 @@
+package rereadyverify
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
+)
+
+// newQueueRig is a replayRig whose handler has the queue on, in a
+// temporary file_system storage.
+func newQueueRig(t *testing.T, q QueueConfig) *replayRig {
+	t.Helper()
+	rig := &replayRig{now: time.Unix(1744831201, 0)}
+	rig.h = &Handler{Secrets: []string{testSecret}, Tolerance: caddy.Duration(5 * time.Minute), Queue: &q}
+	rig.h.app = testApp(t)
+	if err := provision(t, rig.h); err != nil {
+		t.Fatal(err)
+	}
+	rig.h.now = func() time.Time { return rig.now }
+	return rig
+}
+
+func eventBody(returnID, state string) []byte {
+	return []byte(fmt.Sprintf(`{"device_return_id":%q,"serial_number":null,"state":%q,"test":false,"ticket_url":null,"url":null}`, returnID, state))
+}
+
+// items returns the rig's queued items, oldest first.
+func (rig *replayRig) items(t *testing.T) []*queueItem {
+	t.Helper()
+	items, err := rig.h.app.queue.all(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return items
+}
+
+func TestQueueTakesOverFailures(t *testing.T) {
+	tests := []struct {
+		name       string
+		next       caddyhttp.HandlerFunc
+		queued     bool
+		upstream   int
+		lastError  string
+		retryAfter time.Duration // 0: the 1s backoff step
+	}{
+		{"upstream down (502 error)", func(w http.ResponseWriter, r *http.Request) error {
+			return caddyhttp.Error(http.StatusBadGateway, errors.New("dial tcp: connection refused"))
+		}, true, 0, "HTTP 502: dial tcp: connection refused", 0},
+		{"timeout (504 error)", func(w http.ResponseWriter, r *http.Request) error {
+			return caddyhttp.Error(http.StatusGatewayTimeout, errors.New("timeout awaiting response headers"))
+		}, true, 0, "HTTP 504", 0},
+		{"app answers 503 with Retry-After", func(w http.ResponseWriter, r *http.Request) error {
+			w.Header().Set("Retry-After", "120")
+			w.Header().Set("X-App-Secret-Detail", "internal")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "app failure body")
+			return nil
+		}, true, 503, "the app answered 503", 2 * time.Minute},
+		{"app answers 429 via ReadFrom", func(w http.ResponseWriter, r *http.Request) error {
+			w.WriteHeader(http.StatusTooManyRequests)
+			_, err := w.(io.ReaderFrom).ReadFrom(strings.NewReader("slow down"))
+			return err
+		}, true, 429, "the app answered 429", 0},
+		{"app answers 408", func(w http.ResponseWriter, r *http.Request) error {
+			w.WriteHeader(http.StatusRequestTimeout)
+			return nil
+		}, true, 408, "the app answered 408", 0},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rig := newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 10})
+			body := eventBody(fmt.Sprint("ret-", i), StatePendingReturnShipment)
+			resp, err := rig.serve(body, rig.now.Unix(), tc.next)
+			if err != nil {
+				t.Fatalf("handler error %v; want the failure taken over", err)
+			}
+			if resp.Code != http.StatusAccepted || resp.Body.String() != "queued for redelivery\n" {
+				t.Fatalf("answer %d %q, want 202", resp.Code, resp.Body)
+			}
+			if resp.Header().Get("X-App-Secret-Detail") != "" || resp.Header().Get("Retry-After") != "" {
+				t.Fatalf("the app's failure headers reached the sender: %v", resp.Header())
+			}
+			items := rig.items(t)
+			if len(items) != 1 {
+				t.Fatalf("%d items stored, want 1", len(items))
+			}
+			it := items[0]
+			if resp.Header().Get("X-Reready-Delivery-Id") != it.ID || string(it.Body) != string(body) {
+				t.Fatalf("stored %s %q; answered id %q", it.ID, it.Body, resp.Header().Get("X-Reready-Delivery-Id"))
+			}
+			if it.Attempts != 1 || it.LastStatus != tc.upstream || !strings.HasPrefix(it.LastError, tc.lastError) {
+				t.Fatalf("item attempts %d, last %d %q; want 1, %d %q", it.Attempts, it.LastStatus, it.LastError, tc.upstream, tc.lastError)
+			}
+			wait := it.NextAttemptAt.Sub(rig.now)
+			if tc.retryAfter != 0 && wait != tc.retryAfter || tc.retryAfter == 0 && (wait < 800*time.Millisecond || wait > 1200*time.Millisecond) {
+				t.Fatalf("next attempt in %v", wait)
+			}
+			for k := range it.Header {
+				if isReReadyHeader(k) && k != hdrSignature {
+					t.Fatalf("stored header %s: the redelivery sets X-ReReady-* afresh", k)
+				}
+			}
+			// A queued delivery counts as delivered.
+			calls := 0
+			resp, _ = rig.serve(body, rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error { calls++; return nil })
+			if calls != 0 || resp.Code != 200 || resp.Body.String() != "already delivered\n" {
+				t.Fatalf("repeat of a queued delivery: forwarded %d times, answered %d %q", calls, resp.Code, resp.Body)
+			}
+			got := rig.h.app.journal.query(DeliveryFilter{Outcome: OutcomeQueued})
+			if len(got) != 1 || got[0].Reason != string(ReasonUpstreamFailed) || got[0].Status != 202 ||
+				got[0].UpstreamStatus != tc.upstream || got[0].DeliveryID != it.ID || got[0].Attempt != 1 {
+				t.Fatalf("journal: %+v", got)
+			}
+		})
+	}
+}
+
+func TestQueuePassesOtherAnswers(t *testing.T) {
+	for _, code := range []int{200, 201, 400, 404, 409} {
+		t.Run(fmt.Sprint(code), func(t *testing.T) {
+			rig := newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 10})
+			resp, err := rig.serve(eventBody("ret", StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error {
+				w.Header().Set("X-App", "yes")
+				w.WriteHeader(code)
+				io.WriteString(w, "app says")
+				return nil
+			})
+			if err != nil || resp.Code != code || resp.Body.String() != "app says" || resp.Header().Get("X-App") != "yes" {
+				t.Fatalf("answer %d %q %v (err %v); want the app's %d", resp.Code, resp.Body, resp.Header(), err, code)
+			}
+			if items := rig.items(t); len(items) != 0 {
+				t.Fatalf("%d items queued for a %d answer", len(items), code)
+			}
+			got := rig.h.app.journal.query(DeliveryFilter{})
+			if len(got) != 1 || got[0].Outcome != OutcomeForwarded || got[0].Status != code || got[0].UpstreamStatus != code {
+				t.Fatalf("journal: %+v", got)
+			}
+		})
+	}
+}
+
+func TestQueueHoldsLaterDeliveriesOfAReturn(t *testing.T) {
+	rig := newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 10})
+	down := func(w http.ResponseWriter, r *http.Request) error {
+		return caddyhttp.Error(http.StatusBadGateway, errors.New("down"))
+	}
+	calls := 0
+	up := func(w http.ResponseWriter, r *http.Request) error { calls++; return nil }
+	if resp, _ := rig.serve(eventBody("A", StatePendingReturnShipmentDelivery), rig.now.Unix(), down); resp.Code != 202 {
+		t.Fatalf("first: %d", resp.Code)
+	}
+	// The app is back, but A has a queued delivery: A's next one waits
+	// behind it; B is not held up.
+	resp, _ := rig.serve(eventBody("A", StateComplete), rig.now.Unix(), up)
+	if resp.Code != 202 || calls != 0 {
+		t.Fatalf("A's second delivery: %d, forwarded %d times; want 202 held", resp.Code, calls)
+	}
+	resp, _ = rig.serve(eventBody("B", StateComplete), rig.now.Unix(), up)
+	if resp.Code != 200 || calls != 1 {
+		t.Fatalf("B: %d, forwarded %d times; want 200 live", resp.Code, calls)
+	}
+	items := rig.items(t)
+	if len(items) != 2 {
+		t.Fatalf("%d items, want 2", len(items))
+	}
+	line := lineOf(t, rig.h.app.queue, "A")
+	held, _ := rig.h.app.queue.loadItem(context.Background(), line[1])
+	if len(line) != 2 || held.State != StateComplete || held.Attempts != 0 {
+		t.Fatalf("line %v, second %+v", line, held)
+	}
+	got := rig.h.app.journal.query(DeliveryFilter{ReturnID: "A", Outcome: OutcomeQueued})
+	if len(got) != 2 || got[0].Reason != string(ReasonHeld) || got[0].Attempt != 0 {
+		t.Fatalf("journal: %+v", got)
+	}
+}
+
+func TestQueueFullAndStorageFailure(t *testing.T) {
+	down := func(w http.ResponseWriter, r *http.Request) error {
+		return caddyhttp.Error(http.StatusBadGateway, errors.New("down"))
+	}
+	rig := newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 1})
+	rig.serve(eventBody("A", StateComplete), rig.now.Unix(), down)
+	resp, err := rig.serve(eventBody("B", StateComplete), rig.now.Unix(), down)
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) || he.StatusCode != 503 || resp.Header().Get("Retry-After") == "" || !strings.Contains(err.Error(), "queue_full") {
+		t.Fatalf("at max_items: %v, Retry-After %q", err, resp.Header().Get("Retry-After"))
+	}
+	if got := rig.h.app.journal.query(DeliveryFilter{Outcome: OutcomeRejected}); len(got) != 1 || got[0].Reason != string(ReasonQueueFull) {
+		t.Fatalf("journal: %+v", got)
+	}
+
+	// Storage that fails: the sender gets the original failure, never 2xx.
+	rig = newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 10})
+	fst := &failingStorage{FileStorage: &certmagic.FileStorage{Path: t.TempDir()}}
+	fst.setBroken(true)
+	rig.h.app.queue.storage = fst
+	failure := caddyhttp.Error(http.StatusGatewayTimeout, errors.New("slow"))
+	resp, err = rig.serve(eventBody("C", StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error { return failure })
+	if err != failure || resp.Code == 202 {
+		t.Fatalf("storage down: err %v, code %d; want the original 504", err, resp.Code)
+	}
+	resp, err = rig.serve(eventBody("D", StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error {
+		w.WriteHeader(500)
+		io.WriteString(w, "app body")
+		return nil
+	})
+	if !errors.As(err, &he) || he.StatusCode != 500 || resp.Body.String() != "" {
+		t.Fatalf("storage down, app 500: err %v, body %q; want the 500 as an error, no app body", err, resp.Body)
+	}
+	// Nothing stored, so a retry is forwarded again.
+	calls := 0
+	rig.serve(eventBody("D", StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error { calls++; return nil })
+	if calls != 1 {
+		t.Fatalf("retry after a failed store forwarded %d times", calls)
+	}
+}
+
+func TestQueueWriterFlushBeforeStatus(t *testing.T) {
+	rec := httptest.NewRecorder()
+	var q queueWriter
+	q.reset(rec)
+	if err := http.NewResponseController(&q).Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Flushed {
+		t.Fatal("a flush before the status reached the sender (it would commit a 200)")
+	}
+	q.Header().Set("X-A", "1")
+	q.WriteHeader(http.StatusCreated)
+	q.WriteHeader(http.StatusInternalServerError) // ignored
+	if err := http.NewResponseController(&q).Flush(); err != nil || !rec.Flushed {
+		t.Fatalf("flush after the status: %v, flushed %v", err, rec.Flushed)
+	}
+	if rec.Code != 201 || rec.Header().Get("X-A") != "1" {
+		t.Fatalf("passed answer %d %v", rec.Code, rec.Header())
+	}
+}
+
+func TestJournalRecordsEveryOutcome(t *testing.T) {
+	rig := newReplayRig(t)
+	rig.h.app = testApp(t)
+	body := eventBody("ret-j", StateComplete)
+	ts := rig.now.Unix()
+	rig.serve(body, ts, func(w http.ResponseWriter, r *http.Request) error { w.WriteHeader(204); return nil })
+	rig.serve(body, ts, nil) // replayed
+	rig.serve(body, ts-3600, nil)
+	got := rig.h.app.journal.query(DeliveryFilter{})
+	if len(got) != 3 {
+		t.Fatalf("%d entries, want 3: %+v", len(got), got)
+	}
+	stale, replayed, fwd := got[0], got[1], got[2]
+	if fwd.Outcome != OutcomeForwarded || fwd.Status != 204 || fwd.Verified != "hmac" || fwd.Key != 1 || fwd.Attempt != 1 ||
+		fwd.DeviceReturnID != "ret-j" || fwd.State != StateComplete || fwd.Path != "/hook" || fwd.DeliveryID == "" {
+		t.Errorf("forwarded: %+v", fwd)
+	}
+	if replayed.Outcome != OutcomeReplayed || replayed.Status != 200 || replayed.DeliveryID != fwd.DeliveryID || replayed.Reason != "replay" {
+		t.Errorf("replayed: %+v", replayed)
+	}
+	if stale.Outcome != OutcomeRejected || stale.Status != 401 || stale.Reason != string(ReasonTimestampStale) || stale.DeliveryID != "" || stale.Key != 0 {
+		t.Errorf("rejected: %+v", stale)
+	}
+}
