@@ -1,0 +1,281 @@
+package rereadyverify
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// withLiveApp makes a the running app for the test.
+func withLiveApp(t *testing.T, a *App) {
+	t.Helper()
+	prev := liveApp.Swap(a)
+	t.Cleanup(func() { liveApp.Store(prev) })
+}
+
+// adminDo runs one admin API request the way Caddy's admin server does:
+// the route's handler, with an error rendered as {"error": ...}.
+func adminDo(t *testing.T, method, target string) (int, http.Header, string) {
+	t.Helper()
+	route := AdminAPI{}.Routes()[0]
+	if !strings.HasPrefix(target, route.Pattern) {
+		t.Fatalf("%s is not under %s", target, route.Pattern)
+	}
+	rec := httptest.NewRecorder()
+	err := route.Handler.ServeHTTP(rec, httptest.NewRequest(method, target, nil))
+	if err != nil {
+		ae, ok := err.(caddy.APIError)
+		if !ok {
+			t.Fatalf("%s %s: error %T %v, want a caddy.APIError", method, target, err, err)
+		}
+		body, _ := json.Marshal(map[string]string{"error": ae.Err.Error()})
+		return ae.HTTPStatus, rec.Header(), string(body)
+	}
+	return rec.Code, rec.Header(), rec.Body.String()
+}
+
+func TestAdminAPIWithoutApp(t *testing.T) {
+	withLiveApp(t, nil)
+	code, _, body := adminDo(t, http.MethodGet, "/reready/queue")
+	if code != 200 || strings.TrimSpace(body) != "[]" {
+		t.Fatalf("queue without a running reready app: %d %q", code, body)
+	}
+	code, _, body = adminDo(t, http.MethodPost, "/reready/queue/1-00000000000000000000000000000000/retry")
+	if code != 404 || !strings.Contains(body, `"error"`) {
+		t.Fatalf("retry without an app: %d %q", code, body)
+	}
+}
+
+func TestAdminAPI(t *testing.T) {
+	a := testApp(t)
+	withLiveApp(t, a)
+	saved := processJournal
+	processJournal = a.journal
+	t.Cleanup(func() { processJournal = saved })
+
+	ctx := context.Background()
+	it := testItem(1, "ret-adm")
+	it.Header.Set("Authorization", "Basic c2VjcmV0")
+	it.Body = []byte(`{"device_return_id":"ret-adm","state":"complete","private":"BODY-MARKER"}`)
+	mustEnqueue(t, a.queue, it, 10)
+	for i, o := range []string{OutcomeForwarded, OutcomeRejected, OutcomeQueued} {
+		a.record(journalEntry{at: queueT0, outcome: o, returnID: "ret-adm", state: StateComplete, status: 200 + i})
+	}
+
+	tests := []struct {
+		name, method, target string
+		code                 int
+		contains             []string
+		absent               []string
+	}{
+		{"deliveries", "GET", "/reready/deliveries", 200, []string{`"outcome":"queued"`, `"outcome":"forwarded"`}, nil},
+		{"deliveries filtered", "GET", "/reready/deliveries?outcome=rejected&return_id=ret-adm", 200, []string{`"status":201`}, []string{`"queued"`}},
+		{"deliveries limit", "GET", "/reready/deliveries?limit=1", 200, []string{`"seq":3`}, []string{`"seq":2`}},
+		{"deliveries after", "GET", "/reready/deliveries?after=2", 200, []string{`"seq":3`}, []string{`"seq":2`}},
+		{"bad outcome", "GET", "/reready/deliveries?outcome=lost", 400, []string{"invalid outcome", "forwarded"}, nil},
+		{"bad limit", "GET", "/reready/deliveries?limit=0", 400, []string{"invalid limit"}, nil},
+		{"bad after", "GET", "/reready/deliveries?after=x", 400, []string{"invalid after"}, nil},
+		{"deliveries by POST", "POST", "/reready/deliveries", 405, []string{"GET"}, nil},
+		{"queue", "GET", "/reready/queue", 200, []string{it.ID, `"status":"pending"`, `"next_attempt_at":"`},
+			[]string{"BODY-MARKER", "Authorization", "c2VjcmV0", "hooks.example"}},
+		{"unknown op", "GET", "/reready/nope", 404, []string{"not found"}, nil},
+		{"retry unknown", "POST", "/reready/queue/1-00000000000000000000000000000000/retry", 404, []string{"no queued delivery"}, nil},
+		{"retry bad name", "POST", "/reready/queue/..%2f..%2fx/retry", 404, []string{`"error"`}, nil},
+		{"retry by GET", "GET", "/reready/queue/" + it.ID + "/retry", 405, nil, nil},
+		{"drop by POST", "POST", "/reready/queue/" + it.ID, 405, nil, nil},
+		{"bad action", "POST", "/reready/queue/" + it.ID + "/explode", 404, []string{"no such operation"}, nil},
+		{"retry", "POST", "/reready/queue/" + it.ID + "/retry", 200, []string{`"status":"pending"`}, []string{"BODY-MARKER"}},
+		{"drop", "DELETE", "/reready/queue/" + it.ID, 200, []string{it.ID}, []string{"BODY-MARKER"}},
+		{"drop again", "DELETE", "/reready/queue/" + it.ID, 404, []string{"no queued delivery"}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, hdr, body := adminDo(t, tc.method, tc.target)
+			if code != tc.code {
+				t.Fatalf("%d %s, want %d", code, body, tc.code)
+			}
+			if code == 200 && hdr.Get("Content-Type") != "application/json" {
+				t.Fatalf("Content-Type %q", hdr.Get("Content-Type"))
+			}
+			for _, s := range tc.contains {
+				if !strings.Contains(body, s) {
+					t.Errorf("answer %s lacks %q", body, s)
+				}
+			}
+			for _, s := range tc.absent {
+				if strings.Contains(body, s) {
+					t.Errorf("answer %s holds %q", body, s)
+				}
+			}
+		})
+	}
+	if a.queue.storage.Exists(ctx, itemKey(it.ID)) {
+		t.Fatal("dropped item still stored")
+	}
+}
+
+// fakeAdmin serves the admin API of a test app over HTTP, so the CLI's
+// requests go through caddycmd.AdminAPIRequest for real.
+func fakeAdmin(t *testing.T, a *App) (addr string, epoch *string, down func(bool)) {
+	t.Helper()
+	withLiveApp(t, a)
+	saved := processJournal
+	processJournal = a.journal
+	t.Cleanup(func() { processJournal = saved })
+	var mu sync.Mutex
+	isDown := false
+	route := AdminAPI{}.Routes()[0]
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		d := isDown
+		mu.Unlock()
+		if d {
+			http.Error(w, "restarting", http.StatusServiceUnavailable)
+			return
+		}
+		if err := route.Handler.ServeHTTP(w, r); err != nil {
+			ae := err.(caddy.APIError)
+			w.WriteHeader(ae.HTTPStatus)
+			json.NewEncoder(w).Encode(map[string]string{"error": ae.Err.Error()})
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), &a.journal.epoch, func(b bool) { mu.Lock(); isDown = b; mu.Unlock() }
+}
+
+func TestCommandQueue(t *testing.T) {
+	a := testApp(t)
+	addr, _, _ := fakeAdmin(t, a)
+	it := testItem(1, "ret\x1b[2Jcli") // a terminal escape in a payload value
+	mustEnqueue(t, a.queue, it, 10)
+	o := adminOptions{Address: addr}
+
+	var out bytes.Buffer
+	if err := runQueue(queueOptions{adminOptions: o}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), it.ID) || !strings.Contains(out.String(), "pending") || strings.Contains(out.String(), "\x1b") {
+		t.Fatalf("list:\n%s", out.String())
+	}
+	out.Reset()
+	if err := runQueue(queueOptions{adminOptions: o, JSON: true}, &out); err != nil {
+		t.Fatal(err)
+	}
+	var items []QueueItem
+	if err := json.Unmarshal(out.Bytes(), &items); err != nil || len(items) != 1 || items[0].ID != it.ID {
+		t.Fatalf("list --json: %v %s", err, out.String())
+	}
+	out.Reset()
+	if err := runQueue(queueOptions{adminOptions: o, Action: "retry", ID: it.ID}, &out); err != nil || !strings.Contains(out.String(), "attempted now") {
+		t.Fatalf("retry: %v %s", err, out.String())
+	}
+	err := runQueue(queueOptions{adminOptions: o, Action: "retry", ID: "1-00000000000000000000000000000000"}, &out)
+	if err == nil || !strings.Contains(err.Error(), `no queued delivery "1-00000000000000000000000000000000" (HTTP 404)`) {
+		t.Fatalf("retry of an unknown id: %v", err)
+	}
+	for _, bad := range []queueOptions{{Action: "retry"}, {Action: "drop", ID: "../x"}, {Action: "explode"}} {
+		bad.adminOptions = o
+		if err := runQueue(bad, &out); err == nil {
+			t.Errorf("%+v: no error", bad)
+		}
+	}
+	out.Reset()
+	if err := runQueue(queueOptions{adminOptions: o, Action: "drop", ID: it.ID}, &out); err != nil || !strings.Contains(out.String(), "dropped "+it.ID) {
+		t.Fatalf("drop: %v %s", err, out.String())
+	}
+	out.Reset()
+	runQueue(queueOptions{adminOptions: o}, &out)
+	if !strings.Contains(out.String(), "the queue is empty") {
+		t.Fatalf("list after drop:\n%s", out.String())
+	}
+}
+
+func TestCommandDeliveriesFollow(t *testing.T) {
+	a := testApp(t)
+	addr, epoch, down := fakeAdmin(t, a)
+	a.record(journalEntry{at: queueT0, outcome: OutcomeForwarded, state: StateComplete, returnID: "first", status: 200})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out, errOut := &lockedBuffer{}, &lockedBuffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- runDeliveries(ctx, deliveriesOptions{adminOptions: adminOptions{Address: addr}, Limit: 10, Follow: true,
+			Poll: 20 * time.Millisecond}, out, errOut)
+	}()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: stdout:\n%s\nstderr:\n%s", what, out.String(), errOut.String())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitFor("the first entry", func() bool { return strings.Contains(out.String(), "first") })
+	a.record(journalEntry{at: queueT0, outcome: OutcomeQueued, state: StateFailed, returnID: "second", status: 202})
+	waitFor("a new entry", func() bool { return strings.Contains(out.String(), "second") })
+
+	// The admin endpoint goes away and comes back (a reload that moves it,
+	// a restart): following goes on; a new process starts a new journal.
+	down(true)
+	waitFor("a notice", func() bool { return strings.Contains(errOut.String(), "waiting for the admin endpoint") })
+	a.journal = newJournal(10)
+	processJournal = a.journal
+	*epoch = a.journal.epoch
+	a.record(journalEntry{at: queueT0, outcome: OutcomeRedelivered, state: StateComplete, returnID: "third", status: 200})
+	down(false)
+	waitFor("an entry of the new process", func() bool { return strings.Contains(out.String(), "third") })
+	if !strings.Contains(errOut.String(), "restarted") {
+		t.Errorf("no restart notice: %s", errOut.String())
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(out.String(), "first"); n != 1 {
+		t.Fatalf("the first entry printed %d times:\n%s", n, out.String())
+	}
+	if strings.Count(out.String(), "TIME") != 1 {
+		t.Fatalf("header printed more than once:\n%s", out.String())
+	}
+}
+
+func TestCommandDeliveriesErrors(t *testing.T) {
+	for _, o := range []deliveriesOptions{{Limit: 0}, {Limit: 10, Outcome: "lost"}, {Limit: maxDeliveryLimit + 1}} {
+		if err := runDeliveries(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{}); err == nil {
+			t.Errorf("%+v: no error", o)
+		}
+	}
+	// Nothing listening: the error names the address.
+	err := runDeliveries(context.Background(), deliveriesOptions{Limit: 5, adminOptions: adminOptions{Address: "127.0.0.1:1"}}, &bytes.Buffer{}, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Fatalf("no admin endpoint: %v", err)
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
