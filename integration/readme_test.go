@@ -9,8 +9,9 @@ import (
 )
 
 // Every Caddyfile example in the README adapts. Snippets that start with
-// the directive are wrapped in a site; the syntax summary and the example
-// that needs a third-party storage module are skipped.
+// the directive are wrapped in a site; the syntax summary and the examples
+// that need a third-party module (Redis storage, the exec event handler)
+// are skipped.
 func TestReadmeCaddyfilesAdapt(t *testing.T) {
 	data, err := os.ReadFile("../README.md")
 	if err != nil {
@@ -24,7 +25,7 @@ func TestReadmeCaddyfilesAdapt(t *testing.T) {
 	for i, b := range blocks {
 		src := b[:strings.Index(b, "```")]
 		switch {
-		case strings.Contains(src, "[<matcher>]"), strings.Contains(src, "storage redis"):
+		case strings.Contains(src, "[<matcher>]"), strings.Contains(src, "storage redis"), strings.Contains(src, " exec "):
 			continue
 		case strings.HasPrefix(strings.TrimSpace(src), "reready_verify"):
 			src = "http://localhost:9080 {\n" + src + "\trespond 204\n}\n"
