@@ -12,6 +12,10 @@
 # same request and the ratio is the cost of verification alone ("verify
 # ratio"). A second ratio, with A's client sending only the signature
 # header, includes the cost of forwarding the added headers ("header ratio").
+# C is B with `queue` on (store-and-forward, in a file_system storage): the
+# app is up, so nothing is queued, and C/B ("queue ratio") is what the queue
+# costs a healthy gateway (a storage lookup of the return's line per
+# delivery, and staging the app's answer headers).
 # The request is signed with openssl, not with the module's code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +38,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); PA=$(free_port); PB=$(free_port); ADMIN=$(free_port); ADMIN_UP=$(free_port)
+UP=$(free_port); PA=$(free_port); PB=$(free_port); PC=$(free_port); ADMIN=$(free_port); ADMIN_UP=$(free_port)
 
 cat >"$work/upstream.caddyfile" <<CF
 {
@@ -49,6 +53,7 @@ cat >"$work/gateway.caddyfile" <<CF
 {
 	admin 127.0.0.1:$ADMIN
 	default_bind 127.0.0.1
+	storage file_system $work/storage
 }
 http://127.0.0.1:$PA {
 	reverse_proxy 127.0.0.1:$UP
@@ -60,12 +65,20 @@ http://127.0.0.1:$PB {
 	}
 	reverse_proxy 127.0.0.1:$UP
 }
+http://127.0.0.1:$PC {
+	reready_verify {
+		secret $SECRET
+		replay off
+		queue
+	}
+	reverse_proxy 127.0.0.1:$UP
+}
 CF
 bin/caddy run --config "$work/upstream.caddyfile" --adapter caddyfile >"$work/upstream.log" 2>&1 &
 pids+=($!)
 bin/caddy run --config "$work/gateway.caddyfile" --adapter caddyfile >"$work/gateway.log" 2>&1 &
 pids+=($!)
-for port in $UP $PA $PB; do
+for port in $UP $PA $PB $PC; do
 	for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -79,14 +92,16 @@ t=$(date +%s)
 mac=$( (printf '%s.' "$t"; cat "$work/body.json") | openssl dgst -sha512 -hmac "$SECRET" -r | cut -d' ' -f1)
 sig="t=$t,v=$mac"
 
-# Check once that B verifies and forwards (200 from the upstream).
-code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Content-Type: application/json" \
-	-H "X-ReReady-Signature-512: $sig" --data-binary @"$work/body.json" "http://127.0.0.1:$PB/")
-if [ "$code" != 200 ]; then
-	echo "load: gateway B answered $code to a valid request; see $work/gateway.log" >&2
-	cat "$work/gateway.log" >&2
-	exit 1
-fi
+# Check once that B and C verify and forward (200 from the upstream).
+for port in $PB $PC; do
+	code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Content-Type: application/json" \
+		-H "X-ReReady-Signature-512: $sig" --data-binary @"$work/body.json" "http://127.0.0.1:$port/")
+	if [ "$code" != 200 ]; then
+		echo "load: gateway on port $port answered $code to a valid request" >&2
+		cat "$work/gateway.log" >&2
+		exit 1
+	fi
+done
 
 lua() { # $1 = with the headers B adds (1) or not (0)
 	cat <<LUA
@@ -119,20 +134,32 @@ rps() { # $1 port, $2 script
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 echo "load: ${ROUNDS} rounds of ${SECS}s each, ${SIZE}-byte body, wrk -t2 -c32, replay off, $(nproc) cores"
-printf '%-6s %12s %12s %12s %8s %8s\n' round A-same A-plain B B/A-same B/A-plain
-verify=(); header=()
+printf '%-6s %12s %12s %12s %12s %8s %8s %8s\n' round A-same A-plain B C B/A-same B/A-plain C/B
+verify=(); header=(); queue=()
 rps "$PA" "$work/same.lua" >/dev/null # warm-up
 rps "$PB" "$work/plain.lua" >/dev/null
+rps "$PC" "$work/plain.lua" >/dev/null
 for r in $(seq "$ROUNDS"); do
-	a=$(rps "$PA" "$work/same.lua")
-	b=$(rps "$PB" "$work/plain.lua")
+	# C and B swap places every round, so neither always runs second.
+	if [ $((r % 2)) = 1 ]; then
+		a=$(rps "$PA" "$work/same.lua"); b=$(rps "$PB" "$work/plain.lua"); c=$(rps "$PC" "$work/plain.lua")
+	else
+		a=$(rps "$PA" "$work/same.lua"); c=$(rps "$PC" "$work/plain.lua"); b=$(rps "$PB" "$work/plain.lua")
+	fi
 	ap=$(rps "$PA" "$work/plain.lua")
 	v=$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.3f", b/a}')
 	hh=$(awk -v a="$ap" -v b="$b" 'BEGIN {printf "%.3f", b/a}')
-	verify+=("$v"); header+=("$hh")
-	printf '%-6s %12s %12s %12s %8s %8s\n' "$r" "$a" "$ap" "$b" "$v" "$hh"
+	q=$(awk -v b="$b" -v c="$c" 'BEGIN {printf "%.3f", c/b}')
+	verify+=("$v"); header+=("$hh"); queue+=("$q")
+	printf '%-6s %12s %12s %12s %12s %8s %8s %8s\n' "$r" "$a" "$ap" "$b" "$c" "$v" "$hh" "$q"
 done
+if [ -n "$(find "$work/storage" -path '*reready_verify/queue/items/*' -type f 2>/dev/null)" ]; then
+	echo "load: C queued deliveries although the app was up" >&2
+	exit 1
+fi
 mv=$(printf '%s\n' "${verify[@]}" | median)
 mh=$(printf '%s\n' "${header[@]}" | median)
+mq=$(printf '%s\n' "${queue[@]}" | median)
 echo "load: median verify ratio B/A (A sends B's headers) = $mv   (target >= 0.98)"
 echo "load: median header ratio B/A (A sends only the signature) = $mh"
+echo "load: median queue ratio C/B (queue on vs off, app up) = $mq   (target >= 0.97)"
