@@ -135,12 +135,11 @@ func changeItem(w http.ResponseWriter, r *http.Request, id string, retry bool) *
 	}
 	if retry {
 		a.logger.Info("queued delivery to be retried now, as asked", zap.String("id", id))
-		a.wake()
 	} else {
 		a.logger.Info("queued delivery dropped, as asked", zap.String("id", id),
 			zap.String("device_return_id", clip(it.DeviceReturnID)), zap.String("state", clip(it.State)))
-		a.wake()
 	}
+	a.changed(id)
 	return writeJSON(w, it.view())
 }
 

@@ -141,6 +141,15 @@ func (a *App) wake() {
 	}
 }
 
+// changed tells the worker an operator changed item id: it reads it
+// afresh, now.
+func (a *App) changed(id string) {
+	if a.worker != nil {
+		a.worker.forget(id)
+		a.worker.wake()
+	}
+}
+
 // kick tells the worker a delivery on path succeeded.
 func (a *App) kick(path string) {
 	if a.worker != nil {

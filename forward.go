@@ -61,7 +61,7 @@ func (h *Handler) forwardOrQueue(w http.ResponseWriter, r *http.Request, next ca
 	st.status.code = qw.code
 	if !qw.swallowed && (err == nil || qw.passed) {
 		if qw.code >= 200 && qw.code < 300 || qw.code == 0 && err == nil {
-			h.app.kick(r.URL.Path)
+			h.app.kick(originalPath(r))
 		}
 		h.journalLive(r, st, start, OutcomeForwarded, "", st.answered(), st.upstreamStatus())
 		return err
@@ -142,10 +142,7 @@ func (h *Handler) newItem(r *http.Request, st *requestState, now time.Time) *que
 		}
 		hdr[k] = v
 	}
-	uri := r.RequestURI
-	if uri == "" {
-		uri = r.URL.RequestURI()
-	}
+	uri := originalURI(r)
 	it := &queueItem{
 		ID:             st.id.String(),
 		Status:         ItemPending,
@@ -168,6 +165,22 @@ func (h *Handler) newItem(r *http.Request, st *requestState, now time.Time) *que
 		it.Timestamp = st.auth.sig.t
 	}
 	return it
+}
+
+// originalURI is the request's URI as it arrived (without the token),
+// before any rewrite earlier in the route: a redelivery enters the route
+// from its start again.
+func originalURI(r *http.Request) string {
+	if r.RequestURI != "" {
+		return r.RequestURI
+	}
+	return r.URL.RequestURI()
+}
+
+// originalPath is originalURI's path, which names a route for kicks.
+func originalPath(r *http.Request) string {
+	p, _, _ := strings.Cut(originalURI(r), "?")
+	return p
 }
 
 // statusOf is the status Caddy answers for a handler error.

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -70,6 +71,11 @@ const (
 	// redeliveryScanInterval is how often the storage is looked at for
 	// deliveries that are due (queued by this or another gateway).
 	redeliveryScanInterval = 2 * time.Second
+
+	// restatEvery is how many scans apart the worker re-checks every known
+	// item for changes made by other gateways; in between it reads only
+	// new items (its own changes it knows).
+	restatEvery = 10
 
 	// redeliveryConcurrency bounds attempts in flight per gateway.
 	redeliveryConcurrency = 4
@@ -165,6 +171,7 @@ type worker struct {
 	wg     sync.WaitGroup
 
 	mu       sync.Mutex
+	scans    int
 	items    map[string]*cachedItem
 	inFlight map[string]bool
 	kicks    map[string]time.Time // route path -> last success seen
@@ -267,7 +274,7 @@ func (w *worker) scan() time.Duration {
 	}
 	now := w.now()
 	wait := w.interval
-	for _, it := range w.due(ctx, now) {
+	for _, it := range w.due(ctx, now, cap(w.slots)-len(w.slots)) {
 		select {
 		case w.slots <- struct{}{}:
 		default:
@@ -301,23 +308,31 @@ func (w *worker) scan() time.Duration {
 	return max(wait, 10*time.Millisecond)
 }
 
-// refresh re-reads the items that changed since the last scan and sets
-// aside the ones that cannot be read.
+// refresh reads the items that are new since the last scan and, every
+// restatEvery scans, the ones that changed; it sets aside the ones that
+// cannot be read.
 func (w *worker) refresh(ctx context.Context) error {
 	ids, err := w.q.ids(ctx)
 	if err != nil {
 		return err
 	}
+	w.mu.Lock()
+	full := w.scans%restatEvery == 0
+	w.scans++
+	w.mu.Unlock()
 	seen := make(map[string]bool, len(ids))
 	for _, id := range ids {
 		seen[id] = true
+		w.mu.Lock()
+		c := w.items[id]
+		w.mu.Unlock()
+		if c != nil && !full {
+			continue
+		}
 		info, err := w.q.storage.Stat(ctx, itemKey(id))
 		if err != nil {
 			continue // gone meanwhile, or unreadable: the load below would say
 		}
-		w.mu.Lock()
-		c := w.items[id]
-		w.mu.Unlock()
 		if c != nil && c.modified.Equal(info.Modified) && c.size == info.Size {
 			continue
 		}
@@ -405,35 +420,50 @@ func (w *worker) isDue(it *queueItem, now time.Time) bool {
 	return ok && (it.LastAttemptAt == nil || kicked.After(*it.LastAttemptAt))
 }
 
-// due returns the items to attempt now, oldest first: due, not in flight
-// here, and first in their return's line.
-func (w *worker) due(ctx context.Context, now time.Time) []*queueItem {
+// due returns up to limit items to attempt now, the longest waiting
+// first: due, not in flight here, and first in their return's line. It
+// reads the line of a return only when one of its items is a candidate.
+func (w *worker) due(ctx context.Context, now time.Time, limit int) []*queueItem {
 	w.mu.Lock()
-	byReturn := map[string][]*queueItem{}
+	var cands []*queueItem
 	for _, c := range w.items {
 		if w.isDue(c.item, now) && !w.inFlight[c.item.ID] {
-			byReturn[c.item.DeviceReturnID] = append(byReturn[c.item.DeviceReturnID], c.item)
+			cands = append(cands, c.item)
 		}
 	}
 	w.mu.Unlock()
-	var out []*queueItem
-	for returnID, cands := range byReturn {
-		rec, err := w.q.loadReturn(ctx, returnID)
-		if err != nil {
-			w.logger.Warn("queue: reading a return's line", zap.Error(err))
-			continue
+	waitingSince := func(it *queueItem) time.Time {
+		if it.NextAttemptAt != nil {
+			return *it.NextAttemptAt
 		}
-		head := w.head(ctx, rec)
-		for _, it := range cands {
-			inLine := false
-			for _, id := range rec.IDs {
-				inLine = inLine || id == it.ID
+		return it.ReceivedAt
+	}
+	slices.SortFunc(cands, func(a, b *queueItem) int { return waitingSince(a).Compare(waitingSince(b)) })
+
+	type line struct {
+		head string
+		ids  []string
+	}
+	lines := map[string]*line{}
+	var out []*queueItem
+	for _, it := range cands {
+		if len(out) >= limit {
+			break
+		}
+		l := lines[it.DeviceReturnID]
+		if l == nil {
+			rec, err := w.q.loadReturn(ctx, it.DeviceReturnID)
+			if err != nil {
+				w.logger.Warn("queue: reading a return's line", zap.Error(err))
+				continue
 			}
-			// An item missing from its line (a gateway stopped between
-			// storing the two) holds nothing back and is not held.
-			if it.ID == head || !inLine {
-				out = append(out, it)
-			}
+			l = &line{head: w.head(ctx, rec), ids: rec.IDs}
+			lines[it.DeviceReturnID] = l
+		}
+		// An item missing from its line (a gateway stopped between storing
+		// the two) holds nothing back and is not held.
+		if it.ID == l.head || !slices.Contains(l.ids, it.ID) {
+			out = append(out, it)
 		}
 	}
 	return out
@@ -528,6 +558,17 @@ func (w *worker) attempt(id string) {
 		w.logger.Error("queue: recording an attempt", zap.String("id", id), zap.Error(err))
 	}
 	w.remember(it)
+}
+
+// forget drops what the worker knows of id, so the next scan reads it
+// afresh (an operator changed it).
+func (w *worker) forget(id string) {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	delete(w.items, id)
+	w.mu.Unlock()
 }
 
 // remember updates the cached schedule of it (the next scan re-reads it).
