@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
@@ -580,24 +579,6 @@ func (w *worker) remember(it *queueItem) {
 		cp.Body, cp.Header, cp.Raw = nil, nil, nil
 		c.item, c.modified = &cp, time.Time{}
 	}
-}
-
-// tryLock takes a storage lock without waiting for another holder: with
-// TryLock where the storage has it, else Lock bounded by a second.
-func tryLock(ctx context.Context, st certmagic.Storage, key string) (bool, error) {
-	name := lockName(key)
-	if tl, ok := st.(certmagic.TryLocker); ok {
-		return tl.TryLock(ctx, name)
-	}
-	lctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	if err := st.Lock(lctx, name); err != nil {
-		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-			return false, nil
-		}
-		return false, err
-	}
-	return true, nil
 }
 
 // deliver sends it through its route once, in process, as attempt n.

@@ -2,6 +2,7 @@ package rereadyverify
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -34,4 +35,22 @@ func withStorageLock(ctx context.Context, st certmagic.Storage, wait time.Durati
 		log.Error("unlocking storage", zap.String("key", key), zap.Error(uerr))
 	}
 	return err
+}
+
+// tryLock takes a storage lock without waiting for another holder: with
+// TryLock where the storage has it, else Lock bounded by a second.
+func tryLock(ctx context.Context, st certmagic.Storage, key string) (bool, error) {
+	name := lockName(key)
+	if tl, ok := st.(certmagic.TryLocker); ok {
+		return tl.TryLock(ctx, name)
+	}
+	lctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := st.Lock(lctx, name); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
 }
