@@ -114,6 +114,40 @@ func benchHandler(b *testing.B, n int, replay bool) {
 	}
 }
 
+// BenchmarkHandlerQueueVsOff runs the handler with `queue` on (the app up:
+// a storage lookup of the return's line per delivery and staged answer
+// headers) and off in alternating rounds, and reports the median per-round
+// ratio of their times per op ("x-off").
+func BenchmarkHandlerQueueVsOff(b *testing.B) {
+	for _, n := range benchSizes[:2] {
+		b.Run(sizeName(n), func(b *testing.B) {
+			off := newHandlerRig(b, n, false)
+			on := newHandlerRigWith(b, n, false, &QueueConfig{})
+			per := max(1, min(len(off.reqs), (4<<20)/n))
+			var ratios, onNs, offNs []float64
+			for b.Loop() {
+				off.build(per)
+				t0 := time.Now()
+				off.run(per)
+				toff := time.Since(t0)
+				on.build(per)
+				t0 = time.Now()
+				on.run(per)
+				ton := time.Since(t0)
+				ratios = append(ratios, float64(ton)/float64(toff))
+				onNs = append(onNs, float64(ton)/float64(per))
+				offNs = append(offNs, float64(toff)/float64(per))
+			}
+			if items, _ := on.h.app.queue.ids(context.Background()); len(items) != 0 {
+				b.Fatalf("%d deliveries queued with the app up", len(items))
+			}
+			b.ReportMetric(median(ratios), "x-off")
+			b.ReportMetric(median(onNs), "queue-ns/op")
+			b.ReportMetric(median(offNs), "off-ns/op")
+		})
+	}
+}
+
 // BenchmarkHandlerVsHMAC runs the handler and a bare pooled HMAC over the
 // same bytes in alternating rounds and reports the median per-round ratio
 // of their times per op ("x-hmac"), which holds up on a shared machine
@@ -177,11 +211,16 @@ type handlerRig struct {
 }
 
 func newHandlerRig(b *testing.B, n int, replay bool) *handlerRig {
+	return newHandlerRigWith(b, n, replay, nil)
+}
+
+// newHandlerRigWith is newHandlerRig with a queue configuration (nil: off).
+func newHandlerRigWith(b *testing.B, n int, replay bool, queue *QueueConfig) *handlerRig {
 	mode := ReplayOff
 	if replay {
 		mode = ReplayMemory
 	}
-	h := &Handler{Secrets: []string{testSecret}, MaxBody: 2 << 20, Replay: mode}
+	h := &Handler{Secrets: []string{testSecret}, MaxBody: 2 << 20, Replay: mode, Queue: queue}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	b.Cleanup(cancel)
 	h.app = testApp(b)

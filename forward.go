@@ -262,11 +262,11 @@ func (h *Handler) journalLive(r *http.Request, st *requestState, start time.Time
 		duration:       time.Since(start),
 		host:           clipOwn(r.Host),
 		path:           clipOwn(r.URL.Path),
-		remoteAddr:     clipOwn(r.RemoteAddr),
+		remoteAddr:     clipTo(r.RemoteAddr, journalClip), // the connection's own string
 	}
 	if st != nil {
 		e.id = st.id
-		e.returnID = clipOwn(st.event.DeviceReturnID)
+		e.returnID = strings.Clone(clipTo(st.event.DeviceReturnID, journalClip)) // it points into the request's state
 		e.state = ownString(clipTo(st.event.State, journalClip))
 		e.test = st.event.Test
 		e.verified = st.auth.verified
@@ -299,7 +299,8 @@ func clipTo(s string, n int) string {
 	return s[:i] + "…"
 }
 
-// clipOwn is clipTo for the journal, copied so no request memory is kept.
+// clipOwn is clipTo for the journal, copied: a host or path may be a
+// slice of a long request line, which the journal must not keep alive.
 func clipOwn(s string) string { return strings.Clone(clipTo(s, journalClip)) }
 
 // queueWriter is the response writer of a live delivery with the queue on.
