@@ -3,7 +3,9 @@ package rereadyverify
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -121,13 +123,40 @@ func (a *App) Stop() error {
 	return nil
 }
 
-// server returns the running config's server of that name.
-func (a *App) server(name string) *caddyhttp.Server { return a.servers[name] }
+// server returns the running config's server for a queued delivery: the
+// one listening on the port the delivery arrived on (Caddyfile server
+// names, srv0, srv1…, can change when sites are added), preferring the
+// one of the same name; without a port, the one of that name.
+func (a *App) server(name string, port int) *caddyhttp.Server {
+	if port <= 0 {
+		return a.servers[name]
+	}
+	var found *caddyhttp.Server
+	for n, srv := range a.servers {
+		for _, l := range srv.Listen {
+			na, err := caddy.ParseNetworkAddress(l)
+			if err != nil || na.IsUnixNetwork() || uint(port) < na.StartPort || uint(port) > na.EndPort {
+				continue
+			}
+			if n == name {
+				return srv
+			}
+			found = srv
+		}
+	}
+	return found
+}
 
-// serverName names the server a live request came through.
-func (a *App) serverName(r *http.Request) string {
+// serverOf names the server a live request came through and the local
+// port it arrived on (0 when unknown).
+func (a *App) serverOf(r *http.Request) (name string, port int) {
 	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
-	return a.names[srv]
+	if addr, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		if _, p, err := net.SplitHostPort(addr.String()); err == nil {
+			port, _ = strconv.Atoi(p)
+		}
+	}
+	return a.names[srv], port
 }
 
 // now is the app's clock.

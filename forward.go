@@ -118,13 +118,14 @@ func (h *Handler) enqueue(w http.ResponseWriter, r *http.Request, st *requestSta
 	}
 
 	st.queued, st.nextErr = true, nil // the chain's failure is handled
-	h.app.recordItem(it, OutcomeQueued, reason, attemptResult{status: http.StatusAccepted, upstream: upstream, duration: time.Since(start)}, start)
-	h.app.wake()
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/plain; charset=utf-8")
 	hdr.Set(hdrDeliveryID, it.ID)
 	w.WriteHeader(http.StatusAccepted)
 	_, err = io.WriteString(w, "queued for redelivery\n")
+	// Event handlers run synchronously: after the answer, not before it.
+	h.app.recordItem(it, OutcomeQueued, reason, attemptResult{status: http.StatusAccepted, upstream: upstream, duration: time.Since(start)}, start)
+	h.app.wake()
 	return err
 }
 
@@ -151,16 +152,17 @@ func (h *Handler) newItem(r *http.Request, st *requestState, now time.Time) *que
 		Test:           st.event.Test,
 		ReceivedAt:     now.UTC(),
 		MaxAge:         int64(h.Queue.MaxAge),
-		Server:         h.app.serverName(r),
-		TLS:            r.TLS != nil,
-		Host:           r.Host,
-		URI:            uri,
-		RemoteAddr:     r.RemoteAddr,
-		Header:         hdr,
-		Verified:       st.auth.verified,
-		Key:            st.auth.keyNumber(),
-		Body:           st.body.buf, // marshalled before the buffer is released
+
+		TLS:        r.TLS != nil,
+		Host:       r.Host,
+		URI:        uri,
+		RemoteAddr: r.RemoteAddr,
+		Header:     hdr,
+		Verified:   st.auth.verified,
+		Key:        st.auth.keyNumber(),
+		Body:       st.body.buf, // marshalled before the buffer is released
 	}
+	it.Server, it.Port = h.app.serverOf(r)
 	if st.auth.signed {
 		it.Timestamp = st.auth.sig.t
 	}

@@ -82,6 +82,7 @@ type queueItem struct {
 	MaxAge         int64      `json:"max_age"` // nanoseconds
 
 	Server     string      `json:"server"`
+	Port       int         `json:"port,omitempty"` // the local port it arrived on
 	TLS        bool        `json:"tls,omitempty"`
 	Host       string      `json:"host"`
 	URI        string      `json:"uri"`

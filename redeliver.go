@@ -591,10 +591,10 @@ func (a *App) deliver(ctx context.Context, it *queueItem, n int) (res attemptRes
 				errText: clip(fmt.Sprintf("the route panicked: %v", p)), duration: time.Since(start)}
 		}
 	}()
-	srv := a.server(it.Server)
+	srv := a.server(it.Server, it.Port)
 	if srv == nil {
 		return attemptResult{status: http.StatusBadGateway, reason: ReasonRouteUnavailable,
-			errText: fmt.Sprintf("server %q is not in the running config", it.Server)}
+			errText: fmt.Sprintf("no server of the running config listens on port %d (the delivery came through server %q)", it.Port, it.Server)}
 	}
 	actx, cancel := context.WithTimeout(ctx, redeliveryAttemptTimeout)
 	defer cancel()
