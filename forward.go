@@ -123,6 +123,7 @@ func (h *Handler) enqueue(w http.ResponseWriter, r *http.Request, st *requestSta
 	hdr.Set(hdrDeliveryID, it.ID)
 	w.WriteHeader(http.StatusAccepted)
 	_, err = io.WriteString(w, "queued for redelivery\n")
+	_ = http.NewResponseController(w).Flush()
 	// Event handlers run synchronously: after the answer, not before it.
 	h.app.recordItem(it, OutcomeQueued, reason, attemptResult{status: http.StatusAccepted, upstream: upstream, duration: time.Since(start)}, start)
 	h.app.wake()
