@@ -32,6 +32,10 @@ const (
 	DefaultBodyTimeout = 10 * time.Second
 )
 
+// drainGrace is how long the connection may still be read after a 405,
+// 408 or 413 answer (net/http drains the unread body before closing).
+const drainGrace = 500 * time.Millisecond
+
 // Handler verifies ReReady webhook deliveries and passes verified ones on
 // with their parsed state as trusted headers and placeholders.
 //
@@ -41,7 +45,8 @@ const (
 // signature and/or token must verify (401); the payload must be a ReReady
 // JSON object (400); a repeat of a signature-verified delivery is answered
 // 200 without forwarding once delivered, 409 while in flight (replay
-// suppression). 405, 408 and 413 answers close the connection. In observe
+// suppression). 405, 408 and 413 answers close the connection, within
+// half a second even if the client withholds its body. In observe
 // mode, what would get 401 or 400 is forwarded marked X-ReReady-Verified:
 // none with X-ReReady-Reject-Reason.
 // Rejections are returned as handler errors, so `handle_errors` can render
@@ -877,6 +882,12 @@ func (h *Handler) reject(w http.ResponseWriter, r *http.Request, start time.Time
 	switch status {
 	case http.StatusMethodNotAllowed, http.StatusRequestTimeout, http.StatusRequestEntityTooLarge:
 		w.Header().Set("Connection", "close")
+		// After the handler returns, net/http reads up to 256 KiB of an
+		// unread body before it closes the connection, with no deadline
+		// but Caddy's read_idle_timeout (1m by default). Bound that drain,
+		// so a client that declares a body and withholds it cannot hold the
+		// connection; one that sends it at once still gets a clean close.
+		_ = setReadDeadline(w, time.Now().Add(drainGrace))
 	}
 	h.logReject(r, f, status, false)
 	h.metrics.observe(outcomeRejected, string(f.Reason), time.Since(start))
