@@ -28,6 +28,7 @@ import (
 	"testing"
 	"time"
 	"unicode"
+	"unicode/utf16"
 	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
@@ -375,6 +376,56 @@ func fzDepth(b []byte) int {
 	return deepest
 }
 
+// fzLoneSurrogate reports whether a JSON string token (quotes included)
+// holds a \uXXXX escape of a UTF-16 surrogate that is not a high one
+// directly followed by an escaped low one. encoding/json decodes such an
+// escape to U+FFFD, so the decoded string cannot show it.
+func fzLoneSurrogate(tok []byte) bool {
+	// One entry per character of the string: the escaped code unit, or -1
+	// for anything else.
+	var units []rune
+	for i := 1; i < len(tok)-1; i++ {
+		if tok[i] != '\\' {
+			units = append(units, -1)
+			continue
+		}
+		if tok[i+1] != 'u' {
+			units = append(units, -1)
+			i++
+			continue
+		}
+		u, _ := strconv.ParseUint(string(tok[i+2:i+6]), 16, 16)
+		units = append(units, rune(u))
+		i += 5
+	}
+	for i := 0; i < len(units); i++ {
+		if !utf16.IsSurrogate(units[i]) {
+			continue
+		}
+		if i+1 < len(units) && utf16.DecodeRune(units[i], units[i+1]) != utf8.RuneError {
+			i++ // a pair
+			continue
+		}
+		return true
+	}
+	return false
+}
+
+// fzLoneSurrogateField reports whether a known string field of a valid
+// JSON object, spelled exactly, holds a lone surrogate escape.
+func fzLoneSurrogateField(body []byte) bool {
+	var raw map[string]json.RawMessage
+	if json.Unmarshal(body, &raw) != nil {
+		return false
+	}
+	for _, k := range fzFieldNames[:5] { // the string fields
+		if v := raw[k]; len(v) > 0 && v[0] == '"' && fzLoneSurrogate(v) {
+			return true
+		}
+	}
+	return false
+}
+
 // fzHeaderSafe: valid UTF-8 and no Unicode control character.
 func fzHeaderSafe(s string) bool {
 	if !utf8.ValidString(s) {
@@ -405,8 +456,11 @@ func fzOpt(s *string) (string, bool) {
 // exact duplicates (after unescaping) must be rejected. Conversely, valid
 // UTF-8 JSON that encoding/json decodes into a good event (no folded or
 // duplicate keys, nesting within maxDepth, test not null, strings fit for
-// a header) must be accepted, and invalid JSON must fail as
-// payload_invalid_json or payload_empty, never as a field error.
+// a header and without an escaped lone surrogate, which encoding/json
+// turns into U+FFFD) must be accepted, and invalid JSON must fail as
+// payload_invalid_json or payload_empty, never as a field error. Nesting
+// deeper than maxDepth levels (the outermost value is level 1) must fail
+// as payload_invalid_json.
 func FuzzParsePayload(f *testing.F) {
 	for _, s := range []string{
 		`{"device_return_id":"dr_1","state":"complete"}`,
@@ -434,8 +488,14 @@ func FuzzParsePayload(f *testing.F) {
 		" \t\r\n",
 		"{\"device_return_id\":\"a\xff\",\"state\":\"b\"}",
 		"{\"device_return_id\":\"a\",\"state\":\"b\",\"x\":\"\xff\"}",
+		`{"x":` + strings.Repeat("[", 255) + strings.Repeat("]", 255) + `,"device_return_id":"a","state":"b"}`,
 		`{"x":` + strings.Repeat("[", 256) + strings.Repeat("]", 256) + `,"device_return_id":"a","state":"b"}`,
 		`{"x":` + strings.Repeat("[", 257) + strings.Repeat("]", 257) + `,"device_return_id":"a","state":"b"}`,
+		strings.Repeat("[", 256) + strings.Repeat("]", 256),
+		strings.Repeat("[", 257) + strings.Repeat("]", 257),
+		`{"device_return_id":"a","state":"b","url":"\udc00\ud800"}`,
+		`{"device_return_id":"a","state":"b","serial_number":"x\ud83d\ude00\ud83d"}`,
+		`{"device_return_id":"a","state":"b","note":"\ud800"}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -457,6 +517,9 @@ func FuzzParsePayload(f *testing.F) {
 			}
 		} else if !valid {
 			t.Fatalf("ParsePayload accepted invalid JSON %q: %+v", body, ev)
+		}
+		if valid && tooDeep && reason != ReasonPayloadInvalidJSON {
+			t.Fatalf("JSON %d levels deep (limit %d) %q: got %+v, %v; want %s", fzDepth(body), maxDepth, body, ev, err, ReasonPayloadInvalidJSON)
 		}
 		if !valid {
 			return
@@ -496,6 +559,9 @@ func FuzzParsePayload(f *testing.F) {
 			if ev.DeviceReturnID == "" || ev.State == "" {
 				t.Fatalf("accepted %q without device_return_id or state: %+v", body, ev)
 			}
+			if fzLoneSurrogateField(body) {
+				t.Fatalf("accepted %q, whose header-bound string holds a lone surrogate: %+v", body, ev)
+			}
 			if folded {
 				return
 			}
@@ -528,6 +594,12 @@ func FuzzParsePayload(f *testing.F) {
 			if p != nil && !fzHeaderSafe(*p) {
 				ok = false
 			}
+		}
+		if ok && fzLoneSurrogateField(body) {
+			if reason != ReasonPayloadBadString {
+				t.Fatalf("ParsePayload(%q): %v; a lone surrogate is %s", body, err, ReasonPayloadBadString)
+			}
+			return
 		}
 		if ok {
 			t.Fatalf("ParsePayload(%q) rejected a good payload: %v (encoding/json: %+v)", body, err, ref)

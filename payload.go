@@ -60,7 +60,9 @@ type Event struct {
 	HasURL          bool
 }
 
-// maxDepth bounds nesting in a payload; deeper bodies are invalid JSON here.
+// maxDepth bounds nesting in a payload: the outermost value is level 1,
+// and a body with more than maxDepth levels of arrays and objects is
+// invalid JSON here.
 const maxDepth = 256
 
 // payload field indexes.
@@ -119,6 +121,7 @@ func parsePayload(body, scratch []byte) (Event, error) {
 		return ev, fail(ReasonPayloadWrongType, "payload is not a JSON object")
 	}
 	s.i++
+	s.depth = 1 // the payload object is the outermost level
 	s.ws()
 	if s.peek() == '}' {
 		s.i++
@@ -212,7 +215,13 @@ func (s *scanner) strings(fields *[numFields]span, ev *Event, scratch []byte) er
 		from := len(buf)
 		raw := s.b[sp.start:sp.end]
 		if sp.escaped {
-			buf = unescape(buf, raw)
+			var lone rune
+			if buf, lone = unescape(buf, raw); lone != 0 {
+				// It has no UTF-8 form (RFC 7493 forbids it), and U+FFFD
+				// in its place would make the header say what the
+				// signed body does not.
+				return fail(ReasonPayloadBadString, "%s contains the unpaired UTF-16 surrogate \\u%04x", fieldNames[f], lone)
+			}
 		} else {
 			buf = append(buf, raw...)
 		}
@@ -309,7 +318,7 @@ func (s *scanner) field(k span) int {
 		if len(key) > len(tmp) {
 			return -1
 		}
-		key = unescape(tmp[:0], key)
+		key, _ = unescape(tmp[:0], key)
 	}
 	for f, name := range fieldNames {
 		if string(key) == name {
@@ -463,7 +472,7 @@ func (s *scanner) value() error {
 func (s *scanner) container(open byte) error {
 	s.depth++
 	if s.depth > maxDepth {
-		return fail(ReasonPayloadInvalidJSON, "nesting deeper than %d", maxDepth)
+		return fail(ReasonPayloadInvalidJSON, "nesting deeper than %d levels", maxDepth)
 	}
 	close := byte('}')
 	if open == '[' {
@@ -552,8 +561,9 @@ func (s *scanner) number() error {
 }
 
 // unescape appends the decoded form of a validated JSON string body to dst.
-// Lone surrogates become U+FFFD, as encoding/json does.
-func unescape(dst, raw []byte) []byte {
+// Lone surrogates become U+FFFD, as encoding/json does; lone is the first
+// of them, or 0 if there is none.
+func unescape(dst, raw []byte) (out []byte, lone rune) {
 	for i := 0; i < len(raw); {
 		c := raw[i]
 		if c != '\\' {
@@ -584,6 +594,9 @@ func unescape(dst, raw []byte) []byte {
 					r = dec
 					i += 6
 				} else {
+					if lone == 0 {
+						lone = r
+					}
 					r = utf8.RuneError
 				}
 			}
@@ -594,7 +607,7 @@ func unescape(dst, raw []byte) []byte {
 		}
 		i += 2
 	}
-	return dst
+	return dst, lone
 }
 
 func hex4(b []byte) rune {

@@ -49,8 +49,10 @@ func TestParsePayload(t *testing.T) {
 			Event{DeviceReturnID: `a/bé"q`, State: "complete"}, ""},
 		{"surrogate pair", `{"device_return_id":"\ud83d\ude00","state":"x"}`,
 			Event{DeviceReturnID: "😀", State: "x"}, ""},
-		{"lone surrogate becomes U+FFFD", `{"device_return_id":"\ud83d!","state":"x"}`,
-			Event{DeviceReturnID: "\ufffd!", State: "x"}, ""},
+		{"lone surrogate in an unknown field is fine", `{"device_return_id":"d","state":"x","note":"\ud800"}`,
+			Event{DeviceReturnID: "d", State: "x"}, ""},
+		{"escaped U+FFFD kept", `{"device_return_id":"\ufffd","state":"x"}`,
+			Event{DeviceReturnID: "\ufffd", State: "x"}, ""},
 		{"escaped key", `{"devic\u0065_return_id":"d","st\u0061te":"complete"}`,
 			Event{DeviceReturnID: "d", State: "complete"}, ""},
 		{"unknown state kept", `{"device_return_id":"d","state":"lost_in_space"}`,
@@ -72,6 +74,13 @@ func TestParsePayload(t *testing.T) {
 		{"bad escape", `{"device_return_id":"\x","state":"complete"}`, Event{}, ReasonPayloadInvalidJSON},
 		{"short unicode escape", `{"device_return_id":"\u12","state":"complete"}`, Event{}, ReasonPayloadInvalidJSON},
 		{"too deep", `{"device_return_id":"d","state":"complete","x":` + strings.Repeat("[", 300) + strings.Repeat("]", 300) + `}`, Event{}, ReasonPayloadInvalidJSON},
+		// The outermost value is level 1, for objects and arrays alike.
+		{"256 levels: object and 255 arrays", `{"device_return_id":"d","state":"complete","x":` + strings.Repeat("[", 255) + strings.Repeat("]", 255) + `}`,
+			Event{DeviceReturnID: "d", State: "complete"}, ""},
+		{"too deep: object and 256 arrays", `{"device_return_id":"d","state":"complete","x":` + strings.Repeat("[", 256) + strings.Repeat("]", 256) + `}`, Event{}, ReasonPayloadInvalidJSON},
+		{"too deep: object, objects and arrays", `{"device_return_id":"d","state":"complete","x":` + strings.Repeat(`{"a":[`, 128) + strings.Repeat("]}", 128) + `}`, Event{}, ReasonPayloadInvalidJSON},
+		{"256 levels of arrays", strings.Repeat("[", 256) + strings.Repeat("]", 256), Event{}, ReasonPayloadWrongType},
+		{"too deep: 257 levels of arrays", strings.Repeat("[", 257) + strings.Repeat("]", 257), Event{}, ReasonPayloadInvalidJSON},
 		{"array", `[{"device_return_id":"d","state":"complete"}]`, Event{}, ReasonPayloadWrongType},
 		{"string", `"complete"`, Event{}, ReasonPayloadWrongType},
 		{"bad non-object", `01`, Event{}, ReasonPayloadInvalidJSON},
@@ -98,6 +107,13 @@ func TestParsePayload(t *testing.T) {
 		{"C1 control in ticket_url", "{\"device_return_id\":\"d\",\"state\":\"complete\",\"ticket_url\":\"a\u0085b\"}", Event{}, ReasonPayloadBadString},
 		{"escaped C1 control", `{"device_return_id":"d\u009b","state":"complete"}`, Event{}, ReasonPayloadBadString},
 		{"invalid UTF-8 in id", "{\"device_return_id\":\"\xff\",\"state\":\"complete\"}", Event{}, ReasonPayloadBadString},
+		{"lone high surrogate", `{"device_return_id":"\ud800","state":"complete"}`, Event{}, ReasonPayloadBadString},
+		{"high surrogate, then a letter", `{"device_return_id":"\ud83d!","state":"complete"}`, Event{}, ReasonPayloadBadString},
+		{"high surrogate, then another escape", `{"device_return_id":"d","state":"complete","url":"\ud83d\u0041"}`, Event{}, ReasonPayloadBadString},
+		{"two high surrogates", `{"device_return_id":"d","state":"complete","serial_number":"\ud83d\ud83d"}`, Event{}, ReasonPayloadBadString},
+		{"lone low surrogate", `{"device_return_id":"d","state":"complete","ticket_url":"\ude00"}`, Event{}, ReasonPayloadBadString},
+		{"pair reversed", `{"device_return_id":"\ude00\ud83d","state":"complete"}`, Event{}, ReasonPayloadBadString},
+		{"pair split by a letter", `{"device_return_id":"d","state":"\ud83dx\ude00"}`, Event{}, ReasonPayloadBadString},
 		{"control char in unknown field is fine", `{"device_return_id":"d","state":"complete","note":"a\nb"}`,
 			Event{DeviceReturnID: "d", State: "complete"}, ""},
 	}
@@ -112,7 +128,7 @@ func TestParsePayload(t *testing.T) {
 			}
 			// Our notion of valid JSON agrees with encoding/json's.
 			if valid := json.Valid([]byte(tc.body)); valid == (tc.reason == ReasonPayloadInvalidJSON || tc.reason == ReasonPayloadEmpty) {
-				if tc.name != "too deep" { // we bound nesting at maxDepth; encoding/json at 10000
+				if !strings.HasPrefix(tc.name, "too deep") { // we bound nesting at maxDepth; encoding/json at 10000
 					t.Fatalf("json.Valid = %v but reason = %q", valid, tc.reason)
 				}
 			}

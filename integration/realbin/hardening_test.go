@@ -131,3 +131,60 @@ func rawExchange(t *testing.T, g *gateway, req string) (status int, closedAfter 
 	}
 	return resp.StatusCode, closedAfter
 }
+
+// Strict JSON where it becomes headers, through the real binary: a
+// header-bound string with an escaped lone surrogate is refused (it would
+// reach the app as U+FFFD, so the header would not say what the signed body
+// says), and nesting counts the payload object as level 1.
+func TestStrictPayloadThroughGateway(t *testing.T) {
+	const secret = "ssk_strict_json_8a2c4e6f"
+	g := startGateway(t, `
+	reready_verify /webhooks/reready {
+		secret `+secret+`
+	}
+	reverse_proxy /webhooks/reready {{node}}`, nil, secret)
+	id := uuid()
+	levels := func(n int) string { // the payload object and n-1 arrays
+		return strings.Repeat("[", n-1) + strings.Repeat("]", n-1)
+	}
+	for _, tc := range []struct {
+		name, body     string
+		status         int
+		reason, detail string
+	}{
+		{"lone high surrogate", `{"device_return_id":"` + id + `","state":"complete","serial_number":"SN\ud800"}`,
+			400, "payload_invalid_string", `serial_number contains the unpaired UTF-16 surrogate \\ud800`},
+		{"lone low surrogate", `{"device_return_id":"` + id + `\udc00","state":"complete"}`,
+			400, "payload_invalid_string", `device_return_id contains the unpaired UTF-16 surrogate \\udc00`},
+		{"257 levels", `{"device_return_id":"` + id + `","state":"complete","x":` + levels(257) + `}`,
+			400, "payload_invalid_json", "nesting deeper than 256 levels"},
+		{"256 levels", `{"device_return_id":"` + id + `","state":"complete","x":` + levels(256) + `}`, 200, "", ""},
+		{"surrogate pair", `{"device_return_id":"` + id + `","state":"complete","serial_number":"SN\ud83d\ude00"}`, 200, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			body := []byte(tc.body)
+			m, off := mark(t), logOffset(g)
+			r := g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", relSign(secret, now(), body))
+			if r.status != tc.status {
+				t.Fatalf("status %d %q, want %d", r.status, r.body, tc.status)
+			}
+			if tc.status != 200 {
+				waitLogSince(t, g, off, `"reason":"`+tc.reason+`"`, `"detail":"`+tc.detail+`"`)
+				m.none(t)
+				return
+			}
+			rec := m.one(t, node)
+			if rec["device_return_id"] != id {
+				t.Errorf("app recorded %s", rec)
+			}
+			// Node reads header bytes as Latin-1.
+			var latin1 []rune
+			for _, b := range []byte("SN😀") {
+				latin1 = append(latin1, rune(b))
+			}
+			if sn := rec["serial_number"]; strings.Contains(tc.body, "serial_number") && sn != string(latin1) {
+				t.Errorf("app recorded serial_number %q, want the UTF-8 bytes of SN😀", sn)
+			}
+		})
+	}
+}
