@@ -111,14 +111,19 @@ func parsePayload(body, scratch []byte) (Event, error) {
 		fields   [numFields]span
 		fieldErr error
 	)
-	if s.b[s.i] != '{' {
-		if err := s.value(); err != nil {
-			return ev, err
+	if c := s.b[s.i]; c != '{' {
+		start := s.i
+		err := s.value()
+		if err == nil {
+			if s.ws(); s.i == len(s.b) {
+				return ev, fail(ReasonPayloadWrongType, "payload is not a JSON object")
+			}
+			err = s.syntax("end of input")
 		}
-		if s.ws(); s.i != len(s.b) {
-			return ev, s.syntax("end of input")
+		if s.i == start { // not even the start of a JSON value
+			return ev, fail(ReasonPayloadInvalidJSON, "body is not a JSON object: it starts with %q", c)
 		}
-		return ev, fail(ReasonPayloadWrongType, "payload is not a JSON object")
+		return ev, fail(ReasonPayloadInvalidJSON, "body is not a JSON object, nor valid JSON: %s", err.(*Failure).Msg)
 	}
 	s.i++
 	s.depth = 1 // the payload object is the outermost level

@@ -226,3 +226,21 @@ func TestSWARWordTests(t *testing.T) {
 		})
 	}
 }
+
+// A body that is not JSON at all is named for what it is not, a JSON
+// object, rather than for the literal its first letter might begin.
+func TestParsePayloadNotAnObjectMessage(t *testing.T) {
+	for _, tc := range []struct{ body, reason, msg string }{
+		{"not json", string(ReasonPayloadInvalidJSON), "body is not a JSON object: it starts with 'n'"},
+		{"<xml/>", string(ReasonPayloadInvalidJSON), "body is not a JSON object: it starts with '<'"},
+		{"[1,", string(ReasonPayloadInvalidJSON), "body is not a JSON object, nor valid JSON: unexpected end of JSON; want a value"},
+		{"[] x", string(ReasonPayloadInvalidJSON), "body is not a JSON object, nor valid JSON: unexpected 'x' at offset 3; want end of input"},
+		{`"complete"`, string(ReasonPayloadWrongType), "payload is not a JSON object"},
+	} {
+		_, err := ParsePayload([]byte(tc.body))
+		f, ok := err.(*Failure)
+		if !ok || string(f.Reason) != tc.reason || f.Msg != tc.msg {
+			t.Errorf("ParsePayload(%q) = %v; want %s: %s", tc.body, err, tc.reason, tc.msg)
+		}
+	}
+}

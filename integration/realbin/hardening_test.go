@@ -135,7 +135,8 @@ func rawExchange(t *testing.T, g *gateway, req string) (status int, closedAfter 
 // Strict JSON where it becomes headers, through the real binary: a
 // header-bound string with an escaped lone surrogate is refused (it would
 // reach the app as U+FFFD, so the header would not say what the signed body
-// says), and nesting counts the payload object as level 1.
+// says), nesting counts the payload object as level 1, and a body that is
+// not JSON is logged as not a JSON object.
 func TestStrictPayloadThroughGateway(t *testing.T) {
 	const secret = "ssk_strict_json_8a2c4e6f"
 	g := startGateway(t, `
@@ -158,6 +159,7 @@ func TestStrictPayloadThroughGateway(t *testing.T) {
 			400, "payload_invalid_string", `device_return_id contains the unpaired UTF-16 surrogate \\udc00`},
 		{"257 levels", `{"device_return_id":"` + id + `","state":"complete","x":` + levels(257) + `}`,
 			400, "payload_invalid_json", "nesting deeper than 256 levels"},
+		{"not json", `not json`, 400, "payload_invalid_json", "body is not a JSON object: it starts with 'n'"},
 		{"256 levels", `{"device_return_id":"` + id + `","state":"complete","x":` + levels(256) + `}`, 200, "", ""},
 		{"surrogate pair", `{"device_return_id":"` + id + `","state":"complete","serial_number":"SN\ud83d\ude00"}`, 200, "", ""},
 	} {
