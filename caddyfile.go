@@ -30,7 +30,7 @@ func parseCaddyfile(helper httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //	    secret       <key> [<key>...]   # repeatable; any configured key may match
 //	    token        <value>            # enables the ?token= check
 //	    tolerance    <duration>         # max |now - t|, default 5m
-//	    max_body     <size>             # default 64KiB; accepts 1KiB, 1MB, ...
+//	    max_body     <size>             # default 64KiB; 1KiB = 1024 B, 1KB = 1000 B
 //	    body_timeout <duration>         # max time to read the body, default 10s
 //	    replay       off|memory|storage # default memory
 //	    mode         enforce|observe    # default enforce
@@ -105,7 +105,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			size, err := humanize.ParseBytes(v)
 			if err != nil {
-				return d.Errf("invalid max_body %q: %v", v, err)
+				return d.Errf("invalid max_body %q: want a size such as 65536 (bytes), 64KiB or 1MB; KiB and MiB are powers of 1024, kB and MB of 1000", v)
 			}
 			if size == 0 || size > 1<<40 {
 				return d.Errf("invalid max_body %q: must be between 1 byte and 1TiB", v)

@@ -83,7 +83,8 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"tolerance without value", "reready_verify {\nsecret x\ntolerance\n}", "wrong argument count"},
 		{"bad body_timeout", "reready_verify {\nsecret x\nbody_timeout 10\n}", `invalid body_timeout "10"`},
 		{"zero body_timeout", "reready_verify {\nsecret x\nbody_timeout 0\n}", `invalid body_timeout "0"`},
-		{"bad max_body", "reready_verify {\nsecret x\nmax_body lots\n}", `invalid max_body "lots"`},
+		{"bad max_body", "reready_verify {\nsecret x\nmax_body lots\n}", `invalid max_body "lots": want a size such as 65536 (bytes), 64KiB or 1MB; KiB and MiB are powers of 1024, kB and MB of 1000`},
+		{"unknown size unit", "reready_verify {\nsecret x\nmax_body 64XB\n}", `invalid max_body "64XB": want a size such as 65536 (bytes), 64KiB or 1MB`},
 		{"zero max_body", "reready_verify {\nsecret x\nmax_body 0\n}", `invalid max_body "0"`},
 		{"negative max_body", "reready_verify {\nsecret x\nmax_body -1KiB\n}", `invalid max_body "-1KiB"`},
 		{"bad replay", "reready_verify {\nsecret x\nreplay redis\n}", `invalid replay "redis": want memory, storage or off`},
@@ -101,5 +102,36 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 				t.Fatalf("err = %v, want it to contain %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// Sizes read as humanize.ParseBytes reads them, which the README documents:
+// KiB, MiB (and Ki, Mi) are powers of 1024; kB, KB, kb, MB (and k, M)
+// powers of 1000; units are case-insensitive.
+func TestUnmarshalCaddyfileSizes(t *testing.T) {
+	for _, tc := range []struct {
+		size string
+		want int64
+	}{
+		{"65536", 65536},
+		{"64KiB", 64 << 10},
+		{"64kib", 64 << 10},
+		{"64Ki", 64 << 10},
+		{"64KB", 64000},
+		{"64kB", 64000},
+		{"64kb", 64000},
+		{"64k", 64000},
+		{"1MB", 1000000},
+		{"1MiB", 1 << 20},
+		{"1.5KiB", 1536},
+		{"1GiB", 1 << 30},
+		{"1GB", 1000000000},
+		{"1TiB", 1 << 40},
+	} {
+		var h Handler
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("reready_verify {\nsecret x\nmax_body " + tc.size + "\n}"))
+		if err != nil || h.MaxBody != tc.want {
+			t.Errorf("max_body %s = %d (%v), want %d", tc.size, h.MaxBody, err, tc.want)
+		}
 	}
 }
