@@ -71,6 +71,13 @@ func runSign(o signOptions, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if len(bytes.Trim(body, " \t\r\n")) == 0 {
+		from := "stdin"
+		if o.File != "" && o.File != "-" {
+			from = fmt.Sprintf("--file %q", o.File)
+		}
+		return fmt.Errorf("the body read from %s is empty: there is nothing to sign, and the gateway rejects an empty payload (%s)", from, ReasonPayloadEmpty)
+	}
 	_, err = fmt.Fprintln(stdout, Sign(secret, t, body))
 	return err
 }
@@ -96,7 +103,7 @@ var failureKinds = map[Reason]string{
 
 // runVerify checks a captured header value against the body, exactly as the
 // handler would at cmdNow, and prints the outcome. An invalid signature is
-// returned as an error wrapping the *Failure.
+// returned as a shownError wrapping the *Failure.
 func runVerify(o verifyOptions, stdin io.Reader, stdout, stderr io.Writer) error {
 	secret, err := needSecret(o.Secret, stderr)
 	if err != nil {
@@ -142,12 +149,12 @@ func runVerify(o verifyOptions, stdin io.Reader, stdout, stderr io.Writer) error
 			fmt.Fprintln(stdout, "hint: the body ends with a newline; the MAC covers the exact bytes, "+
 				"so a newline added by echo or an editor breaks it (use printf, or --file with the bytes as captured)")
 		}
-		return fmt.Errorf("signature is invalid: %w", f)
+		return shownError{fmt.Errorf("signature is invalid: %w", f)}
 	}
 	age := now.Unix() - sig.Timestamp
-	when := fmt.Sprintf("%ds old", age)
+	when := humanSeconds(age) + " old"
 	if age < 0 {
-		when = fmt.Sprintf("%ds in the future", -age)
+		when = humanSeconds(-age) + " in the future"
 	}
 	_, err = fmt.Fprintf(stdout, "valid: v %d of %d matched; t=%s is %s (tolerance %s)\n",
 		matched+1, len(sig.V), sig.T, when, tolerance)
@@ -349,6 +356,13 @@ func redactRawURL(raw string) string {
 // ---------------------------------------------------------------------
 // Shared helpers
 
+// shownError is a failure the command has already printed for the user;
+// it makes the command exit 1 without printing it again.
+type shownError struct{ err error }
+
+func (e shownError) Error() string { return e.err.Error() }
+func (e shownError) Unwrap() error { return e.err }
+
 // needSecret returns the --secret value or, without one, $REREADY_SIGNING_SECRET.
 func needSecret(flag string, stderr io.Writer) (string, error) {
 	secret := flag
@@ -431,6 +445,10 @@ or failed delivery, or an invalid signature.
 			cmd.Args = cobra.NoArgs
 			cmd.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
 			cmd.DisableFlagsInUseLine = true
+			// For this command and its subcommands, point at this
+			// module's documentation instead of Caddy's command-line page,
+			// which does not describe them.
+			cmd.SetHelpTemplate(cmd.HelpTemplate() + rereadyDocsFooter)
 
 			sign := &cobra.Command{
 				Use:   "sign [--secret <key>] [--timestamp <unix>] [--file <path>]",
@@ -546,15 +564,33 @@ signature_mismatch. The command fails when the signature is invalid.
 	})
 }
 
+// rereadyDocsFooter ends the help of `caddy reready` and its subcommands.
+const rereadyDocsFooter = `
+Full documentation (Caddyfile, reason codes, headers, this command): the
+README.md of the module github.com/reready-verify/caddy-reready-verify
+`
+
 // cobraRun adapts a subcommand to cobra the way Caddy's own commands are:
-// errors go through Caddy's logger and make the process exit 1.
+// errors go through Caddy's logger and make the process exit 1. A
+// shownError, already printed, only sets the exit status.
 func cobraRun(run func(caddycmd.Flags, *cobra.Command) error) func(*cobra.Command, []string) error {
 	return func(c *cobra.Command, args []string) error {
-		return caddycmd.WrapCommandFuncForCobra(func(fl caddycmd.Flags) (int, error) {
-			if err := run(fl, c); err != nil {
+		var shown error
+		err := caddycmd.WrapCommandFuncForCobra(func(fl caddycmd.Flags) (int, error) {
+			err := run(fl, c)
+			if errors.As(err, new(shownError)) {
+				shown = err
+				return caddy.ExitCodeFailedStartup, nil
+			}
+			if err != nil {
 				return caddy.ExitCodeFailedStartup, err
 			}
 			return caddy.ExitCodeSuccess, nil
 		})(c, args)
+		if shown != nil {
+			c.SilenceErrors = true // cobra would print "Error: ..." once more
+			return shown
+		}
+		return err
 	}
 }

@@ -377,11 +377,25 @@ func (v *Verifier) CheckTimestamp(ts int64, now time.Time) error {
 	d := now.Unix() - ts
 	switch {
 	case d > v.tolerance:
-		return fail(ReasonTimestampStale, "t %d is %ds old; tolerance is %ds", ts, d, v.tolerance)
+		return fail(ReasonTimestampStale, "t %d is %s old; tolerance is %s", ts, humanSeconds(d), humanSeconds(v.tolerance))
 	case -d > v.tolerance:
-		return fail(ReasonTimestampFuture, "t %d is %ds in the future; tolerance is %ds", ts, -d, v.tolerance)
+		return fail(ReasonTimestampFuture, "t %d is %s in the future; tolerance is %s", ts, humanSeconds(-d), humanSeconds(v.tolerance))
 	}
 	return nil
+}
+
+// humanSeconds writes a non-negative number of seconds the way Go writes
+// durations (4m59s, 14h12m5s), with whole days in front from one day on
+// (591d19h58m20s), a form caddy.ParseDuration reads back.
+func humanSeconds(sec int64) string {
+	days, rest := sec/86400, time.Duration(sec%86400)*time.Second
+	switch {
+	case days == 0:
+		return rest.String()
+	case rest == 0:
+		return strconv.FormatInt(days, 10) + "d"
+	}
+	return strconv.FormatInt(days, 10) + "d" + rest.String()
 }
 
 // Match returns the index of the first v in sig that equals the MAC of body
