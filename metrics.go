@@ -17,7 +17,7 @@ import (
 // them keeps them, so counts carry across config reloads.
 //
 //	caddy_reready_requests_total{outcome,reason}  requests by decision
-//	caddy_reready_events_total{state,test}        verified events
+//	caddy_reready_events_total{state,test}        verified events passed on
 //	caddy_reready_verify_duration_seconds         handler entry to decision
 //	caddy_reready_replay_entries                  memory replay store size
 //	caddy_reready_replay_evictions_total          deliveries forgotten early
@@ -88,7 +88,7 @@ func initProcessMetrics() {
 	}, []string{"outcome", "reason"})
 	pm.events = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns, Subsystem: sub, Name: "events_total",
-		Help: "Verified ReReady events, by state (unknown for undocumented states) and test flag.",
+		Help: "Verified ReReady events reready_verify passed on to the next handler (reverse_proxy, or a route such as respond @test that answers test events itself), by state (unknown for undocumented states) and test flag. Replays acknowledged without forwarding and requests that failed a check are not counted.",
 	}, []string{"state", "test"})
 	pm.duration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: ns, Subsystem: sub, Name: "verify_duration_seconds",

@@ -74,6 +74,30 @@ func TestCaddyfileExample(t *testing.T) {
 		}
 		m.none(t)
 	})
+	// As its comment says: the module's series are on the admin endpoint
+	// with the metrics option commented out, Caddy's HTTP series are not,
+	// and a test event the @test route answers counts as passed on.
+	t.Run("metrics on the admin endpoint", func(t *testing.T) {
+		admin := fmt.Sprintf("127.0.0.1:%d", adminPort)
+		key := seriesKey("caddy_reready_events_total", "state", "not_returned", "test", "true")
+		before, _ := scrape(t, admin)
+		ev := newEvent("not_returned")
+		ev.Test = true
+		body := ev.body()
+		if r := g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", rubySigner.sign(t, secret, now(), body)); r.status != http.StatusAccepted {
+			t.Fatalf("reply %d %q, want 202", r.status, r.body)
+		}
+		after, raw := scrape(t, admin)
+		if got := after[key] - before[key]; got != 1 {
+			t.Errorf("%s moved by %v, want 1", key, got)
+		}
+		if !strings.Contains(raw, "# HELP caddy_reready_events_total Verified ReReady events reready_verify passed on to the next handler") {
+			t.Errorf("/metrics lacks the events_total help text:\n%s", grepLines(raw, "caddy_reready_events_total"))
+		}
+		if strings.Contains(raw, "caddy_http_requests_total") {
+			t.Errorf("/metrics has Caddy's HTTP series with the metrics option commented out")
+		}
+	})
 	t.Run("other path", func(t *testing.T) {
 		m := mark(t)
 		if r := g.post(t, "/elsewhere", newEvent("complete").body()); r.status != http.StatusNotFound {

@@ -363,6 +363,9 @@ func TestMetricsScrape(t *testing.T) {
 	const sent = 11
 	after, raw := scrape(t, admin)
 	delta := func(key string) float64 { return after[key] - before[key] }
+	if !strings.Contains(raw, "caddy_http_requests_total") {
+		t.Errorf("/metrics lacks Caddy's HTTP series, which the metrics option adds")
+	}
 
 	req := func(outcome, reason string) string {
 		return seriesKey("caddy_reready_requests_total", "outcome", outcome, "reason", reason)
