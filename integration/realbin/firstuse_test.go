@@ -86,3 +86,111 @@ func TestCLIFirstUse(t *testing.T) {
 		}
 	})
 }
+
+// readmeCaddyfile returns the README's one Caddyfile example containing
+// marker, as a runnable config: its site address replaced by a free port on
+// 127.0.0.1, its upstream 127.0.0.1:9000 by upstreamAddr, and a global block
+// for a free admin port. It returns the config and the site's base URL.
+func readmeCaddyfile(t *testing.T, marker, upstreamAddr string) (string, string) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found []string
+	for _, b := range strings.Split(string(data), "```caddy\n")[1:] {
+		if src := b[:strings.Index(b, "```")]; strings.Contains(src, marker) {
+			found = append(found, src)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("%d README Caddyfile examples contain %q, want 1", len(found), marker)
+	}
+	adminPort, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	src := found[0]
+	for _, r := range []struct{ old, new string }{
+		{"webhooks.example.com", base},
+		{"127.0.0.1:9000", upstreamAddr},
+	} {
+		if !strings.Contains(src, r.old) {
+			t.Fatalf("the README example no longer contains %q; update this test:\n%s", r.old, src)
+		}
+		src = strings.ReplaceAll(src, r.old, r.new)
+	}
+	return fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n\tdefault_bind 127.0.0.1\n}\n\n%s", adminPort, src), base
+}
+
+// The README's opt-in handle_errors example, on the real binary: each
+// rejection is answered with its status and reason code, a delivery still
+// reaches the app, and an upstream failure keeps its 502 with no body.
+func TestReadmeHandleErrorsExample(t *testing.T) {
+	const secret = "ssk_readme_errors_1f3e5d7c"
+	env := []string{"REREADY_SIGNING_SECRET=" + secret}
+	config, base := readmeCaddyfile(t, "handle_errors", python.addr)
+	g := runCaddyfile(t, config, base, env, secret)
+	const path = "/webhooks/reready"
+	sign := func(body []byte) string { return opensslSigner.sign(t, secret, now(), body) }
+	big := event{ID: uuid(), State: "complete", Extra: `, "note": "` + strings.Repeat("x", 70<<10) + `"`}.body()
+
+	for _, tc := range []struct {
+		name   string
+		send   func() reply
+		status int
+		reason string
+	}{
+		{"forged", func() reply {
+			body := newEvent("complete").body()
+			return g.post(t, path, body, "X-ReReady-Signature-512", pythonSigner.sign(t, "ssk_forger", now(), body))
+		}, 401, "signature_mismatch"},
+		{"stale", func() reply {
+			body := newEvent("complete").body()
+			return g.post(t, path, body, "X-ReReady-Signature-512", rubySigner.sign(t, secret, now()-600, body))
+		}, 401, "timestamp_stale"},
+		{"unsigned", func() reply { return g.post(t, path, newEvent("complete").body()) }, 401, "signature_missing"},
+		{"GET", func() reply { return g.request(t, "GET", path, nil) }, 405, "method_not_allowed"},
+		{"over 64KiB", func() reply { return g.post(t, path, big, "X-ReReady-Signature-512", sign(big)) }, 413, "body_too_large"},
+		{"not JSON", func() reply {
+			body := []byte("not json")
+			return g.post(t, path, body, "X-ReReady-Signature-512", sign(body))
+		}, 400, "payload_invalid_json"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := mark(t)
+			r := tc.send()
+			if r.status != tc.status || r.body != tc.reason {
+				t.Errorf("answer %d %q, want %d %q", r.status, r.body, tc.status, tc.reason)
+			}
+			m.none(t)
+		})
+	}
+
+	t.Run("delivered", func(t *testing.T) {
+		ev := newEvent("complete")
+		body, ts := ev.body(), now()
+		sig := rubySigner.sign(t, secret, ts, body)
+		m := mark(t)
+		ok(t, g.post(t, path, body, "X-ReReady-Signature-512", sig))
+		delivered(t, m.one(t, python), ev, body, "hmac", fmt.Sprint(ts), sig)
+	})
+
+	t.Run("upstream down", func(t *testing.T) {
+		port, err := freePort() // nothing listens there
+		if err != nil {
+			t.Fatal(err)
+		}
+		config, base := readmeCaddyfile(t, "handle_errors", fmt.Sprintf("127.0.0.1:%d", port))
+		g := runCaddyfile(t, config, base, env, secret)
+		body := newEvent("complete").body()
+		if r := g.post(t, path, body, "X-ReReady-Signature-512", sign(body)); r.status != 502 || r.body != "" {
+			t.Errorf("answer %d %q, want 502 with no body", r.status, r.body)
+		}
+	})
+}
