@@ -397,18 +397,18 @@ func TestReliabilityUpstreamDown(t *testing.T) {
 	t.Logf("RELIABILITY upstream-down: failed_deliveries=%d answered_2xx_while_failed=0 retries_forwarded=3 repeats_forwarded=0", failures)
 }
 
-// relLogFilter is the README's recipe ("Keeping ?token= out of Caddy's
-// logs") for the error log, which is all these gateways write, plus the
-// deletion of X-ReReady-Signature-512, which the error log of a 5xx answer
-// would otherwise hold (see relStopAndScan).
-// relLogFilter is the README's global log filter, word for word.
+// relLogFilter is the README's recipe ("Keeping the token and signatures
+// out of Caddy's logs") for the error log, which is all these gateways
+// write: the query and X-ReReady-Signature-512, which the error log of a
+// 5xx answer would otherwise hold (see relStopAndScan). It is the README's
+// global log filter, word for word (TestReadmeLogFilter checks).
 const relLogFilter = `
 	log default {
 		format filter {
-			request>uri query {
-				delete token
-			}
+			request>uri regexp [?].* ?REDACTED
 			request>headers>X-Reready-Signature-512 delete
+			request>headers>X_reready_signature_512 delete
+			request>headers>X.reready.signature.512 delete
 		}
 	}`
 

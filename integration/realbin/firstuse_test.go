@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -89,8 +90,9 @@ func TestCLIFirstUse(t *testing.T) {
 
 // readmeCaddyfile returns the README's one Caddyfile example containing
 // marker, as a runnable config: its site address replaced by a free port on
-// 127.0.0.1, its upstream 127.0.0.1:9000 by upstreamAddr, and a global block
-// for a free admin port. It returns the config and the site's base URL.
+// 127.0.0.1, its upstream 127.0.0.1:9000 by upstreamAddr, and a free admin
+// port added to its global options (or a global block of its own). It
+// returns the config and the site's base URL.
 func readmeCaddyfile(t *testing.T, marker, upstreamAddr string) (string, string) {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(root, "README.md"))
@@ -125,7 +127,11 @@ func readmeCaddyfile(t *testing.T, marker, upstreamAddr string) (string, string)
 		}
 		src = strings.ReplaceAll(src, r.old, r.new)
 	}
-	return fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n\tdefault_bind 127.0.0.1\n}\n\n%s", adminPort, src), base
+	global := fmt.Sprintf("\tadmin 127.0.0.1:%d\n\tpersist_config off\n\tdefault_bind 127.0.0.1\n", adminPort)
+	if rest, ok := strings.CutPrefix(src, "{\n"); ok {
+		return "{\n" + global + rest, base
+	}
+	return "{\n" + global + "}\n\n" + src, base
 }
 
 // The README's opt-in handle_errors example, on the real binary: each
@@ -193,4 +199,72 @@ func TestReadmeHandleErrorsExample(t *testing.T) {
 			t.Errorf("answer %d %q, want 502 with no body", r.status, r.body)
 		}
 	})
+}
+
+// The README's log filter, on the real binary's default (error) log and
+// access log: the token is logged under no name a client might send it
+// under, nor the signature under the three spellings the filter names, in
+// answers 401 (access log), 400 and 502 (access and error log). The
+// filter the reliability tests use is the README's, word for word.
+func TestReadmeLogFilter(t *testing.T) {
+	const token = "tok_log_filter_GENUINE_4d6f8b0a"
+	port, err := freePort() // the app is down: each accepted request is a 502
+	if err != nil {
+		t.Fatal(err)
+	}
+	config, base := readmeCaddyfile(t, "log default", fmt.Sprintf("127.0.0.1:%d", port))
+	if !strings.Contains(config, strings.TrimPrefix(relLogFilter, "\n")) {
+		t.Errorf("the README's global log filter is not relLogFilter:\n%s", config)
+	}
+	g := runCaddyfile(t, config, base, []string{"REREADY_TOKEN=" + token}, token)
+	body := newEvent("complete").body()
+	sigs := map[string]string{ // header as sent: its value, to be found nowhere
+		"X-ReReady-Signature-512": "t=1,v=" + strings.Repeat("a1", 64),
+		"X_ReReady_Signature_512": "t=1,v=" + strings.Repeat("b2", 64),
+		"X.ReReady.Signature.512": "t=1,v=" + strings.Repeat("c3", 64),
+		"x_reready_signature_512": "t=1,v=" + strings.Repeat("d4", 64),
+	}
+	sent := 0
+	for _, tc := range []struct {
+		query  string
+		body   []byte
+		status int
+	}{
+		{"token=" + token, body, 502},
+		{"%74oken=" + token, body, 502}, // the token parameter too, to the module
+		{"a=1&token=" + token + "&b=2", body, 502},
+		{"token=" + token, []byte(`{"state":"complete"}`), 400},
+		{"TOKEN=" + token, body, 401},
+		{"token[]=" + token, body, 401},
+		{"token%5B%5D=" + token, body, 401},
+		{"Token=" + token + "&x=1", body, 401},
+		{"note=" + token, body, 401},
+		{token, body, 401},
+	} {
+		for name, v := range sigs {
+			r := g.post(t, "/?"+tc.query, tc.body, name, v)
+			if r.status != tc.status {
+				t.Errorf("?%s with %s: status %d, want %d", tc.query, name, r.status, tc.status)
+			}
+			sent++
+		}
+	}
+	g.cmd.Process.Signal(syscall.SIGTERM) // flush and stop
+	select {
+	case <-g.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("caddy did not stop within 10s")
+	}
+	logs := g.logs.String()
+	if n := strings.Count(logs, `"uri":"/?REDACTED"`); n < sent {
+		t.Errorf("caddy logged %d filtered request URIs, want at least %d (one access log line per request): is its output captured?", n, sent)
+	}
+	if n := strings.Count(logs, `"logger":"http.log.error`); n < 3*len(sigs) {
+		t.Errorf("caddy logged %d error lines, want at least one per 502 (%d)", n, 3*len(sigs))
+	}
+	for _, leak := range []string{token, strings.Repeat("a1", 64), strings.Repeat("b2", 64), strings.Repeat("c3", 64), strings.Repeat("d4", 64)} {
+		if strings.Contains(logs, leak) {
+			t.Errorf("caddy's log holds %.20s…:\n%s", leak, grepLines(logs, leak))
+		}
+	}
 }
