@@ -1,8 +1,10 @@
 package realbin
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -266,5 +268,54 @@ func TestReadmeLogFilter(t *testing.T) {
 		if strings.Contains(logs, leak) {
 			t.Errorf("caddy's log holds %.20s…:\n%s", leak, grepLines(logs, leak))
 		}
+	}
+}
+
+// The README's Build section leads with a build that works from a checkout:
+// its first shell block, run in this checkout (without the clone and cd
+// lines), builds a Caddy that has the module, where the block says.
+func TestReadmeBuild(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(data), "\n## Build\n")
+	if !ok {
+		t.Fatal("the README has no Build section")
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	_, block, ok := strings.Cut(section, "```sh\n")
+	if !ok {
+		t.Fatal("the README's Build section has no sh block")
+	}
+	block, _, _ = strings.Cut(block, "```")
+	var lines []string
+	for _, l := range strings.Split(block, "\n") {
+		if !strings.HasPrefix(l, "git clone ") && !strings.HasPrefix(l, "cd ") {
+			lines = append(lines, l)
+		}
+	}
+	script := strings.Join(lines, "\n")
+	// Build elsewhere than bin/caddy, which the other tests run.
+	out := filepath.Join(t.TempDir(), "caddy")
+	if !strings.Contains(script, "--output bin/caddy") || !strings.Contains(script, "bin/caddy list-modules") {
+		t.Fatalf("the README's build block no longer builds bin/caddy; update this test:\n%s", script)
+	}
+	script = strings.ReplaceAll(script, "bin/caddy", out)
+
+	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "-euo", "pipefail", "-c", script)
+	cmd.Dir = root
+	output, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the README's build block failed: %v\n%s\n%s", err, script, output)
+	}
+	if !strings.Contains(string(output), "http.handlers.reready_verify") {
+		t.Errorf("the built caddy does not list the module:\n%s", output)
+	}
+	res := caddyCmd(t, nil, "version")
+	if built, err := exec.Command(out, "version").Output(); err != nil || string(built) != res.output {
+		t.Errorf("the README's build says %q (%v); bin/caddy says %q", built, err, res.output)
 	}
 }
