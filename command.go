@@ -417,9 +417,11 @@ func init() {
 Tools for the reready_verify handler, built on the same signing and checking
 code:
 
-  sign    prints the X-ReReady-Signature-512 value for a body
-  send    POSTs a signed ReReady-shaped delivery to an endpoint
-  verify  checks a captured X-ReReady-Signature-512 value against a body
+  sign        prints the X-ReReady-Signature-512 value for a body
+  send        POSTs a signed ReReady-shaped delivery to an endpoint
+  verify      checks a captured X-ReReady-Signature-512 value against a body
+  deliveries  shows the delivery journal of a running gateway
+  queue       lists, retries and drops a running gateway's queued deliveries
 
 --secret defaults to the REREADY_SIGNING_SECRET environment variable, so the
 secret need not appear on the command line or in shell history. The HMAC key

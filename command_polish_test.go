@@ -5,11 +5,14 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
 )
 
 // `sign` refuses a body with nothing to sign (the gateway rejects it as
@@ -95,5 +98,21 @@ func TestCommandVerifyAgeIsHuman(t *testing.T) {
 	var f *Failure
 	if !errors.As(err, &shown) || !errors.As(err, &f) || f.Reason != ReasonTimestampStale {
 		t.Errorf("error %#v, want a shownError wrapping the %s failure", err, ReasonTimestampStale)
+	}
+}
+
+// `caddy reready --help` describes every subcommand in its own text, not
+// only in cobra's list of names.
+func TestCommandHelpDescribesEverySubcommand(t *testing.T) {
+	c := caddycmd.Commands()["reready"]
+	root := &cobra.Command{Use: c.Name, Long: c.Long}
+	c.CobraFunc(root)
+	if len(root.Commands()) < 5 {
+		t.Fatalf("%d subcommands, want sign, send, verify, deliveries and queue", len(root.Commands()))
+	}
+	for _, sub := range root.Commands() {
+		if !regexp.MustCompile(`(?m)^  ` + sub.Name() + ` +\S`).MatchString(c.Long) {
+			t.Errorf("caddy reready --help does not describe %s:\n%s", sub.Name(), c.Long)
+		}
 	}
 }

@@ -69,9 +69,11 @@ func TestCLIFirstUse(t *testing.T) {
 				t.Errorf("caddy %s: exit %d", strings.Join(args, " "), res.code)
 			}
 			for _, want := range []string{
-				"sign    prints the X-ReReady-Signature-512 value for a body",
-				"send    POSTs a signed ReReady-shaped delivery to an endpoint",
-				"verify  checks a captured X-ReReady-Signature-512 value against a body",
+				"sign        prints the X-ReReady-Signature-512 value for a body",
+				"send        POSTs a signed ReReady-shaped delivery to an endpoint",
+				"verify      checks a captured X-ReReady-Signature-512 value against a body",
+				"deliveries  shows the delivery journal of a running gateway",
+				"queue       lists, retries and drops a running gateway's queued deliveries",
 				`Use "caddy reready [command] --help" for more information about a command.`,
 				"README.md of the module github.com/reready-verify/caddy-reready-verify",
 			} {
