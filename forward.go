@@ -405,3 +405,23 @@ func (st *requestState) deliveryID() string {
 	}
 	return st.idText
 }
+
+// statusWriter records the final status the rest of the chain wrote.
+type statusWriter struct {
+	caddyhttp.ResponseWriterWrapper
+	code int
+}
+
+func (sw *statusWriter) WriteHeader(code int) {
+	if code >= 200 && sw.code == 0 {
+		sw.code = code
+	}
+	sw.ResponseWriterWrapper.WriteHeader(code)
+}
+
+func (sw *statusWriter) Write(p []byte) (int, error) {
+	if sw.code == 0 {
+		sw.code = http.StatusOK
+	}
+	return sw.ResponseWriterWrapper.Write(p)
+}
