@@ -48,7 +48,15 @@ const (
 // X-ReReady-Serial-Number (absent when null), X-ReReady-Test (true/false),
 // X-ReReady-Ticket-Url (absent when null), X-ReReady-Url (absent when null),
 // X-ReReady-Timestamp (the verified t; absent when no signature was
-// checked) and X-ReReady-Verified (hmac, token or hmac,token).
+// checked), X-ReReady-Verified (hmac, token or hmac,token) and
+// X-ReReady-Delivery-Id (the same on every attempt of a delivery).
+//
+// With queue, a delivery the rest of the route fails (an error, or a 5xx,
+// 408 or 429 answer) is stored in Caddy's storage and answered 202, then
+// redelivered by the reready app through the same route, with
+// X-ReReady-Attempt and X-ReReady-Received-At too; a delivery whose device
+// return has queued deliveries waits behind them (202). Every request is
+// recorded in the reready app's journal.
 //
 // Placeholder                       | Value
 // ----------------------------------|------------------------------------
@@ -61,6 +69,8 @@ const (
 // `{http.reready.timestamp}`        | the verified t, empty without signature
 // `{http.reready.verified}`         | `hmac`, `token`, `hmac,token`; `none` when observed
 // `{http.reready.reject_reason}`    | observe mode: why it would be rejected
+// `{http.reready.delivery_id}`      | the delivery id; empty when observed
+// `{http.reready.attempt}`          | `1` live, the attempt number redelivered
 type Handler struct {
 	// Signing secret keys ("ssk_..."). A request must carry a valid
 	// signature under any one of them. Placeholders such as {env.NAME} and
