@@ -45,6 +45,7 @@ type App struct {
 	events  *caddyevents.App
 	metrics *metrics
 	queueOn bool
+	starts  []func() // background work of handlers, started with the config
 	worker  *worker
 	servers map[string]*caddyhttp.Server
 	names   map[*caddyhttp.Server]string
@@ -92,6 +93,11 @@ func (a *App) Validate() error {
 // useQueue is called by a handler with `queue` on, while provisioning.
 func (a *App) useQueue() { a.queueOn = true }
 
+// startWithConfig has a handler's background work (the storage replay
+// sweep) start when the config starts, not when it is provisioned. The
+// handler's Cleanup stops it.
+func (a *App) startWithConfig(start func()) { a.starts = append(a.starts, start) }
+
 // Start sizes the journal and, when a handler queues, starts the
 // redelivery worker.
 func (a *App) Start() error {
@@ -104,6 +110,9 @@ func (a *App) Start() error {
 				a.names[srv] = name
 			}
 		}
+	}
+	for _, start := range a.starts {
+		start()
 	}
 	if a.queueOn {
 		a.worker = newWorker(a, a.queue, a.logger)

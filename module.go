@@ -220,6 +220,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		case ReplayStorage:
 			st := newStorageReplay(ctx.Storage(), storageReplayConfig{Logger: h.logger})
 			h.replay, h.releaseReplay = st, st.Close
+			h.app.startWithConfig(st.startSweep)
 		}
 	}
 	return nil

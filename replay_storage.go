@@ -34,9 +34,10 @@ type storageReplay struct {
 	logger   *zap.Logger
 	interval time.Duration
 
-	stop chan struct{}
-	done chan struct{}
-	once sync.Once
+	stop    chan struct{}
+	done    chan struct{}
+	once    sync.Once
+	started sync.Once
 }
 
 // storageReplayConfig configures newStorageReplay; zero values mean the
@@ -49,8 +50,9 @@ type storageReplayConfig struct {
 	Logger        *zap.Logger      // a no-op logger
 }
 
-// newStorageReplay returns a store over st and starts its background
-// sweep. Call Close, from the handler's Cleanup, to stop it.
+// newStorageReplay returns a store over st. Its background sweep starts
+// with startSweep (from the reready app's Start: `caddy validate` provisions
+// without starting). Call Close, from the handler's Cleanup, to stop it.
 func newStorageReplay(st certmagic.Storage, cfg storageReplayConfig) *storageReplay {
 	s := &storageReplay{
 		storage:  st,
@@ -77,17 +79,24 @@ func newStorageReplay(st certmagic.Storage, cfg storageReplayConfig) *storageRep
 	if s.interval == 0 {
 		s.interval = replaySweepInterval
 	}
-	if s.interval > 0 {
-		go s.sweepLoop()
-	} else {
-		close(s.done)
-	}
 	return s
+}
+
+// startSweep starts the background sweep, once; not after Close.
+func (s *storageReplay) startSweep() {
+	s.started.Do(func() {
+		if s.interval > 0 {
+			go s.sweepLoop()
+		} else {
+			close(s.done)
+		}
+	})
 }
 
 // Close stops the background sweep and waits for it. Records stay.
 func (s *storageReplay) Close() error {
 	s.once.Do(func() { close(s.stop) })
+	s.started.Do(func() { close(s.done) }) // never started: nothing to wait for
 	<-s.done
 	return nil
 }

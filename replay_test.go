@@ -613,6 +613,7 @@ func TestReplayStorageBackgroundSweep(t *testing.T) {
 	st := &certmagic.FileStorage{Path: t.TempDir()}
 	clock := &testClock{t: replayT0}
 	s := newStorageReplay(st, storageReplayConfig{SweepInterval: 20 * time.Millisecond, Now: clock.now})
+	s.startSweep()
 	c := mustBegin(t, s, testKey(1), replayT0, replayNew)
 	s.Commit(ctx, c, replayT0, time.Minute)
 	clock.set(replayT0.Add(time.Hour))
