@@ -155,38 +155,29 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // unmarshalQueue reads the optional block of the queue option.
 func unmarshalQueue(d *caddyfile.Dispenser) (*QueueConfig, error) {
 	q := new(QueueConfig)
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return nil, d.Errf("duplicate queue option %s: it may be given once", opt)
-		}
-		seen[opt] = true
-		v, err := oneArg(d)
-		if err != nil {
-			return nil, err
-		}
+	err := eachOption(d, d.Nesting(), "queue", func(opt, v string) error {
 		switch opt {
 		case "max_age":
 			dur, err := caddy.ParseDuration(v)
 			if err != nil {
-				return nil, d.Errf("invalid queue max_age %q: %v", v, err)
+				return d.Errf("invalid queue max_age %q: %v", v, err)
 			}
 			if dur <= 0 {
-				return nil, d.Errf("invalid queue max_age %q: must be positive", v)
+				return d.Errf("invalid queue max_age %q: must be positive", v)
 			}
 			q.MaxAge = caddy.Duration(dur)
 		case "max_items":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 {
-				return nil, d.Errf("invalid queue max_items %q: want a whole number of at least 1", v)
+				return d.Errf("invalid queue max_items %q: want a whole number of at least 1", v)
 			}
 			q.MaxItems = n
 		default:
-			return nil, d.Errf("unknown queue option %q: want max_age or max_items", opt)
+			return d.Errf("unknown queue option %q: want max_age or max_items", opt)
 		}
-	}
-	return q, nil
+		return nil
+	})
+	return q, err
 }
 
 // parseGlobalOption reads the reready global option, which configures the
@@ -203,29 +194,44 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 		return nil, d.Errf("reready takes no value, only a block; got %q", d.Val())
 	}
 	app := new(App)
-	seen := map[string]bool{}
-	for d.NextBlock(0) {
-		opt := d.Val()
-		if seen[opt] {
-			return nil, d.Errf("duplicate reready option %s: it may be given once", opt)
-		}
-		seen[opt] = true
-		v, err := oneArg(d)
-		if err != nil {
-			return nil, err
-		}
+	err := eachOption(d, 0, "reready", func(opt, v string) error {
 		switch opt {
 		case "journal_size":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 || n > maxJournalSize {
-				return nil, d.Errf("invalid journal_size %q: want a whole number from 1 to %d", v, maxJournalSize)
+				return d.Errf("invalid journal_size %q: want a whole number from 1 to %d", v, maxJournalSize)
 			}
 			app.JournalSize = n
 		default:
-			return nil, d.Errf("unknown reready option %q: want journal_size", opt)
+			return d.Errf("unknown reready option %q: want journal_size", opt)
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return httpcaddyfile.App{Name: "reready", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// eachOption runs f on each "<option> <value>" line of the block at
+// nesting, refusing a repeated option or a line without exactly one value.
+func eachOption(d *caddyfile.Dispenser, nesting int, what string, f func(opt, v string) error) error {
+	seen := map[string]bool{}
+	for d.NextBlock(nesting) {
+		opt := d.Val()
+		if seen[opt] {
+			return d.Errf("duplicate %s option %s: it may be given once", what, opt)
+		}
+		seen[opt] = true
+		v, err := oneArg(d)
+		if err != nil {
+			return err
+		}
+		if err := f(opt, v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func oneArg(d *caddyfile.Dispenser) (string, error) {

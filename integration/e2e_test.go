@@ -3,8 +3,6 @@ package integration
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/integration/internal/rrtest"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 )
@@ -548,16 +548,13 @@ func TestE2EErrorRouteGetsTheBody(t *testing.T) {
 	}
 }
 
-// deliveryIDOf derives the delivery id from a signature made by another
-// signer: the signed t and the first 16 bytes of SHA-256 over a domain
-// string and the MAC's bytes.
+// deliveryIDOf is the delivery id the gateway gives a delivery signed
+// with sig by an independent signer.
 func deliveryIDOf(t *testing.T, sig string) string {
 	t.Helper()
-	ts, v, ok := strings.Cut(strings.TrimPrefix(sig, "t="), ",v=")
-	mac, err := hex.DecodeString(v)
-	if !ok || err != nil {
-		t.Fatalf("signature %q: want t=<t>,v=<hex>", sig)
+	id, err := rrtest.DeliveryID(sig)
+	if err != nil {
+		t.Fatal(err)
 	}
-	sum := sha256.Sum256(append([]byte("reready_verify delivery id\x00"), mac...))
-	return ts + "-" + hex.EncodeToString(sum[:16])
+	return id
 }

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -21,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/integration/internal/rrtest"
 )
 
 // Bounds on every wait, so a broken build or binary fails instead of hanging.
@@ -378,18 +378,15 @@ func (s signer) sign(t *testing.T, secret string, ts int64, body []byte) string 
 	return v
 }
 
-// deliveryIDOf derives the delivery id the gateway gives a signed delivery:
-// the signed t and the first 16 bytes of SHA-256 over a domain string and
-// the MAC's bytes.
+// deliveryIDOf is the delivery id the gateway gives a delivery signed
+// with sig by an independent signer.
 func deliveryIDOf(t *testing.T, sig string) string {
 	t.Helper()
-	ts, v, ok := strings.Cut(strings.TrimPrefix(sig, "t="), ",v=")
-	mac, err := hex.DecodeString(v)
-	if !ok || err != nil {
-		t.Fatalf("signature %q: want t=<t>,v=<hex>", sig)
+	id, err := rrtest.DeliveryID(sig)
+	if err != nil {
+		t.Fatal(err)
 	}
-	sum := sha256.Sum256(append([]byte("reready_verify delivery id\x00"), mac...))
-	return ts + "-" + hex.EncodeToString(sum[:16])
+	return id
 }
 
 // macOf returns the v part of a signature value.
