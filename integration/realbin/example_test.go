@@ -98,6 +98,19 @@ func TestCaddyfileExample(t *testing.T) {
 			t.Errorf("/metrics has Caddy's HTTP series with the metrics option commented out")
 		}
 	})
+	// As the README's quick start says: the journal shows what arrived, and
+	// the queue (on in the example) is there, empty while the app is up.
+	t.Run("journal and queue on the admin endpoint", func(t *testing.T) {
+		admin := fmt.Sprintf("127.0.0.1:%d", adminPort)
+		out := caddyCmd(t, nil, "reready", "deliveries", "--address", admin, "--outcome", "rejected", "--json")
+		if out.code != 0 || !strings.Contains(out.output, `"reason": "signature_mismatch"`) {
+			t.Errorf("caddy reready deliveries: exit %d\n%s", out.code, out.output)
+		}
+		out = caddyCmd(t, nil, "reready", "queue", "--address", admin)
+		if out.code != 0 || strings.TrimSpace(out.output) != "the queue is empty" {
+			t.Errorf("caddy reready queue: exit %d\n%s", out.code, out.output)
+		}
+	})
 	t.Run("other path", func(t *testing.T) {
 		m := mark(t)
 		if r := g.post(t, "/elsewhere", newEvent("complete").body()); r.status != http.StatusNotFound {
