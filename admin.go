@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -20,6 +21,7 @@ func init() {
 // AdminAPI serves the journal and the queue on Caddy's admin endpoint:
 //
 //	GET    /reready/deliveries?return_id=&state=&outcome=&limit=&after=
+//	GET    /reready/summary   counters and per-minute counts, last hour
 //	GET    /reready/queue
 //	POST   /reready/queue/<id>/retry
 //	DELETE /reready/queue/<id>
@@ -65,8 +67,8 @@ func opsErrorf(status int, format string, args ...any) *opsError {
 }
 
 // serveOps answers the operations the admin API and the page share, at
-// sub-path p: /deliveries, /queue, /queue/<id>/retry and /queue/<id>. Both
-// go through the same queries, so they cannot disagree.
+// sub-path p: /deliveries, /summary, /queue, /queue/<id>/retry and
+// /queue/<id>. Both go through the same queries, so they cannot disagree.
 func serveOps(w http.ResponseWriter, r *http.Request, p string) *opsError {
 	switch {
 	case p == "/deliveries":
@@ -79,6 +81,11 @@ func serveOps(w http.ResponseWriter, r *http.Request, p string) *opsError {
 		}
 		w.Header().Set(journalHeader, processJournal.epoch)
 		return writeJSON(w, processJournal.query(f))
+	case p == "/summary":
+		if r.Method != http.MethodGet {
+			return methodNotAllowed(w, http.MethodGet)
+		}
+		return writeJSON(w, processJournal.summary(time.Now()))
 	case p == "/queue":
 		if r.Method != http.MethodGet {
 			return methodNotAllowed(w, http.MethodGet)
@@ -109,7 +116,7 @@ func serveOps(w http.ResponseWriter, r *http.Request, p string) *opsError {
 		}
 		return changeItem(w, r, id, action == "retry")
 	}
-	return opsErrorf(http.StatusNotFound, "not found: want /deliveries, /queue, /queue/<id>/retry or /queue/<id>")
+	return opsErrorf(http.StatusNotFound, "not found: want /deliveries, /summary, /queue, /queue/<id>/retry or /queue/<id>")
 }
 
 // changeItem retries or drops a queued delivery.

@@ -233,3 +233,82 @@ func ownString(s string) string {
 	}
 	return strings.Clone(s)
 }
+
+// summaryMinutes is how many minutes a summary covers, the current one
+// last.
+const summaryMinutes = 60
+
+// journalSkew bounds how far entries are out of time order: an entry is
+// stamped with when its request began but added when it ended.
+const journalSkew = 10 * time.Minute
+
+// Summary is the journal's last hour in numbers: the page's counters and
+// chart, and GET /reready/summary.
+type Summary struct {
+	From     string          `json:"from"`     // start of the first minute, RFC 3339 UTC
+	To       string          `json:"to"`       // now
+	Verified int             `json:"verified"` // live requests that passed the checks
+	Rejected int             `json:"rejected"` // outcome rejected
+	Queued   int             `json:"queued"`   // deliveries queued as they arrived (not failed redeliveries)
+	Dead     int             `json:"dead"`     // queued deliveries given up on
+	Partial  bool            `json:"partial"`  // the journal no longer holds all of the hour
+	Minutes  []MinuteSummary `json:"minutes"`  // one per minute, oldest first
+}
+
+// MinuteSummary counts one minute's entries by outcome; outcomes with none
+// are left out.
+type MinuteSummary struct {
+	Start  string         `json:"start"`
+	Counts map[string]int `json:"counts"`
+}
+
+// live reports whether e records a request as it arrived, rather than a
+// redelivery attempt of a queued one.
+func (e *journalEntry) live() bool {
+	switch e.outcome {
+	case OutcomeRedelivered, OutcomeDead:
+		return false
+	case OutcomeQueued:
+		return e.reason == ReasonUpstreamFailed || e.reason == ReasonHeld
+	}
+	return true
+}
+
+// summary counts the entries of the summaryMinutes minutes up to now.
+func (j *journal) summary(now time.Time) Summary {
+	from := now.Truncate(time.Minute).Add(-(summaryMinutes - 1) * time.Minute)
+	s := Summary{
+		From:    from.UTC().Format(time.RFC3339),
+		To:      now.UTC().Format(time.RFC3339),
+		Minutes: make([]MinuteSummary, summaryMinutes),
+	}
+	for i := range s.Minutes {
+		s.Minutes[i] = MinuteSummary{Start: from.Add(time.Duration(i) * time.Minute).UTC().Format(time.RFC3339), Counts: map[string]int{}}
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for i := j.n - 1; i >= 0; i-- {
+		e := &j.ring[(j.start+i)%len(j.ring)]
+		if e.at.Before(from.Add(-journalSkew)) {
+			break
+		}
+		if e.at.Before(from) || e.at.After(now) {
+			continue
+		}
+		s.Minutes[int(e.at.Sub(from)/time.Minute)].Counts[e.outcome]++
+		switch {
+		case e.outcome == OutcomeRejected:
+			s.Rejected++
+		case e.outcome == OutcomeDead:
+			s.Dead++
+		case e.outcome == OutcomeQueued && e.live():
+			s.Queued++
+		}
+		if e.live() && e.verified != "" && e.verified != "none" {
+			s.Verified++
+		}
+	}
+	// Entries were dropped, and the oldest kept one is within the hour.
+	s.Partial = j.n > 0 && j.nextSeq-1 > uint64(j.n) && !j.ring[j.start].at.Before(from)
+	return s
+}
