@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds bin/caddy with this module from the working tree, using the pinned
-# xcaddy and Caddy versions. Rebuilds only when the module's sources change.
+# xcaddy and Caddy versions. Rebuilds only when the module's sources change
+# (its non-test .go files, go.mod, go.sum and the embedded ui/ files).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,8 @@ mkdir -p bin
 exec 9>bin/.build-lock
 flock 9
 
-sum=$( (echo "$CADDY_VERSION"; cat go.mod go.sum; ls *.go | grep -v _test.go | sort | xargs cat) | sha256sum | cut -d' ' -f1)
+# The page's files (ui/) are embedded, so they count as sources too.
+sum=$( (echo "$CADDY_VERSION"; cat go.mod go.sum; ls *.go | grep -v _test.go | sort | xargs cat; find ui -type f | LC_ALL=C sort | xargs cat) | sha256sum | cut -d' ' -f1)
 if [ -x "$OUT" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$sum" ]; then
 	exit 0
 fi
