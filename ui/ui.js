@@ -36,7 +36,8 @@
 		gen: 0,
 		queueKey: '',
 		online: null,
-		drop: null, // the item the drop dialog is about
+		drop: null, // { item } the open drop dialog is about
+		dropFrom: '', // the data-key of the button that opened it
 	};
 
 	// ---- building elements -------------------------------------------------
@@ -305,7 +306,8 @@
 	}
 
 	function askDrop(it, btn) {
-		st.drop = { item: it, from: btn };
+		st.drop = { item: it };
+		st.dropFrom = btn.dataset.key;
 		$('drop-what').textContent = it.id + ' (return ' + (it.device_return_id || '—') + ', state ' + (it.state || '—') + ', ' + it.status + ')';
 		$('drop-dialog').showModal();
 		$('drop-cancel').focus(); // the safe choice first
@@ -313,6 +315,7 @@
 
 	async function confirmDrop() {
 		const d = st.drop;
+		st.drop = null;
 		$('drop-dialog').close();
 		if (!d) return;
 		try {
@@ -571,11 +574,13 @@
 	});
 	$('drop-confirm').addEventListener('click', confirmDrop);
 	$('drop-cancel').addEventListener('click', () => $('drop-dialog').close());
+	// Closed by Drop it, Cancel or Escape: the focus goes back to the Drop
+	// button (or the queue's heading if the row is gone). The close event
+	// comes a moment later, so the dialog may have been opened again.
 	$('drop-dialog').addEventListener('close', () => {
-		const d = st.drop;
-		st.drop = null;
-		if (d && d.from.isConnected) d.from.focus();
-		else $('queue-h').focus();
+		if ($('drop-dialog').open) return;
+		const from = Array.from($('queue').querySelectorAll('button')).find((b) => b.dataset.key === st.dropFrom);
+		(from || $('queue-h')).focus();
 	});
 	window.addEventListener('popstate', () => {
 		readURL();
