@@ -1,11 +1,18 @@
 # make run   - build Caddy with this module and run Caddyfile.example in
 #              front of the demo upstream app (Python) on 127.0.0.1
-# make test  - install test dependencies, then run every test, then fuzz
-#              each fuzz target for FUZZTIME seconds
+# make test  - install test dependencies, then run every test (the browser
+#              tests of the deliveries page too), then fuzz each fuzz target
+#              for FUZZTIME seconds
+# make screenshot - regenerate docs/deliveries-page.png, the README's
+#              picture of the deliveries page, in headless Chromium
 GO ?= go
 FUZZTIME ?= 20
 
-.PHONY: run test caddy vet fmt-check fuzz
+# integration/browser is a module of its own (it needs a browser driver the
+# plugin does not), so `go test ./...` does not reach it: it is run here.
+BROWSER_DIR = integration/browser
+
+.PHONY: run test caddy vet fmt-check fuzz browser-test screenshot
 
 run: caddy
 	scripts/run-demo.sh
@@ -17,13 +24,23 @@ test: fmt-check vet
 	scripts/deps.sh
 	scripts/build-caddy.sh
 	$(GO) test -count=1 -timeout 30m ./...
+	cd $(BROWSER_DIR) && $(GO) test -count=1 -timeout 15m .
 	scripts/fuzz.sh $(FUZZTIME)
+
+browser-test: caddy
+	scripts/deps.sh
+	cd $(BROWSER_DIR) && $(GO) test -count=1 -timeout 15m -v .
+
+screenshot: caddy
+	scripts/deps.sh
+	cd $(BROWSER_DIR) && $(GO) test -count=1 -run '^TestScreenshot$$' . -args -screenshot=$(CURDIR)/docs/deliveries-page.png
 
 fuzz:
 	scripts/fuzz.sh $(FUZZTIME)
 
 vet:
 	$(GO) vet ./...
+	cd $(BROWSER_DIR) && $(GO) vet .
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
