@@ -261,10 +261,12 @@
 	}
 
 	function queueRow(it) {
+		const rb = returnButton(it.device_return_id);
+		if (rb instanceof Node) rb.dataset.key = 'return ' + it.id; // keeps the focus across redraws
 		return h('tr', { data: { id: it.id, status: cls(it.status) } }, [
 			td('Received', timeEl(it.received_at)),
 			td('Status', h('span', { class: 'badge s-' + cls(it.status), text: it.status })),
-			td('Return id', returnButton(it.device_return_id)),
+			td('Return id', rb),
 			td('State', it.state || '—'),
 			td('Test', it.test ? h('span', { class: 'badge flag', text: 'test' }) : '—'),
 			td('Attempts', String(it.attempts), { class: 'num' }),
