@@ -1,0 +1,867 @@
+package realbin
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Store-and-forward end to end on bin/caddy: what is queued and answered
+// 202, redelivery until the app answers 2xx, order per device return,
+// max_items, max_age, retry and drop by hand, corrupt items, and `queue`
+// absent.
+
+const queuedBody = "queued for redelivery\n"
+
+// wantQueued checks the gateway's 202 for a stored delivery with id.
+func wantQueued(t *testing.T, r reply, id string) {
+	t.Helper()
+	if r.status != http.StatusAccepted || r.body != queuedBody {
+		t.Fatalf("reply %d %q, want 202 %q", r.status, r.body, queuedBody)
+	}
+	if got := r.header.Get("X-Reready-Delivery-Id"); got != id {
+		t.Errorf("202 with X-ReReady-Delivery-Id %q, want %q", got, id)
+	}
+}
+
+// wantEventHeaders checks the X-ReReady-* headers an app got for the
+// signed delivery of ev (t ts, signature sig): the event's, the delivery
+// id, and for a redelivery (attempt > 0) the attempt and the arrival time,
+// within [lo, hi]; nothing else.
+func wantEventHeaders(t *testing.T, h http.Header, ev event, ts int64, sig string, attempt int, lo, hi time.Time) {
+	t.Helper()
+	want := map[string]string{
+		"X-Reready-State":            ev.State,
+		"X-Reready-Device-Return-Id": ev.ID,
+		"X-Reready-Test":             fmt.Sprint(ev.Test),
+		"X-Reready-Url":              ev.url(),
+		"X-Reready-Verified":         "hmac",
+		"X-Reready-Timestamp":        fmt.Sprint(ts),
+		"X-Reready-Signature-512":    sig,
+		"X-Reready-Delivery-Id":      deliveryIDOf(t, sig),
+	}
+	if attempt > 0 {
+		want["X-Reready-Attempt"] = strconv.Itoa(attempt)
+		at, err := time.Parse(time.RFC3339, h.Get("X-Reready-Received-At"))
+		switch {
+		case err != nil || !strings.HasSuffix(h.Get("X-Reready-Received-At"), "Z"):
+			t.Errorf("X-ReReady-Received-At %q: want RFC 3339 UTC (%v)", h.Get("X-Reready-Received-At"), err)
+		case at.Before(lo.Truncate(time.Second)) || at.After(hi):
+			t.Errorf("X-ReReady-Received-At %s, want between %s and %s (when the gateway took it)", at, lo, hi)
+		}
+		want["X-Reready-Received-At"] = h.Get("X-Reready-Received-At")
+	}
+	for k, v := range want {
+		if got := h.Values(k); len(got) != 1 || got[0] != v {
+			t.Errorf("header %s = %q, want [%q]", k, got, v)
+		}
+	}
+	for k, v := range h {
+		if _, ok := want[k]; !ok && strings.HasPrefix(strings.ToLower(k), "x-reready") {
+			t.Errorf("app got header %s: %q, which the gateway should not send", k, v)
+		}
+	}
+}
+
+// Spoofed X-ReReady-* headers a client adds to a delivery; none may reach
+// the app, live or redelivered.
+var spoofedQueueHeaders = []string{
+	"X-ReReady-Attempt", "1",
+	"X-ReReady-Received-At", "2001-01-01T00:00:00Z",
+	"X-ReReady-Delivery-Id", "1-00000000000000000000000000000000",
+	"X-ReReady-Verified", "hmac",
+}
+
+// The app down, then failing, then up: the delivery is answered 202 at
+// once, not passed on while the app fails (its failure bodies never reach
+// the sender), redelivered with backoff (a Retry-After honoured) and
+// delivered exactly once, with the same delivery id and trusted headers as
+// a live delivery plus X-ReReady-Attempt and X-ReReady-Received-At. A
+// repeat of it is acknowledged as delivered. Once the app is back, a live
+// delivery on the route makes a waiting item go at once.
+func TestQueueAppDownThenUp(t *testing.T) {
+	const secret = "ssk_queue_down_up_5e6f7a8b"
+	app := newQApp(t)
+	g := startGateway(t, queueSite(secret, "", app.addr), nil, secret)
+
+	ev, body, ts, sig := signedEvent(t, rubySigner, secret, "pending_return_shipment_delivery")
+	id := deliveryIDOf(t, sig)
+	lo := time.Now()
+	r := g.post(t, "/hooks/app?src=rr", body, append([]string{"X-ReReady-Signature-512", sig}, spoofedQueueHeaders...)...)
+	hi := time.Now()
+	wantQueued(t, r, id)
+
+	// 503 at once (plain: backoff), then 503 with Retry-After: 1, then 200.
+	var step int
+	app.setRule(func(q *qRec) qAnswer {
+		if q.id() != id {
+			return qAnswer{}
+		}
+		step++
+		switch step {
+		case 1:
+			return qAnswer{status: 503, body: "app failure one: db down"}
+		case 2:
+			return qAnswer{status: 503, header: map[string]string{"Retry-After": "1"}, body: "app failure two"}
+		}
+		return qAnswer{}
+	})
+	app.up(t)
+
+	t.Run("queued, and a repeat is acknowledged", func(t *testing.T) {
+		it := queueItem(t, g, id)
+		if it == nil {
+			t.Fatalf("delivery %s is not listed in the queue", id)
+		}
+		if it.str("status") != "pending" || it.str("device_return_id") != ev.ID || it.str("state") != ev.State {
+			t.Errorf("queue item %v, want pending %s %s", it, ev.ID, ev.State)
+		}
+		e := waitJournal(t, g, id, "queued", logTimeout)
+		if e.str("reason") != "upstream_failed" || e.num("status") != 202 || e.num("upstream_status") != 0 || e.num("attempt") != 1 {
+			t.Errorf("journal entry %v, want queued upstream_failed 202, upstream 0, attempt 1", e)
+		}
+		n := len(app.forID(id))
+		alreadyDelivered(t, g.post(t, "/hooks/app?src=rr", body, "X-ReReady-Signature-512", sig))
+		if len(app.forID(id)) > n+1 { // at most the worker's own attempt meanwhile
+			t.Errorf("a repeat of a queued delivery reached the app")
+		}
+	})
+
+	var got qRec
+	t.Run("redelivered until the app takes it", func(t *testing.T) {
+		got = app.waitDelivered(t, id, queueTimeout)
+		recs := app.forID(id)
+		if n := app.delivered(id); n != 1 {
+			t.Fatalf("delivered %d times, want 1", n)
+		}
+		if len(recs) < 3 {
+			t.Fatalf("the app got %d attempts, want 503, 503, 200", len(recs))
+		}
+		// Attempts count on from the live one: 2, 3, 4 (or later, if an
+		// attempt found the app still down).
+		first, _ := strconv.Atoi(recs[0].header.Get("X-Reready-Attempt"))
+		for i, rec := range recs {
+			if a, _ := strconv.Atoi(rec.header.Get("X-Reready-Attempt")); first < 2 || a != first+i {
+				t.Errorf("attempt %d carried X-ReReady-Attempt %q, want %d", i+1, rec.header.Get("X-Reready-Attempt"), first+i)
+			}
+		}
+		last := recs[len(recs)-1]
+		if last.status != 200 || recs[len(recs)-2].status != 503 || recs[len(recs)-3].status != 503 {
+			t.Errorf("answers %d, %d, %d; want 503, 503, 200", recs[len(recs)-3].status, recs[len(recs)-2].status, last.status)
+		}
+		// After a plain 503 the next step of the backoff (5s ±20 %); after
+		// "Retry-After: 1" about 1s, where the backoff would be 12s or more.
+		if gap := recs[len(recs)-2].at.Sub(recs[len(recs)-3].at); gap < 3*time.Second {
+			t.Errorf("retried %s after a plain 503; want the backoff step (about 5s)", gap)
+		}
+		if gap := last.at.Sub(recs[len(recs)-2].at); gap > 9*time.Second {
+			t.Errorf("retried %s after Retry-After: 1; want about 1s (the backoff step would be 12-18s)", gap)
+		}
+		for _, rec := range recs {
+			if !bytes.Equal(rec.body, body) {
+				t.Errorf("redelivered body %q, want %q byte for byte", rec.body, body)
+			}
+			if rec.uri != "/hooks/app?src=rr" {
+				t.Errorf("redelivered to %q, want /hooks/app?src=rr", rec.uri)
+			}
+		}
+		a, _ := strconv.Atoi(last.header.Get("X-Reready-Attempt"))
+		wantEventHeaders(t, last.header, ev, ts, sig, a, lo, hi)
+		if cl := last.header.Get("Content-Length"); cl != "" && cl != fmt.Sprint(len(body)) {
+			t.Errorf("Content-Length %s, want %d", cl, len(body))
+		}
+	})
+
+	t.Run("as a live delivery would be", func(t *testing.T) {
+		ev2, body2, ts2, sig2 := signedEvent(t, opensslSigner, secret, "complete")
+		ok(t, g.post(t, "/hooks/app?src=rr", body2, "X-ReReady-Signature-512", sig2))
+		live := app.forID(deliveryIDOf(t, sig2))
+		if len(live) != 1 {
+			t.Fatalf("live delivery: the app got %d requests, want 1", len(live))
+		}
+		wantEventHeaders(t, live[0].header, ev2, ts2, sig2, 0, time.Time{}, time.Time{})
+		for _, k := range []string{"Host", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Content-Type"} {
+			lv, rv := live[0].header.Get(k), got.header.Get(k)
+			if k == "Host" {
+				lv, rv = live[0].host, got.host
+			}
+			if lv != rv {
+				t.Errorf("%s: live %q, redelivered %q; want the same", k, lv, rv)
+			}
+		}
+	})
+
+	t.Run("delivered once, then acknowledged", func(t *testing.T) {
+		waitItem(t, g, id, "", logTimeout)
+		e := waitJournal(t, g, id, "redelivered", logTimeout)
+		a, _ := strconv.Atoi(got.header.Get("X-Reready-Attempt"))
+		if e.num("status") != 200 || e.num("upstream_status") != 200 || e.num("attempt") != a || e.str("reason") != "" {
+			t.Errorf("journal entry %v, want redelivered 200/200 attempt %d", e, a)
+		}
+		n := len(app.forID(id))
+		alreadyDelivered(t, g.post(t, "/hooks/app?src=rr", body, "X-ReReady-Signature-512", sig))
+		time.Sleep(2500 * time.Millisecond) // a scan interval: nothing more goes out
+		if len(app.forID(id)) != n || app.delivered(id) != 1 {
+			t.Errorf("after delivery the app got %d more request(s) for it", len(app.forID(id))-n)
+		}
+	})
+
+	t.Run("a live success kicks the waiting items", func(t *testing.T) {
+		// The app is up but fails this one with a long Retry-After, a
+		// debugging header and a revealing body: none reach the sender.
+		_, body3, _, sig3 := signedEvent(t, pythonSigner, secret, "complete")
+		id3 := deliveryIDOf(t, sig3)
+		var failed bool
+		app.setRule(func(q *qRec) qAnswer {
+			if q.id() == id3 && !failed {
+				failed = true
+				return qAnswer{status: 503, header: map[string]string{"Retry-After": "300", "X-App-Debug": "stack trace"},
+					body: "Traceback: secret internals of the app"}
+			}
+			return qAnswer{}
+		})
+		r := g.post(t, "/hooks/app", body3, "X-ReReady-Signature-512", sig3)
+		wantQueued(t, r, id3)
+		if r.header.Get("X-App-Debug") != "" || r.header.Get("Retry-After") != "" {
+			t.Errorf("the app's failure headers reached the sender: %v", r.header)
+		}
+		it := queueItem(t, g, id3)
+		if it == nil || it.num("last_status") != 503 {
+			t.Fatalf("queue item %v, want pending with last_status 503", it)
+		}
+		next, err := time.Parse(time.RFC3339, it.str("next_attempt_at"))
+		if err != nil || time.Until(next) < 200*time.Second {
+			t.Fatalf("next_attempt_at %q, want about 300s ahead (Retry-After: 300)", it.str("next_attempt_at"))
+		}
+		if e := waitJournal(t, g, id3, "queued", logTimeout); e.num("upstream_status") != 503 || e.num("status") != 202 {
+			t.Errorf("journal entry %v, want queued 202 with upstream_status 503", e)
+		}
+
+		// Another return, delivered live: the route works again.
+		_, body4, _, sig4 := signedEvent(t, rubySigner, secret, "complete")
+		kicked := time.Now()
+		ok(t, g.post(t, "/hooks/app", body4, "X-ReReady-Signature-512", sig4))
+		rec := app.waitDelivered(t, id3, 20*time.Second)
+		if d := rec.at.Sub(kicked); d > 15*time.Second {
+			t.Errorf("the waiting item went %s after a live success, want at once", d)
+		}
+		if !bytes.Equal(rec.body, body3) {
+			t.Errorf("body %q, want %q", rec.body, body3)
+		}
+	})
+}
+
+// signed is a signed delivery of ev, ready to send.
+type signed struct {
+	ev   event
+	body []byte
+	ts   int64
+	sig  string
+	id   string
+}
+
+func signEvent(t *testing.T, s signer, secret string, ev event) signed {
+	t.Helper()
+	body := ev.body()
+	ts := now()
+	sig := s.sign(t, secret, ts, body)
+	return signed{ev, body, ts, sig, deliveryIDOf(t, sig)}
+}
+
+func (d signed) post(t *testing.T, g *gateway, target string) reply {
+	t.Helper()
+	return g.post(t, target, d.body, "X-ReReady-Signature-512", d.sig)
+}
+
+// Order per device return: while a return has queued deliveries, later
+// ones for it are queued behind them (202, reason held), even while the
+// first is being redelivered; they reach the app in arrival order, each
+// only after the one before it was taken. Other returns are not held up.
+func TestQueueOrderPerReturn(t *testing.T) {
+	const secret = "ssk_queue_order_1c2d3e4f"
+	app := newQApp(t)
+	g := startGateway(t, queueSite(secret, "", app.addr), nil, secret)
+	retA, retB := uuid(), uuid()
+	a1 := signEvent(t, rubySigner, secret, event{ID: retA, State: "pending_return_shipment_delivery"})
+	a2 := signEvent(t, opensslSigner, secret, event{ID: retA, State: "complete"})
+	b1 := signEvent(t, pythonSigner, secret, event{ID: retB, State: "pending_return_shipment"})
+
+	// The app is down: A1 and B1 fail live; A2 waits behind A1.
+	wantQueued(t, a1.post(t, g, "/hooks/app"), a1.id)
+	wantQueued(t, a2.post(t, g, "/hooks/app"), a2.id)
+	wantQueued(t, b1.post(t, g, "/hooks/app"), b1.id)
+	for _, c := range []struct {
+		d      signed
+		reason string
+	}{{a1, "upstream_failed"}, {a2, "held"}, {b1, "upstream_failed"}} {
+		e := waitJournal(t, g, c.d.id, "queued", logTimeout)
+		if e.str("reason") != c.reason || e.num("status") != 202 || e.str("device_return_id") != c.d.ev.ID {
+			t.Errorf("%s: journal entry %v, want queued %s 202", c.d.ev.State, e, c.reason)
+		}
+	}
+
+	// Up, but failing return A for now.
+	var releaseA bool
+	hold := make(chan struct{})
+	defer func() {
+		select {
+		case <-hold:
+		default:
+			close(hold)
+		}
+	}()
+	app.setRule(func(q *qRec) qAnswer {
+		switch {
+		case q.returnID() != retA:
+			return qAnswer{}
+		case !releaseA:
+			return qAnswer{status: 503}
+		case q.id() == a1.id:
+			return qAnswer{hold: hold}
+		}
+		return qAnswer{}
+	})
+	app.up(t)
+
+	t.Run("another return is not held up", func(t *testing.T) {
+		app.waitDelivered(t, b1.id, queueTimeout)
+		waitUntil(t, "A1 was not attempted", queueTimeout, func() bool { return len(app.forID(a1.id)) > 0 })
+		b2 := signEvent(t, rubySigner, secret, event{ID: retB, State: "complete"})
+		ok(t, b2.post(t, g, "/hooks/app"))
+		if recs := app.forID(b2.id); len(recs) != 1 || recs[0].header.Get("X-Reready-Attempt") != "" {
+			t.Errorf("B2 was not forwarded live: %d request(s)", len(recs))
+		}
+		for _, d := range []signed{a1, a2} {
+			if it := queueItem(t, g, d.id); it == nil || it.str("status") != "pending" {
+				t.Errorf("%s: queue item %v, want pending", d.ev.State, it)
+			}
+		}
+		if n := len(app.forID(a2.id)); n != 0 {
+			t.Errorf("A2 was sent %d time(s) while A1 was still queued", n)
+		}
+	})
+
+	var a3 signed
+	t.Run("held while the first is being redelivered", func(t *testing.T) {
+		app.mu.Lock()
+		releaseA = true
+		app.mu.Unlock()
+		n := len(app.forID(a1.id))
+		// A live success on the route makes A1 go now; the app holds it.
+		ok(t, signEvent(t, opensslSigner, secret, event{ID: uuid(), State: "complete"}).post(t, g, "/hooks/app"))
+		waitUntil(t, "A1 was not attempted after the kick", queueTimeout, func() bool { return len(app.forID(a1.id)) > n })
+		a3 = signEvent(t, pythonSigner, secret, event{ID: retA, State: "failed"})
+		wantQueued(t, a3.post(t, g, "/hooks/app"), a3.id)
+		if e := waitJournal(t, g, a3.id, "queued", logTimeout); e.str("reason") != "held" {
+			t.Errorf("A3 journal entry %v, want reason held", e)
+		}
+		if n := len(app.forID(a3.id)); n != 0 {
+			t.Errorf("A3 reached the app while A1 was in flight")
+		}
+		close(hold)
+	})
+
+	t.Run("A's deliveries arrive in order, once each", func(t *testing.T) {
+		for _, d := range []signed{a1, a2, a3} {
+			app.waitDelivered(t, d.id, queueTimeout)
+		}
+		var prev qRec
+		for i, d := range []signed{a1, a2, a3} {
+			recs := app.forID(d.id)
+			if app.delivered(d.id) != 1 {
+				t.Errorf("%s delivered %d times, want 1", d.ev.State, app.delivered(d.id))
+			}
+			if i > 0 && !recs[0].at.After(prev.answered) {
+				t.Errorf("%s was sent at %s, before %s was taken at %s", d.ev.State, recs[0].at, prev.header.Get("X-Reready-State"), prev.answered)
+			}
+			for _, r := range recs {
+				if !bytes.Equal(r.body, d.body) {
+					t.Errorf("%s: body %q, want %q", d.ev.State, r.body, d.body)
+				}
+			}
+			prev = recs[len(recs)-1]
+		}
+		// A held delivery's first attempt is a redelivery: attempt 1.
+		if got := app.forID(a2.id)[0].header.Get("X-Reready-Attempt"); got != "1" {
+			t.Errorf("A2 (held) first attempt carried X-ReReady-Attempt %q, want 1", got)
+		}
+		waitUntil(t, "the queue did not empty", logTimeout, func() bool { return len(queueList(t, g)) == 0 })
+	})
+}
+
+// What the app answers decides: 5xx, 408 and 429 are queued (202, the
+// app's answer kept from the sender); any other answer is the app's and
+// passes through, not queued.
+func TestQueueWhichAnswers(t *testing.T) {
+	const secret = "ssk_queue_answers_7d8e9f0a"
+	app := newQApp(t)
+	g := startGateway(t, queueSite(secret, "", app.addr), nil, secret)
+	status := map[string]int{} // by delivery id, the live answer
+	app.setRule(func(q *qRec) qAnswer {
+		if s, ok := status[q.id()]; ok && q.header.Get("X-Reready-Attempt") == "" {
+			return qAnswer{status: s, body: fmt.Sprintf("the app's own %d body", s), header: map[string]string{"X-App": "yes"}}
+		}
+		return qAnswer{}
+	})
+	app.up(t)
+
+	var queued []signed
+	for _, c := range []struct {
+		status int
+		queue  bool
+	}{
+		{500, true}, {502, true}, {503, true}, {504, true}, {408, true}, {429, true},
+		{400, false}, {401, false}, {403, false}, {404, false}, {409, false}, {410, false}, {422, false},
+		{200, false}, {201, false}, {204, false}, {302, false},
+	} {
+		d := signEvent(t, opensslSigner, secret, newEvent("complete"))
+		app.mu.Lock()
+		status[d.id] = c.status
+		app.mu.Unlock()
+		r := d.post(t, g, "/hooks/app")
+		if c.queue {
+			wantQueued(t, r, d.id)
+			if r.header.Get("X-App") != "" || strings.Contains(r.body, "own") {
+				t.Errorf("app %d: its answer reached the sender: %v %q", c.status, r.header, r.body)
+			}
+			if e := waitJournal(t, g, d.id, "queued", logTimeout); e.num("upstream_status") != c.status {
+				t.Errorf("app %d: journal entry %v, want upstream_status %d", c.status, e, c.status)
+			}
+			if queueItem(t, g, d.id) == nil && app.delivered(d.id) == 0 {
+				t.Errorf("app %d: answered 202 but neither listed nor delivered", c.status)
+			}
+			queued = append(queued, d)
+			continue
+		}
+		want := fmt.Sprintf("the app's own %d body", c.status)
+		if c.status == 204 {
+			want = ""
+		}
+		if r.status != c.status || r.body != want || r.header.Get("X-App") != "yes" {
+			t.Errorf("app %d: sender got %d %q (X-App %q), want the app's answer", c.status, r.status, r.body, r.header.Get("X-App"))
+		}
+		if it := queueItem(t, g, d.id); it != nil {
+			t.Errorf("app %d: queued %v", c.status, it)
+		}
+		if e := waitJournal(t, g, d.id, "forwarded", logTimeout); e.num("status") != c.status || e.num("upstream_status") != c.status {
+			t.Errorf("app %d: journal entry %v", c.status, e)
+		}
+	}
+	for _, d := range queued {
+		app.mu.Lock()
+		s := status[d.id]
+		app.mu.Unlock()
+		t.Logf("waiting for the %d one", s)
+		app.waitDelivered(t, d.id, queueTimeout)
+	}
+	waitUntil(t, "the queue did not empty", logTimeout, func() bool { return len(queueList(t, g)) == 0 })
+	for _, d := range queued {
+		if n := app.delivered(d.id); n != 1 {
+			t.Errorf("%s delivered %d times", d.id, n)
+		}
+	}
+}
+
+// At max_items the next failed delivery is refused with 503 and
+// Retry-After, journaled, not stored; a delivery held behind a queued one
+// too (never forwarded out of order). Room made, the sender's retry is
+// queued.
+func TestQueueMaxItems(t *testing.T) {
+	const secret = "ssk_queue_max_items_2b3c"
+	storage := t.TempDir()
+	app := newQApp(t) // down throughout
+	g := startGatewayWith(t, storageGlobal(storage), queueSite(secret, "max_items 3", app.addr), nil, secret)
+
+	var first []signed
+	for i := 0; i < 3; i++ {
+		d := signEvent(t, opensslSigner, secret, newEvent("complete"))
+		wantQueued(t, d.post(t, g, "/hooks/app"), d.id)
+		first = append(first, d)
+	}
+	fourth := signEvent(t, rubySigner, secret, newEvent("complete"))
+	held := signEvent(t, opensslSigner, secret, event{ID: first[0].ev.ID, State: "failed"})
+	for _, d := range []signed{fourth, held} {
+		off := logOffset(g)
+		r := d.post(t, g, "/hooks/app")
+		wantStatus(t, r, http.StatusServiceUnavailable)
+		if ra := r.header.Get("Retry-After"); ra != "60" {
+			t.Errorf("Retry-After %q, want 60", ra)
+		}
+		waitLogSince(t, g, off, `"queue full; refusing a failed delivery with 503"`, `"max_items":3`, d.id)
+		e := waitJournal(t, g, d.id, "rejected", logTimeout)
+		if e.str("reason") != "queue_full" || e.num("status") != 503 || e.str("device_return_id") != d.ev.ID {
+			t.Errorf("journal entry %v, want rejected queue_full 503", e)
+		}
+	}
+	if n := len(queueFiles(t, storage)); n != 3 {
+		t.Errorf("%d items stored, want 3", n)
+	}
+	if len(app.records()) != 0 {
+		t.Errorf("the app got requests while down?")
+	}
+
+	// Room made: the refused delivery, sent again, is queued (its replay
+	// claim was released, so it is not taken for delivered).
+	status, b := adminDo(t, g, http.MethodDelete, "/reready/queue/"+first[1].id)
+	if status != http.StatusOK {
+		t.Fatalf("DELETE: %d %s", status, b)
+	}
+	wantQueued(t, fourth.post(t, g, "/hooks/app"), fourth.id)
+	if n := len(queueList(t, g)); n != 3 {
+		t.Errorf("%d items listed, want 3", n)
+	}
+}
+
+// After max_age a failing delivery is dead: kept, listed, not retried.
+// Retried by hand through the API and the CLI it is delivered once the app
+// is up; dropped through either it is gone and never delivered. Unknown
+// ids are 404 with a JSON error (API) and exit status 1 with a clear
+// message (CLI).
+func TestQueueDeadRetryDrop(t *testing.T) {
+	const secret = "ssk_queue_dead_4f5a6b7c"
+	app := newQApp(t)
+	g := startGateway(t, queueSite(secret, "max_age 2s", app.addr), nil, secret)
+	admin := adminAddr(t, g)
+
+	var ds []signed // retried by API, by CLI, dropped by API, by CLI
+	for _, state := range []string{"complete", "failed", "not_returned", "pending_return_shipment"} {
+		d := signEvent(t, opensslSigner, secret, newEvent(state))
+		wantQueued(t, d.post(t, g, "/hooks/app"), d.id)
+		ds = append(ds, d)
+	}
+	for _, d := range ds {
+		it := waitItem(t, g, d.id, "dead", queueTimeout)
+		if it["next_attempt_at"] != nil || it.num("attempts") < 2 || it.str("last_error") == "" {
+			t.Errorf("dead item %v: want next_attempt_at null, attempts >= 2, last_error set", it)
+		}
+		if e := waitJournal(t, g, d.id, "dead", logTimeout); e.str("reason") != "max_age" {
+			t.Errorf("journal entry %v, want dead max_age", e)
+		}
+	}
+	time.Sleep(2500 * time.Millisecond) // a scan: dead items are not attempted
+	for _, d := range ds {
+		if it := queueItem(t, g, d.id); it.str("status") != "dead" {
+			t.Errorf("%s: %v, want still dead", d.id, it)
+		}
+	}
+
+	t.Run("list", func(t *testing.T) {
+		res := caddyCmd(t, nil, "reready", "queue", "list", "--address", admin)
+		if res.err != nil {
+			t.Fatalf("caddy reready queue list: %v\n%s", res.err, res.output)
+		}
+		for _, d := range ds {
+			if !regexpLine(res.output, d.id, "dead", d.ev.State, d.ev.ID) {
+				t.Errorf("queue list has no row with %s dead %s %s:\n%s", d.id, d.ev.State, d.ev.ID, res.output)
+			}
+		}
+		res = caddyCmd(t, nil, "reready", "queue", "--json", "--address", admin)
+		if res.err != nil {
+			t.Fatalf("caddy reready queue --json: %v\n%s", res.err, res.output)
+		}
+		var items []obj
+		if err := json.Unmarshal([]byte(res.output), &items); err != nil {
+			t.Fatalf("queue --json: %v\n%s", err, res.output)
+		}
+		want := []string{"id", "status", "device_return_id", "state", "test", "received_at", "attempts", "next_attempt_at", "last_status", "last_error"}
+		for _, it := range items {
+			if got := sortedKeys(it); strings.Join(got, ",") != strings.Join(sorted(want), ",") {
+				t.Errorf("queue --json item fields %v, want %v", got, sorted(want))
+			}
+			if _, err := time.Parse(time.RFC3339, it.str("received_at")); err != nil {
+				t.Errorf("received_at %q: %v", it.str("received_at"), err)
+			}
+		}
+		if len(items) != len(ds) {
+			t.Errorf("queue --json listed %d items, want %d", len(items), len(ds))
+		}
+	})
+
+	app.up(t)
+
+	t.Run("retry through the API", func(t *testing.T) {
+		status, b := adminDo(t, g, http.MethodPost, "/reready/queue/"+ds[0].id+"/retry")
+		if status != http.StatusOK {
+			t.Fatalf("POST retry: %d %s", status, b)
+		}
+		var it obj
+		if err := json.Unmarshal(b, &it); err != nil || it.str("id") != ds[0].id || it.str("status") != "pending" {
+			t.Errorf("POST retry answered %s, want the item, pending", b)
+		}
+		rec := app.waitDelivered(t, ds[0].id, queueTimeout)
+		wantEventHeaders(t, rec.header, ds[0].ev, ds[0].ts, ds[0].sig, attemptOf(rec), time.Unix(ds[0].ts, 0), time.Now())
+		waitItem(t, g, ds[0].id, "", logTimeout)
+	})
+
+	t.Run("retry through the CLI", func(t *testing.T) {
+		res := caddyCmd(t, nil, "reready", "queue", "retry", ds[1].id, "--address", admin)
+		if res.err != nil || !strings.Contains(res.output, ds[1].id) || !strings.Contains(res.output, "pending") {
+			t.Fatalf("caddy reready queue retry: %v\n%s", res.err, res.output)
+		}
+		app.waitDelivered(t, ds[1].id, queueTimeout)
+		waitItem(t, g, ds[1].id, "", logTimeout)
+	})
+
+	t.Run("drop through the API and the CLI", func(t *testing.T) {
+		status, b := adminDo(t, g, http.MethodDelete, "/reready/queue/"+ds[2].id)
+		if status != http.StatusOK || !strings.Contains(string(b), ds[2].id) {
+			t.Fatalf("DELETE: %d %s", status, b)
+		}
+		res := caddyCmd(t, nil, "reready", "queue", "drop", ds[3].id, "--address", admin)
+		if res.err != nil || !strings.Contains(res.output, "dropped "+ds[3].id) {
+			t.Fatalf("caddy reready queue drop: %v\n%s", res.err, res.output)
+		}
+		if items := queueList(t, g); len(items) != 0 {
+			t.Errorf("queue still lists %v", items)
+		}
+		// A kick (a live success) and a scan: dropped ones stay gone.
+		ok(t, signEvent(t, rubySigner, secret, newEvent("complete")).post(t, g, "/hooks/app"))
+		time.Sleep(2500 * time.Millisecond)
+		for _, d := range ds[2:] {
+			if n := len(app.forID(d.id)); n != 0 {
+				t.Errorf("dropped %s reached the app %d time(s)", d.id, n)
+			}
+		}
+		for _, d := range ds[:2] {
+			if n := app.delivered(d.id); n != 1 {
+				t.Errorf("%s delivered %d times, want 1", d.id, n)
+			}
+		}
+	})
+
+	t.Run("unknown ids", func(t *testing.T) {
+		unknown := fmt.Sprintf("%d-%032x", now(), 7)
+		for _, c := range []struct{ method, path, msg string }{
+			{http.MethodPost, "/reready/queue/" + unknown + "/retry", "no queued delivery"},
+			{http.MethodDelete, "/reready/queue/" + unknown, "no queued delivery"},
+			{http.MethodPost, "/reready/queue/" + ds[0].id + "/retry", "no queued delivery"}, // delivered: gone
+			{http.MethodDelete, "/reready/queue/" + ds[2].id, "no queued delivery"},          // dropped: gone
+			{http.MethodDelete, "/reready/queue/..%2f..%2fetc", ""},
+		} {
+			status, b := adminDo(t, g, c.method, c.path)
+			wantJSONError(t, c.method+" "+c.path, status, b, http.StatusNotFound, c.msg)
+		}
+		for _, action := range []string{"retry", "drop"} {
+			res := caddyCmd(t, nil, "reready", "queue", action, unknown, "--address", admin)
+			if res.code != 1 || !strings.Contains(res.output, "no queued delivery") || !strings.Contains(res.output, unknown) {
+				t.Errorf("caddy reready queue %s <unknown>: exit %d, output:\n%s\nwant exit 1 and a clear message", action, res.code, res.output)
+			}
+			res = caddyCmd(t, nil, "reready", "queue", action, "../../etc/passwd", "--address", admin)
+			if res.code != 1 || !strings.Contains(res.output, "invalid id") {
+				t.Errorf("caddy reready queue %s <bad id>: exit %d, output:\n%s", action, res.code, res.output)
+			}
+		}
+	})
+}
+
+// attemptOf is a request's X-ReReady-Attempt.
+func attemptOf(r qRec) int { n, _ := strconv.Atoi(r.header.Get("X-Reready-Attempt")); return n }
+
+// regexpLine reports whether some line of out holds every part.
+func regexpLine(out string, parts ...string) bool {
+	for _, line := range strings.Split(out, "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+func sortedKeys(o obj) []string {
+	var ks []string
+	for k := range o {
+		ks = append(ks, k)
+	}
+	return sorted(ks)
+}
+
+func sorted(s []string) []string {
+	out := append([]string(nil), s...)
+	sort.Strings(out)
+	return out
+}
+
+// A corrupt item in the storage is logged, set aside as dead with its
+// error, listed, and does not stop the others; it cannot be retried, and
+// it can be dropped.
+func TestQueueCorruptItem(t *testing.T) {
+	const secret = "ssk_queue_corrupt_8a9b0c1d"
+	storage := t.TempDir()
+	app := newQApp(t)
+	g := startGatewayWith(t, storageGlobal(storage), queueSite(secret, "", app.addr), nil, secret)
+
+	good := signEvent(t, rubySigner, secret, newEvent("complete"))
+	wantQueued(t, good.post(t, g, "/hooks/app"), good.id)
+
+	items := filepath.Join(storage, "reready_verify", "queue", "items")
+	bad := map[string][]byte{
+		fmt.Sprintf("%d-%032x", now(), 0xbad):  []byte("not json {{{"),
+		fmt.Sprintf("%d-%032x", now(), 0xbad2): nil, // truncated to nothing
+		fmt.Sprintf("%d-%032x", now(), 0xbad3): []byte(`{"id":"someone-else","status":"pending"}`),
+	}
+	off := logOffset(g)
+	for name, data := range bad {
+		if err := os.WriteFile(filepath.Join(items, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	app.up(t)
+
+	for name := range bad {
+		waitLogSince(t, g, off, `"queue: a queued delivery is corrupt; setting it aside as dead"`, name)
+		it := waitItem(t, g, name, "dead", queueTimeout)
+		if !strings.Contains(it.str("last_error"), "unreadable") || it["next_attempt_at"] != nil {
+			t.Errorf("set-aside item %v: want dead with its error", it)
+		}
+		if e := waitJournal(t, g, name, "dead", logTimeout); e.str("reason") != "item_corrupt" {
+			t.Errorf("journal entry %v, want dead item_corrupt", e)
+		}
+	}
+	// Logged once each, not at every scan.
+	time.Sleep(2500 * time.Millisecond)
+	for name := range bad {
+		if n := strings.Count(g.logs.String()[off:], `"id":"`+name+`"`); n != 1 {
+			t.Errorf("%s logged %d times, want once", name, n)
+		}
+	}
+
+	app.waitDelivered(t, good.id, queueTimeout)
+	waitItem(t, g, good.id, "", logTimeout)
+
+	for name := range bad {
+		status, b := adminDo(t, g, http.MethodPost, "/reready/queue/"+name+"/retry")
+		wantJSONError(t, "retry of a corrupt item", status, b, http.StatusConflict, "set aside")
+		status, b = adminDo(t, g, http.MethodDelete, "/reready/queue/"+name)
+		if status != http.StatusOK {
+			t.Errorf("DELETE %s: %d %s", name, status, b)
+		}
+	}
+	if items := queueList(t, g); len(items) != 0 {
+		t.Errorf("queue still lists %v", items)
+	}
+	if files := queueFiles(t, storage); len(files) != 0 {
+		t.Errorf("storage still holds %v", files)
+	}
+}
+
+// Without `queue` an app that is down is a 502, as before, and nothing is
+// stored.
+func TestQueueAbsent(t *testing.T) {
+	const secret = "ssk_queue_absent_3d4e5f6a"
+	storage := t.TempDir()
+	app := newQApp(t)
+	g := startGatewayWith(t, storageGlobal(storage), fmt.Sprintf(`
+	reready_verify /hooks/* {
+		secret %s
+	}
+	reverse_proxy /hooks/* %s`, secret, app.addr), nil, secret)
+
+	d := signEvent(t, rubySigner, secret, newEvent("complete"))
+	r := d.post(t, g, "/hooks/app")
+	wantStatus(t, r, http.StatusBadGateway)
+	if r.header.Get("X-Reready-Delivery-Id") != "" {
+		t.Errorf("a 502 carried X-ReReady-Delivery-Id")
+	}
+	if e := waitJournal(t, g, d.id, "forwarded", logTimeout); e.num("status") != 502 || e.num("upstream_status") != 0 {
+		t.Errorf("journal entry %v, want forwarded 502, upstream_status 0", e)
+	}
+	app.up(t)
+	app.setRule(func(q *qRec) qAnswer { return qAnswer{status: 503} })
+	d2 := signEvent(t, opensslSigner, secret, newEvent("complete"))
+	wantStatus(t, d2.post(t, g, "/hooks/app"), http.StatusServiceUnavailable)
+	time.Sleep(2500 * time.Millisecond) // no worker to redeliver anything
+	if n := len(app.records()); n != 1 {
+		t.Errorf("the app got %d requests, want 1 (no redelivery without queue)", n)
+	}
+	if _, err := os.Stat(filepath.Join(storage, "reready_verify", "queue")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("storage has reready_verify/queue without the queue option (%v)", err)
+	}
+	if items := queueList(t, g); len(items) != 0 {
+		t.Errorf("GET /reready/queue lists %v", items)
+	}
+}
+
+// A 202 only once the storage has the delivery: when storing fails the
+// sender gets the original failure, never a 2xx for an event that is
+// neither delivered nor stored.
+func TestQueueStorageFailure(t *testing.T) {
+	const secret = "ssk_queue_broken_store_5b6c"
+	root := filepath.Join(t.TempDir(), "not-a-directory")
+	if err := os.WriteFile(root, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	app := newQApp(t)
+	g := startGatewayWith(t, storageGlobal(root), queueSite(secret, "", app.addr), nil, secret)
+
+	d := signEvent(t, rubySigner, secret, newEvent("complete"))
+	off := logOffset(g)
+	r := d.post(t, g, "/hooks/app")
+	wantStatus(t, r, http.StatusBadGateway)
+	waitLogSince(t, g, off, `"queue: storing a delivery failed; the sender gets the failure"`, d.id)
+	if e := waitJournal(t, g, d.id, "forwarded", logTimeout); e.str("reason") != "queue_unavailable" || e.num("status") != 502 {
+		t.Errorf("journal entry %v, want forwarded queue_unavailable 502", e)
+	}
+
+	app.up(t)
+	var failed bool
+	app.setRule(func(q *qRec) qAnswer {
+		if !failed {
+			failed = true
+			return qAnswer{status: 503, body: "the app's own failure"}
+		}
+		return qAnswer{}
+	})
+	d2 := signEvent(t, opensslSigner, secret, newEvent("complete"))
+	r = d2.post(t, g, "/hooks/app")
+	wantStatus(t, r, http.StatusServiceUnavailable)
+	if strings.Contains(r.body, "own failure") {
+		t.Errorf("the app's failure body reached the sender: %q", r.body)
+	}
+	// Not stored, so not remembered as delivered: the sender's retry goes
+	// through.
+	ok(t, d2.post(t, g, "/hooks/app"))
+	if n := app.delivered(d2.id); n != 1 {
+		t.Errorf("delivered %d times, want 1", n)
+	}
+}
+
+// In observe mode only verified deliveries are queued; one that failed a
+// check and was passed on anyway gets the failure, and is not stored.
+func TestQueueObserveMode(t *testing.T) {
+	const secret = "ssk_queue_observe_7c8d9e0f"
+	app := newQApp(t)
+	g := startGateway(t, fmt.Sprintf(`
+	reready_verify /hooks/* {
+		secret %s
+		mode observe
+		queue
+	}
+	reverse_proxy /hooks/* %s`, secret, app.addr), nil, secret)
+
+	forged := signEvent(t, rubySigner, "ssk_queue_observe_attacker", newEvent("complete"))
+	wantStatus(t, forged.post(t, g, "/hooks/app"), http.StatusBadGateway)
+	d := signEvent(t, opensslSigner, secret, newEvent("complete"))
+	wantQueued(t, d.post(t, g, "/hooks/app"), d.id)
+	items := queueList(t, g)
+	if len(items) != 1 || items[0].str("id") != d.id {
+		t.Errorf("queue lists %v, want only %s", items, d.id)
+	}
+	app.up(t)
+	app.waitDelivered(t, d.id, queueTimeout)
+	if n := len(app.forID(forged.id)); n != 0 {
+		t.Errorf("the observed (forged) delivery was redelivered %d time(s)", n)
+	}
+}
