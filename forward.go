@@ -131,8 +131,11 @@ func (h *Handler) enqueue(w http.ResponseWriter, r *http.Request, st *requestSta
 }
 
 // newItem makes a queue item of a verified request that forwardable has
-// rewritten: its URI is without the token, and its X-ReReady-* headers are
-// ours, which the item leaves out (the redelivery sets them afresh).
+// rewritten: its X-ReReady-* headers are ours, which the item leaves out
+// (the redelivery sets them afresh). Its URI is the one the client sent,
+// without the token: the redelivery re-enters the server with it, so the
+// route's matchers and rewrites (handle_path, uri strip_prefix) take it
+// the same way again.
 func (h *Handler) newItem(r *http.Request, st *requestState, now time.Time) *queueItem {
 	hdr := make(http.Header, len(r.Header))
 	for k, v := range r.Header {
@@ -145,6 +148,15 @@ func (h *Handler) newItem(r *http.Request, st *requestState, now time.Time) *que
 		hdr[k] = v
 	}
 	uri := originalURI(r)
+	if st.auth.stripQuery {
+		if path, query, ok := strings.Cut(uri, "?"); ok {
+			query, _ = h.verifier.CheckToken(query) // the query without the token, whatever the check said
+			uri = path
+			if query != "" {
+				uri += "?" + query
+			}
+		}
+	}
 	it := &queueItem{
 		ID:             st.id.String(),
 		Status:         ItemPending,
@@ -170,10 +182,15 @@ func (h *Handler) newItem(r *http.Request, st *requestState, now time.Time) *que
 	return it
 }
 
-// originalURI is the request's URI as it arrived (without the token),
-// before any rewrite earlier in the route: a redelivery enters the route
-// from its start again.
+// originalURI is the request's URI as the client sent it, before any
+// rewrite earlier in the route (handle_path, uri and rewrite change
+// r.RequestURI; Caddy keeps the original in the request's context): a
+// redelivery enters the route from its start again. newItem removes the
+// token from it.
 func originalURI(r *http.Request) string {
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.RequestURI != "" {
+		return orig.RequestURI
+	}
 	if r.RequestURI != "" {
 		return r.RequestURI
 	}

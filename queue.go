@@ -66,7 +66,7 @@ type QueueConfig struct {
 // queueItem is a queued delivery as stored. It holds what it takes to send
 // the request again through the same route: the body, the original
 // headers (without X-ReReady-* ones other than the signature), host, URI
-// (without the token) and remote address.
+// as the client sent it (without the token) and remote address.
 type queueItem struct {
 	ID             string     `json:"id"`
 	Status         string     `json:"status"`

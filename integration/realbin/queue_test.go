@@ -865,3 +865,61 @@ func TestQueueObserveMode(t *testing.T) {
 		t.Errorf("the observed (forged) delivery was redelivered %d time(s)", n)
 	}
 }
+
+// A redelivery goes through the route the live request took, as the
+// request arrived: with `handle_path` (which rewrites the URI before the
+// handler) it must reach the same app at the same rewritten path, not
+// another route.
+func TestQueueRewrittenRoute(t *testing.T) {
+	const secret = "ssk_queue_rewrite_1e2f3a4b"
+	app := newQApp(t)
+	other := newQApp(t)
+	other.up(t)
+	g := startGateway(t, fmt.Sprintf(`
+	handle_path /hooks/* {
+		reready_verify {
+			secret %s
+			queue
+		}
+		reverse_proxy %s
+	}
+	handle {
+		reverse_proxy %s
+	}`, secret, app.addr, other.addr), nil, secret)
+
+	// The app fails the first delivery with a long Retry-After: only a
+	// kick by a live success on the same route sends it again soon.
+	d := signEvent(t, rubySigner, secret, newEvent("complete"))
+	var failed bool
+	app.setRule(func(q *qRec) qAnswer {
+		if q.id() == d.id && !failed {
+			failed = true
+			return qAnswer{status: 503, header: map[string]string{"Retry-After": "300"}}
+		}
+		return qAnswer{}
+	})
+	app.up(t)
+	wantQueued(t, d.post(t, g, "/hooks/reready?src=rr"), d.id)
+	live := signEvent(t, opensslSigner, secret, newEvent("complete"))
+	ok(t, live.post(t, g, "/hooks/reready?src=rr"))
+	liveURI := app.forID(live.id)[0].uri
+
+	misrouted := func() []qRec {
+		var out []qRec
+		for _, r := range other.records() {
+			if r.uri != "/__ready" { // the harness's readiness probe
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	waitUntil(t, "the queued delivery was not redelivered to the app after a live success on its route", 15*time.Second, func() bool {
+		return app.delivered(d.id) == 1 || len(misrouted()) > 0
+	})
+	if recs := misrouted(); len(recs) > 0 {
+		t.Fatalf("the redelivery went to another route's upstream (%s), headers %v", recs[0].uri, recs[0].header)
+	}
+	if got := app.forID(d.id)[0].uri; got != liveURI {
+		t.Errorf("redelivered to %q; the live delivery went to %q", got, liveURI)
+	}
+}
