@@ -173,20 +173,16 @@ func newQueue(st certmagic.Storage, logger *zap.Logger) *queue {
 	return &queue{storage: st, logger: logger, lockWait: queueLockWait}
 }
 
-// validItemName reports whether s can name an item: what List may return
-// under the items prefix, and what the admin API accepts, without a path
-// separator or a dot-only name.
+// validItemName reports whether s can name an item: a delivery id in its
+// text form, which is what the handler stores items under and what the
+// admin API accepts (no path separator, no dot-only name). Anything else
+// under the items prefix is not an item: file_system writes a key through
+// a temporary file in the same directory (all digits, renamed when
+// complete), and reading one of those as an item, or setting it aside,
+// would race with that rename.
 func validItemName(s string) bool {
-	if s == "" || len(s) > 128 || strings.Trim(s, ".") == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return false
-		}
-	}
-	return true
+	d, ok := parseDeliveryID(s)
+	return ok && d.String() == s
 }
 
 func itemKey(id string) string { return queueItemsPrefix + "/" + id }

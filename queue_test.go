@@ -225,12 +225,16 @@ func TestQueueItemView(t *testing.T) {
 }
 
 func TestValidItemName(t *testing.T) {
-	for _, ok := range []string{"1744831201-0123456789abcdef0123456789abcdef", "a", "x.y_z-1"} {
+	for _, ok := range []string{"1744831201-0123456789abcdef0123456789abcdef", "0-00000000000000000000000000000000"} {
 		if !validItemName(ok) {
 			t.Errorf("validItemName(%q) = false", ok)
 		}
 	}
-	for _, bad := range []string{"", ".", "..", "a/b", "../x", "a b", strings.Repeat("a", 129), "é"} {
+	// Only a delivery id in its text form names an item: file_system's
+	// temporary files (os.CreateTemp: all digits) sit beside the items.
+	for _, bad := range []string{"", ".", "..", "a/b", "../x", "a b", strings.Repeat("a", 129), "é", "a", "x.y_z-1",
+		"1493711406", "1744831201-0123456789ABCDEF0123456789ABCDEF", "01744831201-0123456789abcdef0123456789abcdef",
+		"1744831201-0123456789abcdef0123456789abcde", "1744831201-0123456789abcdef0123456789abcdef.tmp"} {
 		if validItemName(bad) {
 			t.Errorf("validItemName(%q) = true", bad)
 		}

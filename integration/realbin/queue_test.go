@@ -923,3 +923,50 @@ func TestQueueRewrittenRoute(t *testing.T) {
 		t.Errorf("redelivered to %q; the live delivery went to %q", got, liveURI)
 	}
 }
+
+// Files in the items directory that are not named by a delivery id are not
+// items: file_system writes every key through a temporary file there (its
+// name all digits) and renames it. Taken for a corrupt item and set aside,
+// such a file raced with the rename and overwrote a real queued delivery.
+// They are neither listed, nor attempted, nor rewritten.
+func TestQueueIgnoresTemporaryFiles(t *testing.T) {
+	const secret = "ssk_queue_tempfiles_9d0e1f2a"
+	storage := t.TempDir()
+	app := newQApp(t)
+	g := startGatewayWith(t, storageGlobal(storage), queueSite(secret, "", app.addr), nil, secret)
+
+	d := signEvent(t, rubySigner, secret, newEvent("complete"))
+	off := logOffset(g)
+	wantQueued(t, d.post(t, g, "/hooks/app"), d.id)
+	items := filepath.Join(storage, "reready_verify", "queue", "items")
+	data, err := os.ReadFile(filepath.Join(items, d.id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As a write of d's item would leave them an instant before its rename:
+	// complete, and cut short.
+	foreign := map[string][]byte{"1493711406": data, "2140766783": data[:len(data)/2]}
+	for name, b := range foreign {
+		if err := os.WriteFile(filepath.Join(items, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(2500 * time.Millisecond) // a scan
+	if items := queueList(t, g); len(items) != 1 || items[0].str("id") != d.id {
+		t.Errorf("the queue lists %v, want only %s", items, d.id)
+	}
+	for name, b := range foreign {
+		if got, err := os.ReadFile(filepath.Join(items, name)); err != nil || !bytes.Equal(got, b) {
+			t.Errorf("%s was changed or removed (%v)", name, err)
+		}
+	}
+	if strings.Contains(g.logs.String()[off:], "corrupt") {
+		t.Errorf("a temporary file was taken for a corrupt item")
+	}
+	app.up(t)
+	app.waitDelivered(t, d.id, queueTimeout)
+	waitItem(t, g, d.id, "", logTimeout)
+	if n := app.delivered(d.id); n != 1 {
+		t.Errorf("delivered %d times, want 1", n)
+	}
+}
