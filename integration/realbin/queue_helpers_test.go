@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -237,6 +238,43 @@ func queueSite(secret, opts, upstream string) string {
 
 // storageGlobal is the global option putting Caddy's storage in dir.
 func storageGlobal(dir string) string { return "\tstorage file_system " + dir }
+
+// startGatewayOn is startGatewayWith on a given port. A restarted gateway,
+// or another of a fleet, listens where the first did: a queued delivery is
+// redelivered through a server on the port it arrived on. Caddy binds with
+// SO_REUSEPORT, so two gateways can share the port while both run (the
+// kernel spreads connections between them); the readiness probe may then
+// be answered by the other one, so this waits for the new one's own
+// "serving initial configuration" log line too.
+func startGatewayOn(t *testing.T, port int, global, site string, env []string, secrets ...string) *gateway {
+	t.Helper()
+	adminPort, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	caddyfile := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n\tdefault_bind 127.0.0.1\n%s\n}\n\n%s {\n%s\n}\n",
+		adminPort, global, base, withApps(site))
+	g := runCaddyfile(t, caddyfile, base, env, secrets...)
+	waitUntil(t, "the gateway did not log that it serves its configuration", readyTimeout, func() bool {
+		return strings.Contains(g.logs.String(), "serving initial configuration")
+	})
+	return g
+}
+
+// portOf is the port a gateway's site listens on.
+func portOf(t *testing.T, g *gateway) int {
+	t.Helper()
+	_, p, err := net.SplitHostPort(strings.TrimPrefix(g.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
 
 // kill ends the gateway with SIGKILL and waits for it.
 func (g *gateway) kill(t *testing.T) {

@@ -1,0 +1,199 @@
+package realbin
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Store-and-forward across processes: a gateway killed with SIGKILL, and
+// gateways sharing a file_system storage root acting as one queue.
+
+// A gateway killed with SIGKILL right after its 202 redelivers the item
+// once restarted on the same storage. The sender's resend meanwhile (it may
+// not have seen the 202) joins the stored item instead of making another.
+func TestQueueSurvivesSIGKILL(t *testing.T) {
+	const secret = "ssk_queue_sigkill_0b1c2d3e"
+	storage := t.TempDir()
+	app := newQApp(t)
+	site := queueSite(secret, "", app.addr)
+	g1 := startGatewayWith(t, storageGlobal(storage), site, nil, secret)
+
+	d := signEvent(t, rubySigner, secret, newEvent("pending_return_shipment_delivery"))
+	wantQueued(t, d.post(t, g1, "/hooks/app"), d.id)
+	g1.kill(t)
+
+	g2 := startGatewayOn(t, portOf(t, g1), storageGlobal(storage), site, nil, secret)
+	wantQueued(t, d.post(t, g2, "/hooks/app"), d.id)
+	items := queueList(t, g2)
+	if len(items) != 1 || items[0].str("id") != d.id || items[0].str("status") != "pending" {
+		t.Fatalf("after the restart the queue lists %v, want %s pending", items, d.id)
+	}
+	if files := queueFiles(t, storage); len(files) != 1 {
+		t.Errorf("storage holds %v, want one item", files)
+	}
+
+	app.up(t)
+	rec := app.waitDelivered(t, d.id, queueTimeout)
+	if !bytes.Equal(rec.body, d.body) {
+		t.Errorf("body %q, want %q", rec.body, d.body)
+	}
+	wantEventHeaders(t, rec.header, d.ev, d.ts, d.sig, attemptOf(rec), time.Unix(d.ts, 0), time.Now())
+	if attemptOf(rec) < 2 {
+		t.Errorf("X-ReReady-Attempt %d, want 2 or more", attemptOf(rec))
+	}
+	waitItem(t, g2, d.id, "", logTimeout)
+	time.Sleep(2500 * time.Millisecond) // a scan interval
+	if n := len(app.forID(d.id)); n != 1 {
+		t.Errorf("the app got the delivery %d times, want once", n)
+	}
+}
+
+// Killed in the middle of an attempt, a gateway leaves the item's storage
+// lock behind; a gateway on the same storage takes the item once the lock
+// is stale (file_system: about 10s) and delivers it, with the same
+// delivery id and attempt number: a crash mid-attempt may deliver twice.
+func TestQueueKilledMidAttempt(t *testing.T) {
+	const secret = "ssk_queue_mid_attempt_4e5f"
+	storage := t.TempDir()
+	app := newQApp(t)
+	site := queueSite(secret, "", app.addr)
+	g1 := startGatewayWith(t, storageGlobal(storage), site, nil, secret)
+
+	d := signEvent(t, opensslSigner, secret, newEvent("complete"))
+	wantQueued(t, d.post(t, g1, "/hooks/app"), d.id)
+	hold := make(chan struct{})
+	defer close(hold)
+	var held bool
+	app.setRule(func(q *qRec) qAnswer {
+		if q.id() == d.id && !held {
+			held = true
+			return qAnswer{hold: hold} // never answered: its gateway dies first
+		}
+		return qAnswer{}
+	})
+	app.up(t)
+	waitUntil(t, "no attempt reached the app", queueTimeout, func() bool { return len(app.forID(d.id)) == 1 })
+	killed := time.Now()
+	g1.kill(t)
+
+	g2 := startGatewayOn(t, portOf(t, g1), storageGlobal(storage), site, nil, secret)
+	rec := app.waitDelivered(t, d.id, queueTimeout)
+	t.Logf("delivered %s after the kill", rec.at.Sub(killed).Round(100*time.Millisecond))
+	if n := app.delivered(d.id); n != 1 {
+		t.Errorf("delivered %d times, want 1", n)
+	}
+	// The same delivery id (what an app drops duplicates by). The attempt
+	// number is stored only when an attempt ends, so the one cut short by
+	// the kill is counted again.
+	if recs := app.forID(d.id); len(recs) != 2 || attemptOf(recs[1]) != attemptOf(recs[0]) {
+		t.Errorf("the app got %d requests with id %s, attempts %d then %d; want 2, the same attempt number",
+			len(recs), d.id, attemptOf(recs[0]), attemptOf(recs[len(recs)-1]))
+	}
+	waitItem(t, g2, d.id, "", logTimeout)
+}
+
+// Two gateways on one storage root and one port, as a fleet behind a load
+// balancer. (a) One queues a delivery and is killed; the other lists it
+// and delivers it. (b) Both running, 200 deliveries of distinct returns
+// queued through both while the app is down: once it is up each is
+// delivered exactly once (storage locks, and a check of the item after
+// taking its lock).
+func TestQueueFleet(t *testing.T) {
+	const secret = "ssk_queue_fleet_6a7b8c9d"
+	storage := t.TempDir()
+	app := newQApp(t)
+	site := queueSite(secret, "", app.addr)
+
+	t.Run("delivered by the other when one is gone", func(t *testing.T) {
+		g1 := startGatewayWith(t, storageGlobal(storage), site, nil, secret)
+		d := signEvent(t, pythonSigner, secret, newEvent("complete"))
+		wantQueued(t, d.post(t, g1, "/hooks/app"), d.id)
+		g2 := startGatewayOn(t, portOf(t, g1), storageGlobal(storage), site, nil, secret)
+		if it := queueItem(t, g2, d.id); it == nil {
+			t.Fatalf("the other gateway does not list %s", d.id)
+		}
+		g1.kill(t)
+		if it := queueItem(t, g2, d.id); it == nil {
+			t.Fatalf("the other gateway does not list %s", d.id)
+		}
+		app.up(t)
+		defer app.down()
+		app.waitDelivered(t, d.id, queueTimeout)
+		waitItem(t, g2, d.id, "", logTimeout)
+		time.Sleep(2500 * time.Millisecond)
+		if n := len(app.forID(d.id)); n != 1 {
+			t.Errorf("the app got the delivery %d times, want once", n)
+		}
+	})
+
+	t.Run("each delivered once by two running gateways", func(t *testing.T) {
+		const n = 200
+		g1 := startGatewayWith(t, storageGlobal(storage), site, nil, secret)
+		gs := []*gateway{g1, startGatewayOn(t, portOf(t, g1), storageGlobal(storage), site, nil, secret)}
+		start := time.Now()
+		ids := make([]string, n)
+		for i := range ids {
+			d := signEvent(t, opensslSigner, secret, newEvent("complete"))
+			wantQueued(t, d.post(t, g1, "/hooks/app"), d.id) // the port both listen on
+			ids[i] = d.id
+		}
+		t.Logf("%d deliveries queued through two gateways on one port in %s", n, time.Since(start).Round(100*time.Millisecond))
+		for i, g := range gs {
+			live := 0
+			for _, e := range journalQuery(t, g, "outcome=queued&limit=10000") {
+				if e.str("reason") == "upstream_failed" {
+					live++
+				}
+			}
+			t.Logf("gateway %d took %d of them", i+1, live)
+		}
+		if got := len(queueList(t, gs[1])); got != n {
+			t.Errorf("the queue lists %d items, want %d", got, n)
+		}
+
+		app.up(t)
+		up := time.Now()
+		// Live successes on the shared port: each that lands on a gateway
+		// makes it go at once (the other goes as its items fall due).
+		for i := 0; i < 6; i++ {
+			ok(t, signEvent(t, rubySigner, secret, newEvent("complete")).post(t, g1, "/hooks/app"))
+		}
+		waitUntil(t, "not all queued deliveries were delivered", time.Minute, func() bool {
+			for _, id := range ids {
+				if app.delivered(id) == 0 {
+					return false
+				}
+			}
+			return true
+		})
+		t.Logf("%d deliveries redelivered by two gateways %s after the app came up", n, time.Since(up).Round(100*time.Millisecond))
+		waitUntil(t, "the queue did not empty", 10*time.Second, func() bool { return len(queueList(t, gs[0])) == 0 })
+		time.Sleep(2500 * time.Millisecond) // a scan interval: no straggler
+
+		by := map[string]int{}
+		for _, r := range app.records() {
+			by[r.id()]++
+		}
+		var dups []string
+		for _, id := range ids {
+			if by[id] != 1 {
+				dups = append(dups, fmt.Sprintf("%s×%d", id, by[id]))
+			}
+		}
+		if len(dups) > 0 {
+			t.Errorf("%d of %d deliveries did not reach the app exactly once: %s", len(dups), n, strings.Join(dups, " "))
+		}
+		// Who did what (the kernel spreads connections; informational).
+		for i, g := range gs {
+			t.Logf("gateway %d: %d live successes (kicks), %d redelivered", i+1,
+				len(journalQuery(t, g, "outcome=forwarded&limit=10000")), len(journalQuery(t, g, "outcome=redelivered&limit=10000")))
+		}
+		if status, b := adminDo(t, gs[0], http.MethodGet, "/reready/queue"); status != 200 || strings.TrimSpace(string(b)) != "[]" {
+			t.Errorf("queue after delivery: %d %s", status, b)
+		}
+	})
+}
