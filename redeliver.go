@@ -1,12 +1,10 @@
 package rereadyverify
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -654,6 +652,11 @@ func clipError(err error) string {
 }
 
 // request rebuilds the request as it arrived, for the in-process server.
+// Its body cannot be read (sealedBody): the reready_verify handler that
+// takes the redelivery forwards its own copy of the stored body, and a
+// route that no longer reaches one (a reload moved or removed it) must not
+// pass the delivery on without the gateway's headers, and again at every
+// attempt, since the worker counts such an attempt as failed.
 func (it *queueItem) request(ctx context.Context) (*http.Request, error) {
 	u, err := url.ParseRequestURI(it.URI)
 	if err != nil {
@@ -669,7 +672,7 @@ func (it *queueItem) request(ctx context.Context) (*http.Request, error) {
 		Host:          it.Host,
 		RequestURI:    it.URI,
 		RemoteAddr:    it.RemoteAddr,
-		Body:          io.NopCloser(bytes.NewReader(it.Body)),
+		Body:          sealedBody{},
 		ContentLength: int64(len(it.Body)),
 	}
 	if r.Header == nil {
@@ -684,6 +687,16 @@ func (it *queueItem) request(ctx context.Context) (*http.Request, error) {
 	}
 	return r.WithContext(ctx), nil
 }
+
+// sealedBody is the body of a redelivery's request before a reready_verify
+// handler takes it: reading it fails, so nothing else in the route can
+// send the stored delivery anywhere.
+type sealedBody struct{}
+
+var errSealedBody = errors.New("reready_verify: a redelivery's body is sent only by the reready_verify handler that takes it")
+
+func (sealedBody) Read([]byte) (int, error) { return 0, errSealedBody }
+func (sealedBody) Close() error             { return nil }
 
 // discardWriter is the response writer of an in-process redelivery: it
 // keeps the status and headers and throws the body away.

@@ -970,3 +970,69 @@ func TestQueueIgnoresTemporaryFiles(t *testing.T) {
 		t.Errorf("delivered %d times, want 1", n)
 	}
 }
+
+// A reload can leave a queued delivery's route without reready_verify
+// while the worker runs for another route. Its attempts then must not
+// deliver it through the bare route (without the gateway's headers or
+// delivery id, and again at every attempt, since each counts as failed):
+// its body never arrives, the item stays pending with the reason. Once
+// the route has the handler again, it is delivered once.
+func TestQueueRouteWithoutHandler(t *testing.T) {
+	const secret = "ssk_queue_no_handler_3c4d5e6f"
+	app := newQApp(t)
+	app.up(t)
+	g := startGateway(t, queueSite(secret, "", app.addr), nil, secret)
+	d := signEvent(t, rubySigner, secret, newEvent("complete"))
+	var failed bool
+	app.setRule(func(q *qRec) qAnswer {
+		if q.id() == d.id && !failed {
+			failed = true
+			return qAnswer{status: 503, header: map[string]string{"Retry-After": "1"}}
+		}
+		return qAnswer{}
+	})
+	wantQueued(t, d.post(t, g, "/hooks/app"), d.id)
+
+	src, err := os.ReadFile(g.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The handler now only guards /other/*; /hooks/* is proxied bare.
+	bare := strings.Replace(string(src), "reready_verify /hooks/*", "reready_verify /other/*", 1)
+	if bare == string(src) {
+		t.Fatalf("no reready_verify /hooks/* in\n%s", src)
+	}
+	reloadWithAPI(t, g, bare)
+	n := len(app.records())
+	waitUntil(t, "no attempt was made through the bare route", queueTimeout, func() bool {
+		for _, e := range journalFor(t, g, d.id) {
+			if e.str("reason") == "route_unavailable" {
+				return true
+			}
+		}
+		return false
+	})
+	// Go's transport sends a request's line and headers before reading its
+	// body, so the bare route's upstream may see those, cut short; never
+	// the delivery's body.
+	for _, r := range app.records()[n:] {
+		if len(r.body) > 0 {
+			t.Errorf("an attempt through a route without reready_verify reached the app: %s %q, X-ReReady-Verified %q",
+				r.uri, r.body, r.header.Get("X-Reready-Verified"))
+		}
+	}
+	it := queueItem(t, g, d.id)
+	if it.str("status") != "pending" || !strings.Contains(it.str("last_error"), "no longer reaches reready_verify") {
+		t.Errorf("queue item %v, want pending with the reason", it)
+	}
+
+	reloadWithAPI(t, g, string(src))
+	kick := signEvent(t, opensslSigner, secret, newEvent("complete"))
+	ok(t, postAfterReload(t, g, "/hooks/app", kick.body, "X-ReReady-Signature-512", kick.sig))
+	rec := app.waitDelivered(t, d.id, 20*time.Second)
+	wantEventHeaders(t, rec.header, d.ev, d.ts, d.sig, attemptOf(rec), time.Unix(d.ts, 0), time.Now())
+	waitItem(t, g, d.id, "", logTimeout)
+	if n := len(app.forID(d.id)); n != 2 { // the live 503, then this
+		t.Errorf("the app got %d requests for it, want 2", n)
+	}
+}
