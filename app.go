@@ -135,7 +135,8 @@ func (a *App) Stop() error {
 // server returns the running config's server for a queued delivery: the
 // one listening on the port the delivery arrived on (Caddyfile server
 // names, srv0, srv1…, can change when sites are added), preferring the
-// one of the same name; without a port, the one of that name.
+// one of the same name; when no server listens there (a gateway of the
+// fleet listening on other ports), the one of that name.
 func (a *App) server(name string, port int) *caddyhttp.Server {
 	if port <= 0 {
 		return a.servers[name]
@@ -152,6 +153,9 @@ func (a *App) server(name string, port int) *caddyhttp.Server {
 			}
 			found = srv
 		}
+	}
+	if found == nil {
+		found = a.servers[name]
 	}
 	return found
 }
