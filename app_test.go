@@ -33,7 +33,8 @@ func TestServerForAQueuedDelivery(t *testing.T) {
 		{"srv1", 8085, hooks}, // by port and name
 		{"srv0", 8085, hooks}, // renamed: the port decides
 		{"srv9", 443, web},    // gone name, port still served
-		{"srv0", 9999, nil},   // nothing listens there now
+		{"srv0", 9999, web},   // nothing listens there: by name
+		{"srv9", 9999, nil},   // neither
 		{"srv2", 0, other},    // no port recorded: by name
 		{"srv9", 0, nil},
 	}

@@ -220,13 +220,17 @@ func (w *worker) stop() {
 // kick makes the pending items of a route due now: the app answered a
 // delivery on it, so it is back.
 func (w *worker) kick(path string) {
-	if w == nil || w.pending.Load() == 0 {
+	if w == nil {
 		return
 	}
+	// Recorded even when nothing seems pending: an item queued a moment
+	// ago (here, or by another gateway) is not counted until the next scan.
 	w.mu.Lock()
 	w.kicks[path] = w.now()
 	w.mu.Unlock()
-	w.wake()
+	if w.pending.Load() > 0 {
+		w.wake()
+	}
 }
 
 // wake runs a scan now.
