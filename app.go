@@ -175,6 +175,21 @@ func (a *App) serverOf(r *http.Request) (name string, port int) {
 // now is the app's clock.
 func (a *App) now() time.Time { return time.Now() }
 
+// mayBeHeld reports whether a live delivery of returnID must ask the
+// storage whether earlier deliveries of its return are queued. Without a
+// running worker (its view of the queue), always.
+func (a *App) mayBeHeld(returnID string) bool {
+	return a.worker == nil || a.worker.mayBeHeld(returnID)
+}
+
+// queued tells the worker a delivery of returnID was stored here.
+func (a *App) queued(returnID string) {
+	if a.worker != nil {
+		a.worker.note(returnID)
+		a.worker.wake()
+	}
+}
+
 // wake makes the worker look at the queue now (an item was added, or an
 // operator asked for a retry).
 func (a *App) wake() {

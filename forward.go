@@ -45,18 +45,20 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 // queued deliveries waits behind them; one the app fails (an error from
 // next, or a 5xx, 408 or 429 answer) is stored and answered 202.
 func (h *Handler) forwardOrQueue(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, st *requestState, start time.Time) error {
-	held, err := h.app.queue.held(r.Context(), st.event.DeviceReturnID)
-	if err != nil {
-		// Forwarding live risks order; refusing would lose the event.
-		h.logger.Error("queue: cannot tell whether this return has queued deliveries; forwarding it live", zap.Error(err))
-	}
-	if held {
-		return h.enqueue(w, r, st, start, ReasonHeld, 0, "", nil)
+	if h.app.mayBeHeld(st.event.DeviceReturnID) {
+		held, err := h.app.queue.held(r.Context(), st.event.DeviceReturnID)
+		if err != nil {
+			// Forwarding live risks order; refusing would lose the event.
+			h.logger.Error("queue: cannot tell whether this return has queued deliveries; forwarding it live", zap.Error(err))
+		}
+		if held {
+			return h.enqueue(w, r, st, start, ReasonHeld, 0, "", nil)
+		}
 	}
 
 	qw := &st.queueW
 	qw.reset(w)
-	err = next.ServeHTTP(qw, r)
+	err := next.ServeHTTP(qw, r)
 	st.nextReturned, st.nextErr = true, err
 	st.status.code = qw.code
 	if !qw.swallowed && (err == nil || qw.passed) {
@@ -118,6 +120,7 @@ func (h *Handler) enqueue(w http.ResponseWriter, r *http.Request, st *requestSta
 	}
 
 	st.queued, st.nextErr = true, nil // the chain's failure is handled
+	h.app.queued(it.DeviceReturnID)   // held from now on, before the sender hears
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/plain; charset=utf-8")
 	hdr.Set(hdrDeliveryID, it.ID)
@@ -126,7 +129,6 @@ func (h *Handler) enqueue(w http.ResponseWriter, r *http.Request, st *requestSta
 	_ = http.NewResponseController(w).Flush()
 	// Event handlers run synchronously: after the answer, not before it.
 	h.app.recordItem(it, OutcomeQueued, reason, attemptResult{status: http.StatusAccepted, upstream: upstream, duration: time.Since(start)}, start)
-	h.app.wake()
 	return err
 }
 

@@ -280,3 +280,52 @@ func TestQueueableAndRefused(t *testing.T) {
 		}
 	}
 }
+
+func TestWorkerMayBeHeld(t *testing.T) {
+	q, _ := testQueue(t)
+	a := &App{logger: zap.NewNop(), journal: newJournal(10), queue: q}
+	if !a.mayBeHeld("any") {
+		t.Fatal("without a worker, every return must be looked up")
+	}
+	w := newWorker(a, q, zap.NewNop())
+	a.worker = w
+	clock := queueT0
+	w.now = func() time.Time { return clock }
+	if !w.mayBeHeld("r1") {
+		t.Fatal("before the first scan, every return must be looked up")
+	}
+	ctx := context.Background()
+	if err := w.refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if w.mayBeHeld("r1") {
+		t.Fatal("nothing queued, fresh scan: r1 looked up anyway")
+	}
+	// Queued here: held at once, and still after a scan that lists it.
+	mustEnqueue(t, q, testItem(1, "r1"), 10)
+	a.queued("r1")
+	if !w.mayBeHeld("r1") || w.mayBeHeld("r2") {
+		t.Fatal("a return queued here is not held at once, or another is")
+	}
+	clock = clock.Add(time.Second)
+	if err := w.refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !w.mayBeHeld("r1") {
+		t.Fatal("r1 has a pending item after the scan but is not held")
+	}
+	// Queued by another gateway: held from the next scan.
+	mustEnqueue(t, q, testItem(2, "r2"), 10)
+	clock = clock.Add(time.Second)
+	if err := w.refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !w.mayBeHeld("r2") {
+		t.Fatal("an item another gateway queued is not seen after a scan")
+	}
+	// A stale view (no scan for three intervals) looks everything up.
+	clock = clock.Add(3*w.interval + time.Second)
+	if !w.mayBeHeld("r3") {
+		t.Fatal("a stale view skipped the lookup")
+	}
+}

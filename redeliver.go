@@ -174,6 +174,14 @@ type worker struct {
 	kicks    map[string]time.Time // route path -> last success seen
 	warned   map[string]bool      // unreadable items already logged
 
+	// What the live path needs to know whether a return may be held: the
+	// returns with pending items at the last scan, those queued here
+	// since, and when the last scan listed and ended.
+	returns   map[string]bool
+	noted     map[string]time.Time
+	listedAt  time.Time
+	scannedAt time.Time
+
 	pending atomic.Int64
 	dead    atomic.Int64
 	oldest  atomic.Int64 // unix nanoseconds of the oldest pending item's arrival; 0 if none
@@ -202,6 +210,8 @@ func newWorker(app *App, q *queue, logger *zap.Logger) *worker {
 		inFlight: map[string]bool{},
 		kicks:    map[string]time.Time{},
 		warned:   map[string]bool{},
+		returns:  map[string]bool{},
+		noted:    map[string]time.Time{},
 	}
 }
 
@@ -231,6 +241,30 @@ func (w *worker) kick(path string) {
 	if w.pending.Load() > 0 {
 		w.wake()
 	}
+}
+
+// note records that a delivery of returnID was queued here, so the live
+// path holds the return before the next scan sees the item.
+func (w *worker) note(returnID string) {
+	w.mu.Lock()
+	w.noted[returnID] = w.now()
+	w.mu.Unlock()
+}
+
+// mayBeHeld reports whether returnID may have pending deliveries, so the
+// live path asks the storage only then (a lookup costs a storage read per
+// delivery). It says yes for a return with pending items at the last scan
+// or queued here since, and for every return while the scans are not
+// current (none yet, or none within three intervals). A delivery another
+// gateway queued holds the return here from this gateway's next scan on.
+func (w *worker) mayBeHeld(returnID string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.scannedAt.IsZero() || w.now().Sub(w.scannedAt) > 3*w.interval {
+		return true
+	}
+	_, noted := w.noted[returnID]
+	return noted || w.returns[returnID]
 }
 
 // wake runs a scan now.
@@ -313,6 +347,7 @@ func (w *worker) scan() time.Duration {
 // restatEvery scans, the ones that changed; it sets aside the ones that
 // cannot be read.
 func (w *worker) refresh(ctx context.Context) error {
+	listedAt := w.now()
 	ids, err := w.q.ids(ctx)
 	if err != nil {
 		return err
@@ -357,6 +392,7 @@ func (w *worker) refresh(ctx context.Context) error {
 	defer w.mu.Unlock()
 	var pending, dead int64
 	var oldest time.Time
+	clear(w.returns)
 	for id, c := range w.items {
 		if !seen[id] {
 			delete(w.items, id)
@@ -367,10 +403,17 @@ func (w *worker) refresh(ctx context.Context) error {
 			continue
 		}
 		pending++
+		w.returns[c.item.DeviceReturnID] = true
 		if oldest.IsZero() || c.item.ReceivedAt.Before(oldest) {
 			oldest = c.item.ReceivedAt
 		}
 	}
+	for id, at := range w.noted {
+		if at.Before(listedAt) { // stored before the listing: in w.returns now
+			delete(w.noted, id)
+		}
+	}
+	w.listedAt, w.scannedAt = listedAt, w.now()
 	w.pending.Store(pending)
 	w.dead.Store(dead)
 	if oldest.IsZero() {
