@@ -328,45 +328,60 @@ func clipOwn(s string) string { return strings.Clone(clipTo(s, journalClip)) }
 // queueWriter is the response writer of a live delivery with the queue on.
 // A 5xx, 408 or 429 answer is swallowed, headers and body, so the handler
 // can store the delivery and answer 202 instead; any other answer passes
-// through. Until the status is known, headers are staged in a copy of the
-// response's header map.
+// through. Headers go straight into the response's map (the usual answer
+// passes, and costs no copy); the entries it held before are remembered,
+// and a swallowed answer's headers are taken out again.
 type queueWriter struct {
 	w          http.ResponseWriter
-	hdr        http.Header
 	code       int
 	swallowed  bool // a queueable answer was kept from the sender
 	passed     bool // the answer went to the sender
 	retryAfter string
+	before     [4]headerEntry // the response's headers before next ran
+	nBefore    int
+	moreBefore http.Header // beyond four
+}
+
+type headerEntry struct {
+	key    string
+	values []string
 }
 
 func (q *queueWriter) reset(w http.ResponseWriter) {
-	*q = queueWriter{w: w, hdr: w.Header().Clone()}
-	if q.hdr == nil {
-		q.hdr = http.Header{}
+	*q = queueWriter{w: w}
+	for k, v := range w.Header() {
+		if q.nBefore < len(q.before) {
+			q.before[q.nBefore] = headerEntry{k, v[:len(v):len(v)]}
+			q.nBefore++
+			continue
+		}
+		if q.moreBefore == nil {
+			q.moreBefore = http.Header{}
+		}
+		q.moreBefore[k] = v[:len(v):len(v)]
 	}
 }
 
-func (q *queueWriter) Header() http.Header {
-	if q.passed {
-		return q.w.Header()
-	}
-	return q.hdr
-}
+func (q *queueWriter) Header() http.Header { return q.w.Header() }
 
 func (q *queueWriter) WriteHeader(code int) {
 	if code < 200 || q.swallowed || q.passed {
 		return // interim answers are not relayed; a second status is ignored
 	}
 	q.code = code
-	if queueable(code) {
-		q.swallowed, q.retryAfter = true, q.hdr.Get("Retry-After")
+	if !queueable(code) {
+		q.passed = true
+		q.w.WriteHeader(code)
 		return
 	}
-	q.passed = true
-	real := q.w.Header()
-	clear(real)
-	maps.Copy(real, q.hdr)
-	q.w.WriteHeader(code)
+	q.swallowed = true
+	hdr := q.w.Header()
+	q.retryAfter = hdr.Get("Retry-After")
+	clear(hdr)
+	for _, e := range q.before[:q.nBefore] {
+		hdr[e.key] = e.values
+	}
+	maps.Copy(hdr, q.moreBefore)
 }
 
 func (q *queueWriter) Write(p []byte) (int, error) {

@@ -270,3 +270,35 @@ func TestJournalRecordsEveryOutcome(t *testing.T) {
 		t.Errorf("rejected: %+v", stale)
 	}
 }
+
+// Headers set before next ran (an earlier `header` directive, Caddy's
+// Server) stay on both paths; a swallowed answer's own are taken out.
+func TestQueueWriterHeaders(t *testing.T) {
+	for _, code := range []int{200, 503} {
+		rec := httptest.NewRecorder()
+		for i := range 6 { // more than the four kept inline
+			rec.Header().Set(fmt.Sprintf("X-Before-%d", i), "kept")
+		}
+		var q queueWriter
+		q.reset(rec)
+		q.Header().Add("X-Before-0", "appended by the app")
+		q.Header().Set("X-App", "app")
+		q.Header().Set("Retry-After", "30")
+		q.WriteHeader(code)
+		io.WriteString(&q, "body")
+		h := rec.Header()
+		for i := range 6 {
+			k := fmt.Sprintf("X-Before-%d", i)
+			if code == 503 && fmt.Sprint(h[k]) != "[kept]" || code == 200 && h.Get(k) != "kept" {
+				t.Errorf("%d: %s = %q", code, k, h[k])
+			}
+		}
+		if code == 503 {
+			if h.Get("X-App") != "" || h.Get("Retry-After") != "" || rec.Body.Len() != 0 || rec.Code != 200 || q.retryAfter != "30" {
+				t.Errorf("503 reached the sender: %v %q (Retry-After seen: %q)", h, rec.Body, q.retryAfter)
+			}
+		} else if h.Get("X-App") != "app" || rec.Body.String() != "body" || rec.Code != 200 || len(h["X-Before-0"]) != 2 {
+			t.Errorf("200 did not pass: %v %q", h, rec.Body)
+		}
+	}
+}
