@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -275,6 +276,15 @@ func (h *Handler) journalLive(r *http.Request, st *requestState, start time.Time
 	if h.app == nil {
 		return
 	}
+	host, path, rid := clipTo(r.Host, journalClip), clipTo(r.URL.Path, journalClip), ""
+	if st != nil {
+		rid = clipTo(st.event.DeviceReturnID, journalClip)
+	}
+	// One copy of the three (a host or path may be a slice of a long
+	// request line, the return id points into the request's state; the
+	// journal keeps neither alive). The separators make it a copy even
+	// when two are empty.
+	own := host + "\x00" + path + "\x00" + rid
 	e := journalEntry{
 		at:             start,
 		outcome:        outcome,
@@ -282,13 +292,13 @@ func (h *Handler) journalLive(r *http.Request, st *requestState, start time.Time
 		status:         status,
 		upstreamStatus: upstream,
 		duration:       time.Since(start),
-		host:           clipOwn(r.Host),
-		path:           clipOwn(r.URL.Path),
+		host:           own[:len(host)],
+		path:           own[len(host)+1 : len(host)+1+len(path)],
+		returnID:       own[len(own)-len(rid):],
 		remoteAddr:     clipTo(r.RemoteAddr, journalClip), // the connection's own string
 	}
 	if st != nil {
 		e.id = st.id
-		e.returnID = strings.Clone(clipTo(st.event.DeviceReturnID, journalClip)) // it points into the request's state
 		e.state = ownString(clipTo(st.event.State, journalClip))
 		e.test = st.event.Test
 		e.verified = st.auth.verified
@@ -320,10 +330,6 @@ func clipTo(s string, n int) string {
 	}
 	return s[:i] + "…"
 }
-
-// clipOwn is clipTo for the journal, copied: a host or path may be a
-// slice of a long request line, which the journal must not keep alive.
-func clipOwn(s string) string { return strings.Clone(clipTo(s, journalClip)) }
 
 // queueWriter is the response writer of a live delivery with the queue on.
 // A 5xx, 408 or 429 answer is swallowed, headers and body, so the handler
@@ -432,10 +438,12 @@ func (st *requestState) deliveryHeaders(set func(k, v string)) {
 	}
 }
 
-// deliveryID is the delivery id's text, made once per request.
+// deliveryID is the delivery id's text, made once per request in the
+// request's state (no allocation of its own).
 func (st *requestState) deliveryID() string {
 	if st.idText == "" && !st.id.isZero() {
-		st.idText = st.id.String()
+		b := st.id.appendTo(st.idBuf[:0])
+		st.idText = unsafe.String(unsafe.SliceData(b), len(b)) // idBuf is not written again
 	}
 	return st.idText
 }

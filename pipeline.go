@@ -133,7 +133,8 @@ type requestState struct {
 	nextErr      error // what it returned
 
 	id         deliveryID
-	idText     string      // id.String(), once needed
+	idText     string // id.String(), once needed, in idBuf
+	idBuf      [64]byte
 	queued     bool        // stored for redelivery and answered 202
 	queueW     queueWriter // the response writer with the queue on
 	redelivery *redelivery // set when this is a redelivery

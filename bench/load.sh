@@ -8,9 +8,9 @@
 #
 # B runs with `replay off`: wrk replays one pre-signed request, which replay
 # suppression would (rightly) answer without forwarding. A's client sends
-# the same X-ReReady-* headers B's gateway adds, so both proxies forward the
-# same request and the ratio is the cost of verification alone ("verify
-# ratio"). A second ratio, with A's client sending only the signature
+# the same X-ReReady-* headers B's gateway adds (the delivery id included),
+# so both proxies forward the same request and the ratio is the cost of
+# verification alone ("verify ratio"). A second ratio, with A's client sending only the signature
 # header, includes the cost of forwarding the added headers ("header ratio").
 # C is B with `queue` on (store-and-forward, in a file_system storage): the
 # app is up, so nothing is queued, and C/B ("queue ratio") is what the queue
@@ -116,6 +116,7 @@ if $1 == 1 then
 	wrk.headers["X-ReReady-Url"] = "https://www.reready.co/device_returns/$id"
 	wrk.headers["X-ReReady-Timestamp"] = "$t"
 	wrk.headers["X-ReReady-Verified"] = "hmac"
+	wrk.headers["X-ReReady-Delivery-Id"] = "$t-0123456789abcdef0123456789abcdef"
 end
 local bad = 0
 response = function(status) if status ~= 200 then bad = bad + 1 end end
