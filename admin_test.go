@@ -174,7 +174,7 @@ func TestCommandQueue(t *testing.T) {
 		t.Fatalf("list --json: %v %s", err, out.String())
 	}
 	out.Reset()
-	if err := runQueue(queueOptions{adminOptions: o, Action: "retry", ID: it.ID}, &out); err != nil || !strings.Contains(out.String(), "attempted now") {
+	if err := runQueue(queueOptions{adminOptions: o, Action: "retry", ID: it.ID}, &out); err != nil || !strings.Contains(out.String(), "is pending and due now") {
 		t.Fatalf("retry: %v %s", err, out.String())
 	}
 	err := runQueue(queueOptions{adminOptions: o, Action: "retry", ID: "1-00000000000000000000000000000000"}, &out)

@@ -16,7 +16,7 @@ import (
 )
 
 func init() {
-	caddy.RegisterModule(App{})
+	caddy.RegisterModule(new(App))
 }
 
 // App is the `reready` app: what outlives a request. It owns the delivery
@@ -46,7 +46,16 @@ type App struct {
 	metrics *metrics
 	queueOn bool
 	starts  []func() // background work of handlers, started with the config
-	worker  *worker
+
+	// Set by Start; read by handlers, which may serve before it runs
+	// (Caddy starts apps in no set order).
+	worker atomic.Pointer[worker]
+	routes atomic.Pointer[routing]
+	prev   atomic.Pointer[App] // the app that was live before this one
+}
+
+// routing is the running config's HTTP servers, by name and the reverse.
+type routing struct {
 	servers map[string]*caddyhttp.Server
 	names   map[*caddyhttp.Server]string
 }
@@ -57,7 +66,7 @@ type App struct {
 var liveApp atomic.Pointer[App]
 
 // CaddyModule returns the Caddy module information.
-func (App) CaddyModule() caddy.ModuleInfo {
+func (*App) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "reready",
 		New: func() caddy.Module { return new(App) },
@@ -104,31 +113,38 @@ func (a *App) Start() error {
 	a.journal.resize(a.JournalSize)
 	if httpApp, err := a.ctx.AppIfConfigured("http"); err == nil {
 		if h, ok := httpApp.(*caddyhttp.App); ok {
-			a.servers = h.Servers
-			a.names = make(map[*caddyhttp.Server]string, len(h.Servers))
+			rt := &routing{servers: h.Servers, names: make(map[*caddyhttp.Server]string, len(h.Servers))}
 			for name, srv := range h.Servers {
-				a.names[srv] = name
+				rt.names[srv] = name
 			}
+			a.routes.Store(rt)
 		}
 	}
 	for _, start := range a.starts {
 		start()
 	}
 	if a.queueOn {
-		a.worker = newWorker(a, a.queue, a.logger)
-		a.worker.start()
+		w := newWorker(a, a.queue, a.logger)
+		a.worker.Store(w)
+		w.start()
 	}
-	liveApp.Store(a)
+	a.prev.Store(liveApp.Swap(a))
 	return nil
 }
 
 // Stop ends the worker; queued deliveries stay in storage for the next
-// config (or another gateway).
+// config (or another gateway). If this app is still the live one (its
+// config failed to start, so the previous config runs on), the previous
+// app is live again.
 func (a *App) Stop() error {
-	liveApp.CompareAndSwap(a, nil)
-	if a.worker != nil {
-		a.worker.stop()
+	prev := a.prev.Swap(nil)
+	if !liveApp.CompareAndSwap(a, prev) {
+		// A newer config runs; it no longer needs this app to fall back on.
+		if cur := liveApp.Load(); cur != nil {
+			cur.prev.CompareAndSwap(a, nil)
+		}
 	}
+	a.worker.Load().stop()
 	return nil
 }
 
@@ -138,11 +154,15 @@ func (a *App) Stop() error {
 // one of the same name; when no server listens there (a gateway of the
 // fleet listening on other ports), the one of that name.
 func (a *App) server(name string, port int) *caddyhttp.Server {
+	rt := a.routes.Load()
+	if rt == nil {
+		return nil
+	}
 	if port <= 0 {
-		return a.servers[name]
+		return rt.servers[name]
 	}
 	var found *caddyhttp.Server
-	for n, srv := range a.servers {
+	for n, srv := range rt.servers {
 		for _, l := range srv.Listen {
 			na, err := caddy.ParseNetworkAddress(l)
 			if err != nil || na.IsUnixNetwork() || uint(port) < na.StartPort || uint(port) > na.EndPort {
@@ -155,7 +175,7 @@ func (a *App) server(name string, port int) *caddyhttp.Server {
 		}
 	}
 	if found == nil {
-		found = a.servers[name]
+		found = rt.servers[name]
 	}
 	return found
 }
@@ -169,7 +189,10 @@ func (a *App) serverOf(r *http.Request) (name string, port int) {
 			port, _ = strconv.Atoi(p)
 		}
 	}
-	return a.names[srv], port
+	if rt := a.routes.Load(); rt != nil {
+		name = rt.names[srv]
+	}
+	return name, port
 }
 
 // now is the app's clock.
@@ -179,40 +202,31 @@ func (a *App) now() time.Time { return time.Now() }
 // storage whether earlier deliveries of its return are queued. Without a
 // running worker (its view of the queue), always.
 func (a *App) mayBeHeld(returnID string) bool {
-	return a.worker == nil || a.worker.mayBeHeld(returnID)
+	w := a.worker.Load()
+	return w == nil || w.mayBeHeld(returnID)
 }
 
 // queued tells the worker a delivery of returnID was stored here.
 func (a *App) queued(returnID string) {
-	if a.worker != nil {
-		a.worker.note(returnID)
-		a.worker.wake()
-	}
+	w := a.worker.Load()
+	w.note(returnID)
+	w.wake()
 }
 
 // wake makes the worker look at the queue now (an item was added, or an
 // operator asked for a retry).
-func (a *App) wake() {
-	if a.worker != nil {
-		a.worker.wake()
-	}
-}
+func (a *App) wake() { a.worker.Load().wake() }
 
 // changed tells the worker an operator changed item id: it reads it
 // afresh, now.
 func (a *App) changed(id string) {
-	if a.worker != nil {
-		a.worker.forget(id)
-		a.worker.wake()
-	}
+	w := a.worker.Load()
+	w.forget(id)
+	w.wake()
 }
 
 // kick tells the worker a delivery on path succeeded.
-func (a *App) kick(path string) {
-	if a.worker != nil {
-		a.worker.kick(path)
-	}
-}
+func (a *App) kick(path string) { a.worker.Load().kick(path) }
 
 // record adds an entry to the journal.
 func (a *App) record(e journalEntry) {

@@ -126,7 +126,7 @@ func BenchmarkHandlerQueueVsOff(b *testing.B) {
 			// A worker that has scanned the (empty) queue, as in a running
 			// gateway: the live path then skips the storage lookup.
 			w := newWorker(on.h.app, on.h.app.queue, zap.NewNop())
-			on.h.app.worker = w
+			on.h.app.worker.Store(w)
 			per := max(1, min(len(off.reqs), (4<<20)/n))
 			var ratios, onNs, offNs []float64
 			for b.Loop() {

@@ -285,7 +285,7 @@ func runQueue(o queueOptions, stdout io.Writer) error {
 			return writeIndentedJSON(stdout, it)
 		}
 		if o.Action == "retry" {
-			_, err := fmt.Fprintf(stdout, "%s is pending; it is attempted now (state %s, return %s, %d attempts so far)\n",
+			_, err := fmt.Fprintf(stdout, "%s is pending and due now, after any earlier delivery of its return (state %s, return %s, %d attempts so far)\n",
 				it.ID, terminalSafe(it.State), terminalSafe(it.DeviceReturnID), it.Attempts)
 			return err
 		}

@@ -44,7 +44,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 
 // forwardOrQueue is forward with the queue on: a delivery whose return has
 // queued deliveries waits behind them; one the app fails (an error from
-// next, or a 5xx, 408 or 429 answer) is stored and answered 202.
+// next of status 5xx, 408 or 429, such as 502 for an app that is down, or
+// such an answer) is stored and answered 202. Any other answer or error is
+// passed on.
 func (h *Handler) forwardOrQueue(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, st *requestState, start time.Time) error {
 	if h.app.mayBeHeld(st.event.DeviceReturnID) {
 		held, err := h.app.queue.held(r.Context(), st.event.DeviceReturnID)
@@ -58,11 +60,10 @@ func (h *Handler) forwardOrQueue(w http.ResponseWriter, r *http.Request, next ca
 	}
 
 	qw := &st.queueW
-	qw.reset(w)
-	err := next.ServeHTTP(qw, r)
+	qw.reset(w, &st.status.code)
+	err := h.nextQueued(qw, r, next, st, start)
 	st.nextReturned, st.nextErr = true, err
-	st.status.code = qw.code
-	if !qw.swallowed && (err == nil || qw.passed) {
+	if !qw.swallowed && (err == nil || qw.passed || !queueable(statusOf(err))) {
 		if qw.code >= 200 && qw.code < 300 || qw.code == 0 && err == nil {
 			h.app.kick(originalPath(r))
 		}
@@ -75,6 +76,25 @@ func (h *Handler) forwardOrQueue(w http.ResponseWriter, r *http.Request, next ca
 		failure = caddyhttp.Error(qw.code, fmt.Errorf("reready_verify: the app answered %d", qw.code))
 	}
 	return h.enqueue(w, r, st, start, ReasonUpstreamFailed, upstream, qw.retryAfter, failure)
+}
+
+// nextQueued runs next through qw. reverse_proxy aborts the response
+// (panics with http.ErrAbortHandler) when the app's answer breaks off while
+// it is copied: for an answer qw swallowed, that is the app failing, taken
+// as its answer; any other panic goes on, journaled first (the status the
+// app answered is in st already, so the replay gate still sees a 2xx).
+func (h *Handler) nextQueued(qw *queueWriter, r *http.Request, next caddyhttp.Handler, st *requestState, start time.Time) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler && qw.swallowed {
+				err = nil
+				return
+			}
+			h.journalLive(r, st, start, OutcomeForwarded, "", qw.code, qw.code)
+			panic(p)
+		}
+	}()
+	return next.ServeHTTP(qw, r)
 }
 
 // enqueue stores the delivery and answers 202 once the storage reported it
@@ -105,7 +125,7 @@ func (h *Handler) enqueue(w http.ResponseWriter, r *http.Request, st *requestSta
 	switch {
 	case errors.Is(err, errQueueFull):
 		w.Header().Set("Retry-After", "60")
-		f := fail(ReasonQueueFull, "max_items %d reached; refusing so that the sender retries later", h.Queue.MaxItems)
+		f := fail(ReasonQueueFull, "max_items %d reached; refusing the delivery with 503", h.Queue.MaxItems)
 		h.logger.Error("queue full; refusing a failed delivery with 503", zap.Int("max_items", h.Queue.MaxItems),
 			zap.String("delivery_id", it.ID))
 		h.journalLive(r, st, start, OutcomeRejected, ReasonQueueFull, http.StatusServiceUnavailable, upstream)
@@ -256,6 +276,14 @@ func (h *Handler) redeliver(w http.ResponseWriter, r *http.Request, next caddyht
 	st.id, _ = parseDeliveryID(it.ID)
 	h.forwardable(r, st)
 	st.status.ResponseWriter = w
+	defer func() {
+		if p := recover(); p != nil {
+			rd.mu.Lock()
+			rd.status = st.status.code // what the app answered before the panic
+			rd.mu.Unlock()
+			panic(p)
+		}
+	}()
 	err = next.ServeHTTP(&st.status, r)
 	rd.report(st.status.code, err)
 	// The worker records a failure and tries again later: no handle_errors
@@ -340,6 +368,7 @@ func clipTo(s string, n int) string {
 type queueWriter struct {
 	w          http.ResponseWriter
 	code       int
+	status     *int // the request state's record of it, for the replay gate
 	swallowed  bool // a queueable answer was kept from the sender
 	passed     bool // the answer went to the sender
 	retryAfter string
@@ -353,8 +382,8 @@ type headerEntry struct {
 	values []string
 }
 
-func (q *queueWriter) reset(w http.ResponseWriter) {
-	*q = queueWriter{w: w}
+func (q *queueWriter) reset(w http.ResponseWriter, status *int) {
+	*q = queueWriter{w: w, status: status}
 	for k, v := range w.Header() {
 		if q.nBefore < len(q.before) {
 			q.before[q.nBefore] = headerEntry{k, v[:len(v):len(v)]}
@@ -375,6 +404,9 @@ func (q *queueWriter) WriteHeader(code int) {
 		return // interim answers are not relayed; a second status is ignored
 	}
 	q.code = code
+	if q.status != nil {
+		*q.status = code
+	}
 	if !queueable(code) {
 		q.passed = true
 		q.w.WriteHeader(code)

@@ -228,7 +228,7 @@ func TestQueueFullAndStorageFailure(t *testing.T) {
 func TestQueueWriterFlushBeforeStatus(t *testing.T) {
 	rec := httptest.NewRecorder()
 	var q queueWriter
-	q.reset(rec)
+	q.reset(rec, nil)
 	if err := http.NewResponseController(&q).Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -280,7 +280,7 @@ func TestQueueWriterHeaders(t *testing.T) {
 			rec.Header().Set(fmt.Sprintf("X-Before-%d", i), "kept")
 		}
 		var q queueWriter
-		q.reset(rec)
+		q.reset(rec, nil)
 		q.Header().Add("X-Before-0", "appended by the app")
 		q.Header().Set("X-App", "app")
 		q.Header().Set("Retry-After", "30")
@@ -301,4 +301,50 @@ func TestQueueWriterHeaders(t *testing.T) {
 			t.Errorf("200 did not pass: %v %q", h, rec.Body)
 		}
 	}
+}
+
+// A handler error the queue does not take over (a 4xx from a later
+// handler) is passed on; an answer the app gave is judged by its status
+// even when reverse_proxy aborts while copying it.
+func TestQueueEdgeAnswers(t *testing.T) {
+	t.Run("4xx handler error passes", func(t *testing.T) {
+		rig := newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 10})
+		_, err := rig.serve(eventBody("r403", StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error {
+			return caddyhttp.Error(http.StatusForbidden, errors.New("not for you"))
+		})
+		var he caddyhttp.HandlerError
+		if !errors.As(err, &he) || he.StatusCode != 403 {
+			t.Fatalf("err = %v, want the 403 passed on", err)
+		}
+		if items := rig.items(t); len(items) != 0 {
+			t.Fatalf("%d items queued for a 403", len(items))
+		}
+	})
+	t.Run("2xx then the copy to the sender aborted", func(t *testing.T) {
+		rig := newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 10})
+		body := eventBody("rabort", StateComplete)
+		rig.serve(body, rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error {
+			w.WriteHeader(200)
+			panic(http.ErrAbortHandler)
+		})
+		calls := 0
+		resp, _ := rig.serve(body, rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error { calls++; return nil })
+		if calls != 0 || resp.Body.String() != "already delivered\n" {
+			t.Fatalf("the app took it, yet a resend was forwarded %d times (%q)", calls, resp.Body)
+		}
+		if got := rig.h.app.journal.query(DeliveryFilter{Outcome: OutcomeForwarded}); len(got) != 1 || got[0].UpstreamStatus != 200 {
+			t.Fatalf("journal: %+v", got)
+		}
+	})
+	t.Run("5xx whose body broke off is queued", func(t *testing.T) {
+		rig := newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 10})
+		resp, err := rig.serve(eventBody("rbroken", StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error {
+			w.WriteHeader(502)
+			io.WriteString(w, "partial")
+			panic(http.ErrAbortHandler)
+		})
+		if err != nil || resp.Code != 202 || len(rig.items(t)) != 1 {
+			t.Fatalf("answer %d %q, err %v, %d items; want 202 and the delivery stored", resp.Code, resp.Body, err, len(rig.items(t)))
+		}
+	})
 }

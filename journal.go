@@ -247,7 +247,7 @@ const journalSkew = 10 * time.Minute
 type Summary struct {
 	From     string          `json:"from"`     // start of the first minute, RFC 3339 UTC
 	To       string          `json:"to"`       // now
-	Verified int             `json:"verified"` // live requests that passed the checks
+	Verified int             `json:"verified"` // live requests that passed every check: forwarded, queued or acknowledged as replays
 	Rejected int             `json:"rejected"` // outcome rejected
 	Queued   int             `json:"queued"`   // deliveries queued as they arrived (not failed redeliveries)
 	Dead     int             `json:"dead"`     // queued deliveries given up on
@@ -304,7 +304,10 @@ func (j *journal) summary(now time.Time) Summary {
 		case e.outcome == OutcomeQueued && e.live():
 			s.Queued++
 		}
-		if e.live() && e.verified != "" && e.verified != "none" {
+		// Passed every check: a request refused after its signature was
+		// checked (a bad payload, a replay in flight, a full queue) is
+		// rejected, not verified.
+		if e.live() && e.verified != "" && e.verified != "none" && e.outcome != OutcomeRejected {
 			s.Verified++
 		}
 	}

@@ -14,6 +14,7 @@ func TestJournalSummary(t *testing.T) {
 	add(61*time.Minute, OutcomeForwarded, "", "hmac") // before the first minute
 	add(59*time.Minute+45*time.Second, OutcomeForwarded, "", "hmac")
 	add(30*time.Minute, OutcomeRejected, ReasonSignatureMismatch, "")
+	add(29*time.Minute, OutcomeRejected, ReasonPayloadInvalidJSON, "hmac") // signed, then refused
 	add(30*time.Minute, OutcomeObserved, ReasonSignatureMismatch, "none")
 	add(2*time.Minute, OutcomeQueued, ReasonUpstreamFailed, "hmac")
 	add(2*time.Minute, OutcomeQueued, ReasonHeld, "token")
@@ -33,12 +34,13 @@ func TestJournalSummary(t *testing.T) {
 	}
 	// verified: the first forwarded, two queued arrivals, replayed, the last
 	// forwarded; not the observed one, nor redelivery attempts.
-	if s.Verified != 5 || s.Rejected != 1 || s.Queued != 2 || s.Dead != 1 || s.Partial {
-		t.Errorf("counters %+v; want verified 5, rejected 1, queued 2, dead 1, not partial", s)
+	if s.Verified != 5 || s.Rejected != 2 || s.Queued != 2 || s.Dead != 1 || s.Partial {
+		t.Errorf("counters %+v; want verified 5, rejected 2, queued 2, dead 1, not partial", s)
 	}
 	want := map[int]map[string]int{
 		0:  {OutcomeForwarded: 1},
 		29: {OutcomeRejected: 1, OutcomeObserved: 1},
+		30: {OutcomeRejected: 1},
 		57: {OutcomeQueued: 2}, // 12:28:45
 		58: {OutcomeQueued: 1, OutcomeDead: 1},
 		59: {OutcomeRedelivered: 1, OutcomeReplayed: 1, OutcomeForwarded: 1},

@@ -283,7 +283,7 @@ func (m *metrics) redelivery(result string) {
 // liveWorker is the running config's redelivery worker, if any.
 func liveWorker() *worker {
 	if a := liveApp.Load(); a != nil {
-		return a.worker
+		return a.worker.Load()
 	}
 	return nil
 }

@@ -107,11 +107,12 @@ type Handler struct {
 	Mode string `json:"mode,omitempty"`
 
 	// Store-and-forward: when set (an empty object takes the defaults), a
-	// verified delivery that the rest of the route fails (an error such as
-	// 502/504, or a 5xx, 408 or 429 answer) is stored in Caddy's storage
-	// and answered 202, then redelivered through the same route until the
-	// app answers 2xx. A delivery whose device return has queued
-	// deliveries waits behind them. Default: off.
+	// verified delivery that the rest of the route fails (an error of
+	// status 5xx, 408 or 429, such as 502/504, or such an answer) is stored
+	// in Caddy's storage and answered 202, then redelivered through the
+	// same route until the app answers 2xx; an answer of another 4xx makes
+	// it dead at once, and so does max_age. A delivery whose device return
+	// has queued deliveries waits behind them. Default: off.
 	Queue *QueueConfig `json:"queue,omitempty"`
 
 	app           *App

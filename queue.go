@@ -190,8 +190,32 @@ func itemKey(id string) string { return queueItemsPrefix + "/" + id }
 // returnKey names a return's record by a digest of its id, which is any
 // string the payload carried.
 func returnKey(returnID string) string {
+	d := returnDigest(returnID)
+	return queueReturnsPrefix + "/" + hex.EncodeToString(d[:])
+}
+
+// returnDigest is the digest that names a return's record.
+func returnDigest(returnID string) (d [16]byte) {
 	sum := sha256.Sum256([]byte(returnID))
-	return queueReturnsPrefix + "/" + hex.EncodeToString(sum[:16])
+	copy(d[:], sum[:])
+	return d
+}
+
+// lines lists the digests of the returns that have a line (pending
+// deliveries), from the names of their records.
+func (q *queue) lines(ctx context.Context) (map[[16]byte]bool, error) {
+	keys, err := q.storage.List(ctx, queueReturnsPrefix, false)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("listing %s: %w", queueReturnsPrefix, err)
+	}
+	out := make(map[[16]byte]bool, len(keys))
+	for _, k := range keys {
+		var d [16]byte
+		if n, err := hex.Decode(d[:], []byte(k[strings.LastIndexByte(k, '/')+1:])); err == nil && n == len(d) {
+			out[d] = true
+		}
+	}
+	return out, nil
 }
 
 func (q *queue) locked(ctx context.Context, key string, f func(context.Context) error) error {
@@ -366,6 +390,38 @@ func (q *queue) joinLine(ctx context.Context, it *queueItem) error {
 		rec.IDs = slices.Insert(rec.IDs, at, it.ID)
 		return q.storeReturn(ctx, rec)
 	})
+}
+
+// firstInLine reports whether it may be attempted now: it is the first
+// pending delivery of its return's line, or not in the line at all (a
+// gateway stopped between storing the item and the line). It reads the
+// line under the return's lock, so no enqueue is halfway through.
+func (q *queue) firstInLine(ctx context.Context, it *queueItem) (bool, error) {
+	first := false
+	err := q.locked(ctx, returnKey(it.DeviceReturnID), func(ctx context.Context) error {
+		rec, err := q.loadReturn(ctx, it.DeviceReturnID)
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(rec.IDs, it.ID) {
+			first = true
+			return nil
+		}
+		for _, id := range rec.IDs {
+			if id == it.ID {
+				first = true
+				return nil
+			}
+			switch o, err := q.loadItem(ctx, id); {
+			case err == nil && o.Status == ItemPending:
+				return nil // an earlier delivery of the return waits
+			case err != nil && !errors.Is(err, errItemNotFound) && !errors.Is(err, errItemCorrupt):
+				return err
+			}
+		}
+		return nil
+	})
+	return first, err
 }
 
 // withItem runs f on the item id under its lock, re-read after taking it.

@@ -288,7 +288,7 @@ func TestWorkerMayBeHeld(t *testing.T) {
 		t.Fatal("without a worker, every return must be looked up")
 	}
 	w := newWorker(a, q, zap.NewNop())
-	a.worker = w
+	a.worker.Store(w)
 	clock := queueT0
 	w.now = func() time.Time { return clock }
 	if !w.mayBeHeld("r1") {
@@ -327,5 +327,31 @@ func TestWorkerMayBeHeld(t *testing.T) {
 	clock = clock.Add(3*w.interval + time.Second)
 	if !w.mayBeHeld("r3") {
 		t.Fatal("a stale view skipped the lookup")
+	}
+}
+
+func TestQueueFirstInLine(t *testing.T) {
+	q, _ := testQueue(t)
+	ctx := context.Background()
+	a1, a2, orphan := testItem(1, "ret"), testItem(2, "ret"), testItem(3, "ret")
+	mustEnqueue(t, q, a1, 10)
+	mustEnqueue(t, q, a2, 10)
+	if err := q.storeItem(ctx, orphan); err != nil { // stored, never lined up
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		it   *queueItem
+		want bool
+	}{{a1, true}, {a2, false}, {orphan, true}} {
+		if got, err := q.firstInLine(ctx, c.it); err != nil || got != c.want {
+			t.Errorf("firstInLine(%d) = %v, %v; want %v", c.it.ReceivedAt.Second(), got, err, c.want)
+		}
+	}
+	a1.Status = ItemDead // dead, still named in the line: no longer holds a2
+	if err := q.storeItem(ctx, a1); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := q.firstInLine(ctx, a2); !got {
+		t.Error("a dead delivery still holds its return's line")
 	}
 }

@@ -74,6 +74,10 @@ const (
 	// new items (its own changes it knows).
 	restatEvery = 10
 
+	// stopGrace is how long stopping the worker (a reload) waits for the
+	// attempts in flight before it cuts them short.
+	stopGrace = 5 * time.Second
+
 	// redeliveryConcurrency bounds attempts in flight per gateway.
 	redeliveryConcurrency = 4
 
@@ -139,6 +143,7 @@ type attemptResult struct {
 	retryAfter string // the app's Retry-After
 	reason     Reason // why it failed
 	errText    string // what failed, for the item's last_error
+	refused    bool   // retrying cannot change it: a 4xx other than 408 and 429
 	duration   time.Duration
 }
 
@@ -162,6 +167,7 @@ type worker struct {
 	interval time.Duration
 
 	kickCh chan struct{}
+	quit   chan struct{} // closed by stop: no new scan or attempt
 	slots  chan struct{}
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -175,10 +181,10 @@ type worker struct {
 	warned   map[string]bool      // unreadable items already logged
 
 	// What the live path needs to know whether a return may be held: the
-	// returns with pending items at the last scan, those queued here
-	// since, and when the last scan listed and ended.
-	returns   map[string]bool
-	noted     map[string]time.Time
+	// returns that had a line at the last scan (by digest), those queued
+	// here since, and when the last scan listed and ended.
+	lines     map[[16]byte]bool
+	noted     map[[16]byte]time.Time
 	listedAt  time.Time
 	scannedAt time.Time
 
@@ -203,6 +209,7 @@ func newWorker(app *App, q *queue, logger *zap.Logger) *worker {
 		now:      time.Now,
 		interval: redeliveryScanInterval,
 		kickCh:   make(chan struct{}, 1),
+		quit:     make(chan struct{}),
 		slots:    make(chan struct{}, redeliveryConcurrency),
 		ctx:      ctx,
 		cancel:   cancel,
@@ -210,8 +217,8 @@ func newWorker(app *App, q *queue, logger *zap.Logger) *worker {
 		inFlight: map[string]bool{},
 		kicks:    map[string]time.Time{},
 		warned:   map[string]bool{},
-		returns:  map[string]bool{},
-		noted:    map[string]time.Time{},
+		lines:    map[[16]byte]bool{},
+		noted:    map[[16]byte]time.Time{},
 	}
 }
 
@@ -220,11 +227,24 @@ func (w *worker) start() {
 	go w.loop()
 }
 
-// stop ends the loop and the attempts in flight (an attempt cut short
-// counts as failed and is tried again later) and waits for them.
+// stop ends the loop, lets the attempts in flight finish for up to
+// stopGrace (a reload stops the old config's worker; an attempt cut short
+// counts as failed, and if the app had taken it, it is sent again later)
+// and waits for them.
 func (w *worker) stop() {
+	if w == nil {
+		return
+	}
+	close(w.quit)
+	done := make(chan struct{})
+	go func() { w.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(stopGrace):
+		w.cancel()
+		<-done
+	}
 	w.cancel()
-	w.wg.Wait()
 }
 
 // kick makes the pending items of a route due now: the app answered a
@@ -246,25 +266,32 @@ func (w *worker) kick(path string) {
 // note records that a delivery of returnID was queued here, so the live
 // path holds the return before the next scan sees the item.
 func (w *worker) note(returnID string) {
+	if w == nil {
+		return
+	}
+	d := returnDigest(returnID)
 	w.mu.Lock()
-	w.noted[returnID] = w.now()
+	w.noted[d] = w.now()
 	w.mu.Unlock()
 }
 
 // mayBeHeld reports whether returnID may have pending deliveries, so the
 // live path asks the storage only then (a lookup costs a storage read per
-// delivery). It says yes for a return with pending items at the last scan
-// or queued here since, and for every return while the scans are not
-// current (none yet, or none within three intervals). A delivery another
-// gateway queued holds the return here from this gateway's next scan on.
+// delivery). It says yes for a return that had a line at the last scan
+// (which lists the lines in storage, whoever made them) or was queued here
+// since, and for every return while the scans are not current (none yet,
+// or none within three intervals). A delivery another gateway queued, or
+// an operator retried, holds the return here from this gateway's next
+// scan on.
 func (w *worker) mayBeHeld(returnID string) bool {
+	d := returnDigest(returnID)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.scannedAt.IsZero() || w.now().Sub(w.scannedAt) > 3*w.interval {
 		return true
 	}
-	_, noted := w.noted[returnID]
-	return noted || w.returns[returnID]
+	_, noted := w.noted[d]
+	return noted || w.lines[d]
 }
 
 // wake runs a scan now.
@@ -286,7 +313,7 @@ func (w *worker) loop() {
 	defer timer.Stop()
 	for {
 		select {
-		case <-w.ctx.Done():
+		case <-w.quit:
 			return
 		case <-timer.C:
 		case <-w.kickCh:
@@ -311,6 +338,8 @@ func (w *worker) scan() time.Duration {
 	wait := w.interval
 	for _, it := range w.due(ctx, now, cap(w.slots)-len(w.slots)) {
 		select {
+		case <-w.quit:
+			return wait // stopping: no new attempt
 		case w.slots <- struct{}{}:
 		default:
 			return wait // all slots busy; an attempt ending wakes the loop
@@ -348,6 +377,10 @@ func (w *worker) scan() time.Duration {
 // cannot be read.
 func (w *worker) refresh(ctx context.Context) error {
 	listedAt := w.now()
+	lines, err := w.q.lines(ctx)
+	if err != nil {
+		return err
+	}
 	ids, err := w.q.ids(ctx)
 	if err != nil {
 		return err
@@ -392,7 +425,7 @@ func (w *worker) refresh(ctx context.Context) error {
 	defer w.mu.Unlock()
 	var pending, dead int64
 	var oldest time.Time
-	clear(w.returns)
+	w.lines = lines
 	for id, c := range w.items {
 		if !seen[id] {
 			delete(w.items, id)
@@ -403,13 +436,12 @@ func (w *worker) refresh(ctx context.Context) error {
 			continue
 		}
 		pending++
-		w.returns[c.item.DeviceReturnID] = true
 		if oldest.IsZero() || c.item.ReceivedAt.Before(oldest) {
 			oldest = c.item.ReceivedAt
 		}
 	}
 	for id, at := range w.noted {
-		if at.Before(listedAt) { // stored before the listing: in w.returns now
+		if at.Before(listedAt) { // stored before the listing: in w.lines now
 			delete(w.noted, id)
 		}
 	}
@@ -558,6 +590,12 @@ func (w *worker) attempt(id string) {
 		w.remember(it)
 		return
 	}
+	// The scan's view of the line may have caught an enqueue between its
+	// two writes (the item stored, the line not yet): ask again under the
+	// return's lock.
+	if first, err := w.q.firstInLine(ctx, it); err != nil || !first {
+		return
+	}
 
 	n := it.Attempts + 1
 	started := w.now()
@@ -576,9 +614,9 @@ func (w *worker) attempt(id string) {
 		w.app.metrics.redelivery(redeliveryDelivered)
 		w.logger.Info("queued delivery redelivered", zap.String("id", id), zap.Int("attempt", n), zap.Int("status", res.upstream))
 		w.kick(it.path())
-	case refused(res.upstream) || !now.Before(it.deadline()):
+	case res.refused || !now.Before(it.deadline()):
 		reason := ReasonMaxAge
-		if refused(res.upstream) {
+		if res.refused {
 			reason = ReasonAppRefused
 		}
 		it.Status, it.NextAttemptAt = ItemDead, nil
@@ -629,12 +667,21 @@ func (w *worker) remember(it *queueItem) {
 // deliver sends it through its route once, in process, as attempt n.
 func (a *App) deliver(ctx context.Context, it *queueItem, n int) (res attemptResult) {
 	start := time.Now()
+	rd := &redelivery{item: it, attempt: n}
 	defer func() {
-		res.duration = time.Since(start)
 		if p := recover(); p != nil {
+			// An abort after the app answered 2xx (its answer's copy
+			// failed) was still a delivery.
+			rd.mu.Lock()
+			code := rd.status
+			rd.mu.Unlock()
 			res = attemptResult{status: http.StatusBadGateway, reason: ReasonRedeliveryFailed,
-				errText: clip(fmt.Sprintf("the route panicked: %v", p)), duration: time.Since(start)}
+				errText: clipTo(fmt.Sprintf("the route panicked: %v", p), 300)}
+			if code >= 200 && code < 300 {
+				res = attemptResult{delivered: true, status: code, upstream: code}
+			}
 		}
+		res.duration = time.Since(start)
 	}()
 	srv := a.server(it.Server, it.Port)
 	if srv == nil {
@@ -643,7 +690,6 @@ func (a *App) deliver(ctx context.Context, it *queueItem, n int) (res attemptRes
 	}
 	actx, cancel := context.WithTimeout(ctx, redeliveryAttemptTimeout)
 	defer cancel()
-	rd := &redelivery{item: it, attempt: n}
 	req, err := it.request(context.WithValue(actx, redeliveryKey{}, rd))
 	if err != nil {
 		return attemptResult{status: http.StatusBadGateway, reason: ReasonRouteUnavailable, errText: err.Error()}
@@ -659,7 +705,23 @@ func (a *App) deliver(ctx context.Context, it *queueItem, n int) (res attemptRes
 		res.reason = ReasonRouteUnavailable
 		res.errText = fmt.Sprintf("the route for %s%s no longer reaches reready_verify (it answered %d)", it.Host, it.path(), rw.code)
 		return res
-	case rd.err != nil:
+	}
+	// What the app answered decides, as for a live delivery (a 2xx whose
+	// copy then failed was delivered); without an answer, the error.
+	res.upstream = rd.status
+	if rd.status == 0 && rd.returned && rd.err == nil {
+		res.upstream = http.StatusOK // nothing written: net/http answers 200
+	}
+	res.delivered = res.upstream >= 200 && res.upstream < 300
+	res.status = res.upstream
+	switch {
+	case res.delivered:
+		return res
+	case res.upstream != 0:
+		res.reason = ReasonRedeliveryFailed
+		res.errText = fmt.Sprintf("the app answered %d", res.upstream)
+	default:
+		res.status = http.StatusBadGateway
 		var he caddyhttp.HandlerError
 		if errors.As(rd.err, &he) && he.StatusCode != 0 {
 			res.status = he.StatusCode
@@ -668,19 +730,15 @@ func (a *App) deliver(ctx context.Context, it *queueItem, n int) (res attemptRes
 		if errors.Is(rd.err, context.DeadlineExceeded) || actx.Err() != nil {
 			res.reason = ReasonRedeliveryTimeout
 		}
-		res.errText = clipError(rd.err)
-		return res
+		if rd.err != nil {
+			res.errText = clipError(rd.err)
+		} else {
+			res.errText = "the route ended the request without an answer"
+		}
 	}
-	res.upstream = rd.status
-	if rd.status == 0 && rd.returned {
-		res.upstream = http.StatusOK // nothing written: net/http answers 200
-	}
-	res.status = res.upstream
-	res.delivered = res.upstream >= 200 && res.upstream < 300
-	if !res.delivered {
-		res.reason = ReasonRedeliveryFailed
-		res.errText = fmt.Sprintf("the app answered %d", res.upstream)
-	}
+	// A 4xx other than 408 and 429, from the app or a handler of the
+	// route (an authentication that now refuses it), will not change.
+	res.refused = refused(res.status)
 	return res
 }
 

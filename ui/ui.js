@@ -298,7 +298,7 @@
 		btn.disabled = true;
 		try {
 			await api('queue/' + encodeURIComponent(it.id) + '/retry', { method: 'POST' });
-			say('Retry asked for delivery ' + it.id + ': it is attempted now.');
+			say('Retry asked for delivery ' + it.id + ': it is due now, after any earlier delivery of its return.');
 		} catch (e) {
 			say('Retry of delivery ' + it.id + ' failed: ' + e.message, true);
 		} finally {

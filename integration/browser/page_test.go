@@ -256,7 +256,7 @@ Promise.allSettled([
 	open(t, ctx, g.base+"/ops/")
 	waitJS(t, ctx, "the dead row", deadRow)
 	click(t, ctx, buttonJS("#queue", id, "Retry"))
-	waitJS(t, ctx, "the retry's message", `document.getElementById('action-msg').textContent === 'Retry asked for delivery `+id+`: it is attempted now.'`)
+	waitJS(t, ctx, "the retry's message", `document.getElementById('action-msg').textContent === 'Retry asked for delivery `+id+`: it is due now, after any earlier delivery of its return.'`)
 	waitJS(t, ctx, "the item pending again", rowWhere("#queue", map[string]string{"Return id": item.ID, "status": "pending"}))
 	a.up(t)
 	if status, _ := g.send(t, rubySigner, secret, event{ID: uuid(), State: "complete"}); status != http.StatusOK {
