@@ -19,14 +19,7 @@ func TestCaddyfileExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	adminPort, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	port, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
+	adminPort, port := sitePorts(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	caddyfile := string(src)
 	for _, r := range []struct{ old, new string }{

@@ -112,14 +112,7 @@ func readmeCaddyfile(t *testing.T, marker, upstreamAddr string) (string, string)
 	if len(found) != 1 {
 		t.Fatalf("%d README Caddyfile examples contain %q, want 1", len(found), marker)
 	}
-	adminPort, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	port, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
+	adminPort, port := sitePorts(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	src := found[0]
 	for _, r := range []struct{ old, new string }{

@@ -416,18 +416,31 @@ func startGateway(t *testing.T, site string, env []string, secrets ...string) *g
 // startGatewayWith is startGateway with more global options.
 func startGatewayWith(t *testing.T, global, site string, env []string, secrets ...string) *gateway {
 	t.Helper()
-	adminPort, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	port, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
+	adminPort, port := sitePorts(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	caddyfile := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n\tdefault_bind 127.0.0.1\n%s\n}\n\n%s {\n%s\n}\n",
+	return runCaddyfile(t, gatewayCaddyfile(adminPort, global, base, site), base, env, secrets...)
+}
+
+// sitePorts returns two ports on 127.0.0.1 that were free a moment ago:
+// one for the admin endpoint, one for the site.
+func sitePorts(t *testing.T) (admin, site int) {
+	t.Helper()
+	var err error
+	if admin, err = freePort(); err == nil {
+		site, err = freePort()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return admin, site
+}
+
+// gatewayCaddyfile is the Caddyfile of a one-site gateway: its admin
+// endpoint, more global options, and the site at base, with {{python}},
+// {{node}} and {{php}} replaced by the apps' addresses.
+func gatewayCaddyfile(adminPort int, global, base, site string) string {
+	return fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n\tdefault_bind 127.0.0.1\n%s\n}\n\n%s {\n%s\n}\n",
 		adminPort, global, base, withApps(site))
-	return runCaddyfile(t, caddyfile, base, env, secrets...)
 }
 
 // runCaddyfile runs bin/caddy on caddyfile, which serves base, until the

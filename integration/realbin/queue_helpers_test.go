@@ -253,9 +253,7 @@ func startGatewayOn(t *testing.T, port int, global, site string, env []string, s
 		t.Fatal(err)
 	}
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	caddyfile := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n\tdefault_bind 127.0.0.1\n%s\n}\n\n%s {\n%s\n}\n",
-		adminPort, global, base, withApps(site))
-	g := runCaddyfile(t, caddyfile, base, env, secrets...)
+	g := runCaddyfile(t, gatewayCaddyfile(adminPort, global, base, site), base, env, secrets...)
 	waitUntil(t, "the gateway did not log that it serves its configuration", readyTimeout, func() bool {
 		return strings.Contains(g.logs.String(), "serving initial configuration")
 	})
