@@ -407,21 +407,29 @@ func (q *queue) firstInLine(ctx context.Context, it *queueItem) (bool, error) {
 			first = true
 			return nil
 		}
-		for _, id := range rec.IDs {
-			if id == it.ID {
-				first = true
-				return nil
-			}
-			switch o, err := q.loadItem(ctx, id); {
-			case err == nil && o.Status == ItemPending:
-				return nil // an earlier delivery of the return waits
-			case err != nil && !errors.Is(err, errItemNotFound) && !errors.Is(err, errItemCorrupt):
-				return err
-			}
-		}
-		return nil
+		head, _, err := q.firstPending(ctx, rec.IDs)
+		first = head == it.ID
+		return err
 	})
 	return first, err
+}
+
+// firstPending walks a line to its first pending delivery. stale holds
+// the ids before it that no longer wait (delivered, dropped, dead or
+// unreadable as JSON). An id that cannot be read now stops the walk: it
+// is returned as head, with the error, so the order is kept.
+func (q *queue) firstPending(ctx context.Context, ids []string) (head string, stale []string, err error) {
+	for _, id := range ids {
+		it, err := q.loadItem(ctx, id)
+		switch {
+		case err == nil && it.Status == ItemPending:
+			return id, stale, nil
+		case err != nil && !errors.Is(err, errItemNotFound) && !errors.Is(err, errItemCorrupt):
+			return id, stale, err
+		}
+		stale = append(stale, id)
+	}
+	return "", stale, nil
 }
 
 // withItem runs f on the item id under its lock, re-read after taking it.

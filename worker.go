@@ -409,20 +409,14 @@ func (w *worker) due(ctx context.Context, now time.Time, limit int) []*queueItem
 // taking stale ids (delivered, dropped, dead or unreadable items) out of
 // the line as it goes.
 func (w *worker) head(ctx context.Context, rec returnRecord) string {
-	for _, id := range rec.IDs {
-		it, err := w.q.loadItem(ctx, id)
-		if err == nil && it.Status == ItemPending {
-			return id
-		}
-		if err != nil && !errors.Is(err, errItemNotFound) && !errors.Is(err, errItemCorrupt) {
-			return id // unreadable now: keep the order
-		}
+	head, stale, _ := w.q.firstPending(ctx, rec.IDs) // an unreadable head keeps the order
+	for _, id := range stale {
 		if err := w.q.leaveLine(ctx, rec.DeviceReturnID, id); err != nil {
 			w.logger.Warn("queue: taking a stale delivery out of its return's line", zap.Error(err))
 			return id
 		}
 	}
-	return ""
+	return head
 }
 
 // attempt tries one item under its storage lock, re-reading it first: if
