@@ -79,7 +79,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
 	a.journal = processJournal
-	a.queue = newQueue(ctx.Storage(), a.logger)
+	a.queue = newQueue(bounded(ctx.Storage()), a.logger)
 	ev, err := ctx.App("events")
 	if err != nil {
 		return fmt.Errorf("reready: loading the events app: %v", err)
@@ -198,19 +198,13 @@ func (a *App) serverOf(r *http.Request) (name string, port int) {
 // now is the app's clock.
 func (a *App) now() time.Time { return time.Now() }
 
-// mayBeHeld reports whether a live delivery of returnID must ask the
-// storage whether earlier deliveries of its return are queued. Without a
-// running worker (its view of the queue), always.
-func (a *App) mayBeHeld(returnID string) bool {
-	w := a.worker.Load()
-	return w == nil || w.mayBeHeld(returnID)
-}
+// queued tells the worker a delivery was stored here.
+func (a *App) queued() { a.worker.Load().wake() }
 
-// queued tells the worker a delivery of returnID was stored here.
-func (a *App) queued(returnID string) {
-	w := a.worker.Load()
-	w.note(returnID)
-	w.wake()
+// failed tells the worker a live delivery on path failed at now, the app
+// answering Retry-After ra (if any): the route is probed from now on.
+func (a *App) failed(path string, now time.Time, ra string) {
+	a.worker.Load().failed(path, now, ra, false)
 }
 
 // wake makes the worker look at the queue now (an item was added, or an
@@ -235,12 +229,12 @@ func (a *App) record(e journalEntry) {
 
 // recordItem journals what happened to a queued item and emits the
 // matching event.
-func (a *App) recordItem(it *queueItem, outcome string, reason Reason, res attemptResult, now time.Time) {
+func (a *App) recordItem(it *queueItem, outcome string, reason Reason, res attemptResult) {
 	id, _ := parseDeliveryID(it.ID)
 	path, host := it.path(), it.Host
 	a.record(journalEntry{
-		at:             now,
 		id:             id,
+		probe:          res.probe,
 		outcome:        outcome,
 		reason:         reason,
 		status:         res.status,
@@ -262,7 +256,7 @@ func (a *App) recordItem(it *queueItem, outcome string, reason Reason, res attem
 	case OutcomeDead:
 		a.emit("reready.dead", it, res)
 	case OutcomeQueued:
-		if reason == ReasonUpstreamFailed || reason == ReasonHeld { // not a failed redelivery
+		if reason == ReasonUpstreamFailed || reason == ReasonHeld || reason == ReasonResentDead { // not a failed redelivery
 			a.emit("reready.queued", it, res)
 		}
 	}
@@ -285,8 +279,22 @@ func (a *App) emit(name string, it *queueItem, res attemptResult) {
 	})
 }
 
-// queueView lists the storage's queue, for the views.
-func (a *App) queueView(ctx context.Context) ([]QueueItem, error) { return a.queue.view(ctx) }
+// queueView lists the storage's queue, for the views, with what this
+// gateway knows of each item's route.
+func (a *App) queueView(ctx context.Context) ([]QueueItem, error) {
+	items, err := a.queue.view(ctx)
+	if err != nil {
+		return nil, err
+	}
+	w := a.worker.Load()
+	for i := range items {
+		if since := w.failingSince(items[i].Path); !since.IsZero() {
+			s := since.UTC().Format(time.RFC3339)
+			items[i].AppFailingSince = &s
+		}
+	}
+	return items, nil
+}
 
 // Interface guards
 var (

@@ -46,28 +46,34 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 // queued deliveries waits behind them; one the app fails (an error from
 // next of status 5xx, 408 or 429, such as 502 for an app that is down, or
 // such an answer) is stored and answered 202. Any other answer or error is
-// passed on.
+// passed on. When the storage cannot say whether the return has queued
+// deliveries, the sender gets 503: forwarding could overtake one.
 func (h *Handler) forwardOrQueue(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, st *requestState, start time.Time) error {
-	if h.app.mayBeHeld(st.event.DeviceReturnID) {
-		held, err := h.app.queue.held(r.Context(), st.event.DeviceReturnID)
-		if err != nil {
-			// Forwarding live risks order; refusing would lose the event.
-			h.logger.Error("queue: cannot tell whether this return has queued deliveries; forwarding it live", zap.Error(err))
-		}
-		if held {
-			return h.enqueue(w, r, st, start, ReasonHeld, 0, "", nil)
-		}
+	held, err := h.app.queue.held(r.Context(), st.event.DeviceReturnID)
+	if err != nil {
+		h.logger.Error("queue: cannot tell whether this return has queued deliveries; refusing with 503 so that its order is kept",
+			zap.String("delivery_id", st.deliveryID()), zap.Error(err))
+		w.Header().Set("Retry-After", "10")
+		h.journalLive(r, st, start, OutcomeRejected, ReasonQueueUnavailable, http.StatusServiceUnavailable, 0)
+		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("reready_verify: %s: %v", ReasonQueueUnavailable, err))
+	}
+	if held {
+		return h.enqueue(w, r, st, start, ReasonHeld, 0, "", nil)
 	}
 
 	qw := &st.queueW
 	qw.reset(w, &st.status.code)
-	err := h.nextQueued(qw, r, next, st, start)
+	err = h.nextQueued(qw, r, next, st, start)
 	st.nextReturned, st.nextErr = true, err
 	if !qw.swallowed && (err == nil || qw.passed || !queueable(statusOf(err))) {
+		reason := Reason("")
 		if qw.code >= 200 && qw.code < 300 || qw.code == 0 && err == nil {
 			h.app.kick(originalPath(r))
+			if h.resolveDead(r, st) {
+				reason = ReasonResentDead
+			}
 		}
-		h.journalLive(r, st, start, OutcomeForwarded, "", st.answered(), st.upstreamStatus())
+		h.journalLive(r, st, start, OutcomeForwarded, reason, st.answered(), st.upstreamStatus())
 		return err
 	}
 	failure, upstream := err, 0
@@ -75,7 +81,34 @@ func (h *Handler) forwardOrQueue(w http.ResponseWriter, r *http.Request, next ca
 		upstream = qw.code
 		failure = caddyhttp.Error(qw.code, fmt.Errorf("reready_verify: the app answered %d", qw.code))
 	}
+	h.app.failed(originalPath(r), h.now(), qw.retryAfter)
 	return h.enqueue(w, r, st, start, ReasonUpstreamFailed, upstream, qw.retryAfter, failure)
+}
+
+// resolveDead removes the dead item of a delivery the app just took live:
+// a resend of a delivery given up on. The replay gate tells of one; without
+// replay suppression, a signed delivery's item is looked for. It reports
+// whether there was one.
+func (h *Handler) resolveDead(r *http.Request, st *requestState) bool {
+	if !st.resentDead && (h.replay != nil || !st.auth.signed) {
+		return false
+	}
+	ctx, id := context.WithoutCancel(r.Context()), st.deliveryID()
+	if !st.resentDead {
+		if dead, err := h.app.queue.isDead(ctx, id); err != nil || !dead {
+			return false
+		}
+	}
+	resolved, err := h.app.queue.resolve(ctx, id)
+	if err != nil {
+		h.logger.Error("queue: removing a dead delivery that a resend delivered failed; drop it by hand", zap.String("delivery_id", id), zap.Error(err))
+		return false
+	}
+	if resolved {
+		h.logger.Info("a resend of a dead delivery was delivered; the dead item is removed", zap.String("delivery_id", id))
+		h.app.changed(id)
+	}
+	return resolved
 }
 
 // nextQueued runs next through qw. reverse_proxy aborts the response
@@ -102,26 +135,32 @@ func (h *Handler) nextQueued(qw *queueWriter, r *http.Request, next caddyhttp.Ha
 // 503 for a held delivery); at max_items, 503 with Retry-After.
 func (h *Handler) enqueue(w http.ResponseWriter, r *http.Request, st *requestState, start time.Time, reason Reason, upstream int, retryAfterValue string, failure error) error {
 	now := h.now()
-	it := h.newItem(r, st, now)
-	if reason == ReasonUpstreamFailed {
-		it.Attempts, it.LastAttemptAt, it.LastStatus = 1, &start, upstream
+	// apply records what the live attempt came to: in a new item, or in
+	// the dead one a resend makes pending again.
+	apply := func(it *queueItem) {
+		if reason != ReasonUpstreamFailed {
+			it.NextAttemptAt = &now // due as soon as it is first in its line
+			return
+		}
+		it.Attempts++
+		it.LastAttemptAt, it.LastStatus, it.LastError = &start, upstream, ""
 		if upstream != 0 {
 			it.LastError = fmt.Sprintf("the app answered %d", upstream)
 		} else if failure != nil {
 			it.LastError = clipError(failure)
 		}
-		next := nextAttempt(it, 1, now, retryAfterValue)
+		next := nextAttempt(it, it.Attempts, now, retryAfterValue)
 		it.NextAttemptAt = &next
-	} else {
-		it.NextAttemptAt = &now // due as soon as it is first in its line
 	}
+	it := h.newItem(r, st, now)
+	apply(it)
 	failStatus := http.StatusServiceUnavailable
 	if failure != nil {
 		failStatus = statusOf(failure)
 	}
 
 	// The sender may be gone; the verified event must still be stored.
-	_, err := h.app.queue.enqueue(context.WithoutCancel(r.Context()), it, h.Queue.MaxItems)
+	what, err := h.app.queue.enqueue(context.WithoutCancel(r.Context()), it, h.Queue.MaxItems, now, apply)
 	switch {
 	case errors.Is(err, errQueueFull):
 		w.Header().Set("Retry-After", "60")
@@ -141,7 +180,12 @@ func (h *Handler) enqueue(w http.ResponseWriter, r *http.Request, st *requestSta
 	}
 
 	st.queued, st.nextErr = true, nil // the chain's failure is handled
-	h.app.queued(it.DeviceReturnID)   // held from now on, before the sender hears
+	h.app.queued()
+	if what == enqueuedRevived {
+		reason = ReasonResentDead
+		h.logger.Info("a resend of a dead delivery is queued again", zap.String("delivery_id", it.ID))
+		h.app.changed(it.ID)
+	}
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/plain; charset=utf-8")
 	hdr.Set(hdrDeliveryID, it.ID)
@@ -149,7 +193,7 @@ func (h *Handler) enqueue(w http.ResponseWriter, r *http.Request, st *requestSta
 	_, err = io.WriteString(w, "queued for redelivery\n")
 	_ = http.NewResponseController(w).Flush()
 	// Event handlers run synchronously: after the answer, not before it.
-	h.app.recordItem(it, OutcomeQueued, reason, attemptResult{status: http.StatusAccepted, upstream: upstream, duration: time.Since(start)}, start)
+	h.app.recordItem(it, OutcomeQueued, reason, attemptResult{status: http.StatusAccepted, upstream: upstream, duration: time.Since(start)})
 	return err
 }
 
@@ -314,7 +358,6 @@ func (h *Handler) journalLive(r *http.Request, st *requestState, start time.Time
 	// when two are empty.
 	own := host + "\x00" + path + "\x00" + rid
 	e := journalEntry{
-		at:             start,
 		outcome:        outcome,
 		reason:         reason,
 		status:         status,

@@ -348,3 +348,92 @@ func TestQueueEdgeAnswers(t *testing.T) {
 		}
 	})
 }
+
+// When the storage cannot say whether the return has queued deliveries,
+// the delivery is refused with 503 and not forwarded: forwarding could
+// overtake a queued one.
+func TestQueueHeldCheckFails(t *testing.T) {
+	rig := newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 10})
+	st := newFaultyStorage(t)
+	rig.h.app.queue.storage = st
+	st.statFails.Store(1000)
+	calls := 0
+	resp, err := rig.serve(eventBody("held-check-fails", StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error { calls++; return nil })
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) || he.StatusCode != 503 || calls != 0 || resp.Header().Get("Retry-After") == "" || !strings.Contains(err.Error(), "queue_unavailable") {
+		t.Fatalf("held check failing: %v, forwarded %d times, Retry-After %q; want 503 queue_unavailable, not forwarded", err, calls, resp.Header().Get("Retry-After"))
+	}
+	got := rig.h.app.journal.query(DeliveryFilter{ReturnID: "held-check-fails"})
+	if len(got) != 1 || got[0].Outcome != OutcomeRejected || got[0].Reason != string(ReasonQueueUnavailable) || got[0].Status != 503 {
+		t.Fatalf("journal: %+v", got)
+	}
+	// Refused, not remembered: the sender's retry goes through.
+	st.statFails.Store(0)
+	if resp, _ := rig.serve(eventBody("held-check-fails", StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error { calls++; return nil }); resp.Code != 200 || calls != 1 {
+		t.Fatalf("retry: %d, forwarded %d times", resp.Code, calls)
+	}
+}
+
+// A dead delivery is not delivered: its resend is forwarded (and its dead
+// item removed once the app takes it), or queued again if the app fails.
+func TestQueueResendOfADeadDelivery(t *testing.T) {
+	rig := newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 10})
+	ctx := context.Background()
+	down := func(w http.ResponseWriter, r *http.Request) error {
+		return caddyhttp.Error(http.StatusBadGateway, errors.New("down"))
+	}
+	calls := 0
+	up := func(w http.ResponseWriter, r *http.Request) error { calls++; return nil }
+	kill := func(id string) {
+		t.Helper()
+		it, err := rig.h.app.queue.loadItem(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		it.Status, it.NextAttemptAt = ItemDead, nil
+		if err := rig.h.app.queue.storeItem(ctx, it); err != nil {
+			t.Fatal(err)
+		}
+		if err := rig.h.app.queue.leaveLine(ctx, it.DeviceReturnID, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name   string
+		resend caddyhttp.HandlerFunc
+		code   int
+		status string // the item after the resend; "" gone
+	}{
+		{"delivered", up, 200, ""},
+		{"failing again", down, 202, ItemPending},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			body := eventBody("dead-resend-"+c.name, StateComplete)
+			if resp, _ := rig.serve(body, rig.now.Unix(), down); resp.Code != 202 {
+				t.Fatalf("first: %d", resp.Code)
+			}
+			items := rig.items(t)
+			id := items[len(items)-1].ID
+			kill(id)
+			// A repeat of a pending delivery is acknowledged; of a dead one, not.
+			resp, err := rig.serve(body, rig.now.Unix(), c.resend)
+			if resp.Code != c.code {
+				t.Fatalf("resend of the dead delivery: %d, %v; want %d", resp.Code, err, c.code)
+			}
+			it, err := rig.h.app.queue.loadItem(ctx, id)
+			switch {
+			case c.status == "" && !errors.Is(err, errItemNotFound):
+				t.Fatalf("the dead item is still stored after its resend was delivered: %+v, %v", it, err)
+			case c.status != "" && (err != nil || it.Status != c.status || it.Attempts != 2):
+				t.Fatalf("item after the resend: %+v, %v; want %s, attempt 2", it, err, c.status)
+			}
+			got := rig.h.app.journal.query(DeliveryFilter{ReturnID: "dead-resend-" + c.name, Limit: 1})
+			if len(got) != 1 || got[0].Reason != string(ReasonResentDead) || got[0].Status != c.code {
+				t.Fatalf("journal: %+v; want reason resent_dead, status %d", got, c.code)
+			}
+		})
+	}
+	if calls != 1 {
+		t.Fatalf("the app got %d resends, want 1", calls)
+	}
+}

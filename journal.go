@@ -52,13 +52,15 @@ const (
 	ReasonManualRetry       Reason = "manual_retry"       // an operator asked for an attempt
 	ReasonRouteUnavailable  Reason = "route_unavailable"  // the item's server or route is gone
 	ReasonRedeliveryTimeout Reason = "redelivery_timeout" // an attempt ran out of time
+	ReasonResentDead        Reason = "resent_dead"        // a resend of a dead delivery: forwarded, or queued again
 )
 
 // journalEntry is one record. Strings in it are owned by the journal
 // (cloned or constants), so it keeps no request memory alive.
 type journalEntry struct {
 	seq            uint64
-	at             time.Time
+	at             time.Time // when it was recorded: a request's end, an attempt's end
+	probe          bool      // an attempt made as its failing route's probe
 	id             deliveryID
 	outcome        string
 	reason         Reason
@@ -87,6 +89,7 @@ type Delivery struct {
 	Status         int     `json:"status"`
 	UpstreamStatus int     `json:"upstream_status"`
 	Attempt        int     `json:"attempt"`
+	Probe          bool    `json:"probe"`
 	DeviceReturnID string  `json:"device_return_id"`
 	State          string  `json:"state"`
 	Test           bool    `json:"test"`
@@ -107,6 +110,7 @@ func (e *journalEntry) view() Delivery {
 		Status:         e.status,
 		UpstreamStatus: e.upstreamStatus,
 		Attempt:        e.attempt,
+		Probe:          e.probe,
 		DeviceReturnID: e.returnID,
 		State:          e.state,
 		Test:           e.test,
@@ -130,7 +134,8 @@ type journal struct {
 	start   int // index of the oldest entry
 	n       int // entries held
 	nextSeq uint64
-	epoch   string // tells this process's sequence from another's
+	lastAt  time.Time // the time of the entry added last
+	epoch   string    // tells this process's sequence from another's
 }
 
 func newJournal(size int) *journal {
@@ -163,9 +168,18 @@ func (j *journal) resize(size int) {
 	j.ring, j.start, j.n = ring, 0, keep
 }
 
-// add records e, assigning its sequence number.
+// add records e, assigning its sequence number and, unless it has one
+// (tests), its time: now, and never before the entry added last, so the
+// newest entry by seq is also the newest by time.
 func (j *journal) add(e journalEntry) {
 	j.mu.Lock()
+	if e.at.IsZero() {
+		e.at = time.Now()
+		if e.at.Before(j.lastAt) {
+			e.at = j.lastAt
+		}
+		j.lastAt = e.at
+	}
 	e.seq = j.nextSeq
 	j.nextSeq++
 	if j.n < len(j.ring) {
@@ -238,8 +252,8 @@ func ownString(s string) string {
 // last.
 const summaryMinutes = 60
 
-// journalSkew bounds how far entries are out of time order: an entry is
-// stamped with when its request began but added when it ended.
+// journalSkew bounds how far entries given their own time (tests) may be
+// out of time order; entries stamped by add are in order.
 const journalSkew = 10 * time.Minute
 
 // Summary is the journal's last hour in numbers: the page's counters and
@@ -269,7 +283,7 @@ func (e *journalEntry) live() bool {
 	case OutcomeRedelivered, OutcomeDead:
 		return false
 	case OutcomeQueued:
-		return e.reason == ReasonUpstreamFailed || e.reason == ReasonHeld
+		return e.reason == ReasonUpstreamFailed || e.reason == ReasonHeld || e.reason == ReasonResentDead
 	}
 	return true
 }

@@ -23,7 +23,8 @@ import (
 //	caddy_reready_replay_evictions_total          deliveries forgotten early
 //	caddy_reready_queue_items{status}             queued deliveries: pending, dead
 //	caddy_reready_queue_oldest_age_seconds        age of the oldest pending one
-//	caddy_reready_redeliveries_total{result}      attempts: delivered, failed, dead
+//	caddy_reready_redeliveries_total{result,probe} attempts: delivered, failed, dead
+//	caddy_reready_queue_scans_total               scans of the queue completed
 
 // Request outcomes, the outcome label of caddy_reready_requests_total.
 const (
@@ -115,8 +116,8 @@ func initProcessMetrics() {
 	})
 	pm.redeliver = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns, Subsystem: sub, Name: "redeliveries_total",
-		Help: "Redelivery attempts of queued deliveries, by result (delivered, failed, dead).",
-	}, []string{"result"})
+		Help: "Redelivery attempts of queued deliveries, by result (delivered, failed, dead) and probe (true: the one attempt of a route whose app is failing).",
+	}, []string{"result", "probe"})
 	queueGauge := func(status string, n func(*worker) int64) prometheus.GaugeFunc {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: ns, Subsystem: sub, Name: "queue_items",
@@ -139,8 +140,17 @@ func initProcessMetrics() {
 		}
 		return time.Since(time.Unix(0, w.oldest.Load())).Seconds()
 	})
+	scans := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: ns, Subsystem: sub, Name: "queue_scans_total",
+		Help: "Scans of the queue in storage completed by the running config's redelivery worker (it restarts from 0 with a reload).",
+	}, func() float64 {
+		if w := liveWorker(); w != nil {
+			return float64(w.scanned.Load())
+		}
+		return 0
+	})
 	pm.collectors = []prometheus.Collector{pm.requests, pm.events, pm.duration, pm.entries, pm.evictions,
-		pm.redeliver, oldest,
+		pm.redeliver, oldest, scans,
 		queueGauge(ItemPending, func(w *worker) int64 { return w.pending.Load() }),
 		queueGauge(ItemDead, func(w *worker) int64 { return w.dead.Load() }),
 	}
@@ -273,11 +283,11 @@ func (m *metrics) event(state string, test bool) {
 }
 
 // redelivery counts one redelivery attempt's result.
-func (m *metrics) redelivery(result string) {
+func (m *metrics) redelivery(result string, probe bool) {
 	if m == nil {
 		return
 	}
-	m.redeliveries.WithLabelValues(result).Inc()
+	m.redeliveries.WithLabelValues(result, strconv.FormatBool(probe)).Inc()
 }
 
 // liveWorker is the running config's redelivery worker, if any.

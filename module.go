@@ -219,7 +219,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		case ReplayMemory:
 			h.replay, h.releaseReplay = loadMemoryReplay(DefaultReplayCapacity, memoryClaimLease, h.logger)
 		case ReplayStorage:
-			st := newStorageReplay(ctx.Storage(), storageReplayConfig{Logger: h.logger})
+			st := newStorageReplay(bounded(ctx.Storage()), storageReplayConfig{Logger: h.logger})
 			h.replay, h.releaseReplay = st, st.Close
 			h.app.startWithConfig(st.startSweep)
 		}

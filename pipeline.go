@@ -136,6 +136,7 @@ type requestState struct {
 	idText     string // id.String(), once needed, in idBuf
 	idBuf      [64]byte
 	queued     bool        // stored for redelivery and answered 202
+	resentDead bool        // a resend of a dead queued delivery, reopened by the replay gate
 	queueW     queueWriter // the response writer with the queue on
 	redelivery *redelivery // set when this is a redelivery
 }
@@ -181,6 +182,22 @@ func (h *Handler) renewClaim(st *requestState) (stop func()) {
 // 409, a new one is claimed. done reports that the request was answered.
 func (h *Handler) replayGate(w http.ResponseWriter, r *http.Request, start time.Time, st *requestState) (done bool, err error) {
 	state, claim, err := h.replay.Begin(r.Context(), st.id, h.now())
+	if err == nil && state == replayDelivered && h.Queue != nil {
+		// A queued delivery counts as delivered, but one given up on
+		// (dead) is not: its resend is a fresh chance.
+		dead, derr := h.app.queue.isDead(r.Context(), st.deliveryID())
+		if derr != nil {
+			h.logger.Error("queue: cannot tell whether a repeated delivery is a dead queued one; refusing with 503",
+				zap.String("delivery_id", st.deliveryID()), zap.Error(derr))
+			w.Header().Set("Retry-After", "10")
+			h.journalLive(r, st, start, OutcomeRejected, ReasonQueueUnavailable, http.StatusServiceUnavailable, 0)
+			return true, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("reready_verify: %s: %v", ReasonQueueUnavailable, derr))
+		}
+		if dead {
+			state, claim, err = h.replay.Reopen(r.Context(), st.id, h.now())
+			st.resentDead = true
+		}
+	}
 	switch {
 	case err != nil:
 		// Refused so that the sender retries; logged once, at error level.

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -112,16 +113,18 @@ func (it *queueItem) path() string {
 // QueueItem is a queued delivery as the admin API, the page and the CLI
 // show it: never its body, headers or signature.
 type QueueItem struct {
-	ID             string  `json:"id"`
-	Status         string  `json:"status"`
-	DeviceReturnID string  `json:"device_return_id"`
-	State          string  `json:"state"`
-	Test           bool    `json:"test"`
-	ReceivedAt     string  `json:"received_at"`
-	Attempts       int     `json:"attempts"`
-	NextAttemptAt  *string `json:"next_attempt_at"`
-	LastStatus     int     `json:"last_status"`
-	LastError      string  `json:"last_error"`
+	ID              string  `json:"id"`
+	Status          string  `json:"status"`
+	DeviceReturnID  string  `json:"device_return_id"`
+	State           string  `json:"state"`
+	Test            bool    `json:"test"`
+	ReceivedAt      string  `json:"received_at"`
+	Attempts        int     `json:"attempts"`
+	NextAttemptAt   *string `json:"next_attempt_at"`
+	LastStatus      int     `json:"last_status"`
+	LastError       string  `json:"last_error"`
+	Path            string  `json:"path"`              // the request path it is delivered to (its route)
+	AppFailingSince *string `json:"app_failing_since"` // while its route's app fails (as this gateway saw), since when
 }
 
 func (it *queueItem) view() QueueItem {
@@ -134,6 +137,7 @@ func (it *queueItem) view() QueueItem {
 		Attempts:       it.Attempts,
 		LastStatus:     it.LastStatus,
 		LastError:      it.LastError,
+		Path:           it.path(),
 	}
 	if !it.ReceivedAt.IsZero() {
 		v.ReceivedAt = it.ReceivedAt.UTC().Format(time.RFC3339)
@@ -201,23 +205,6 @@ func returnDigest(returnID string) (d [16]byte) {
 	return d
 }
 
-// lines lists the digests of the returns that have a line (pending
-// deliveries), from the names of their records.
-func (q *queue) lines(ctx context.Context) (map[[16]byte]bool, error) {
-	keys, err := q.storage.List(ctx, queueReturnsPrefix, false)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("listing %s: %w", queueReturnsPrefix, err)
-	}
-	out := make(map[[16]byte]bool, len(keys))
-	for _, k := range keys {
-		var d [16]byte
-		if n, err := hex.Decode(d[:], []byte(k[strings.LastIndexByte(k, '/')+1:])); err == nil && n == len(d) {
-			out[d] = true
-		}
-	}
-	return out, nil
-}
-
 func (q *queue) locked(ctx context.Context, key string, f func(context.Context) error) error {
 	return withStorageLock(ctx, q.storage, q.lockWait, key, q.logger, f)
 }
@@ -266,18 +253,16 @@ func (q *queue) deleteItem(ctx context.Context, id string) error {
 	return nil
 }
 
-// ids lists the names of the stored items.
+// ids lists the names of the stored items. A listing that failed is an
+// error, never a shorter list.
 func (q *queue) ids(ctx context.Context) ([]string, error) {
-	keys, err := q.storage.List(ctx, queueItemsPrefix, false)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+	keys, err := listKeys(ctx, q.storage, queueItemsPrefix)
 	if err != nil {
-		return nil, fmt.Errorf("listing %s: %w", queueItemsPrefix, err)
+		return nil, err
 	}
 	ids := make([]string, 0, len(keys))
 	for _, k := range keys {
-		if name := k[strings.LastIndexByte(k, '/')+1:]; validItemName(name) {
+		if name := baseName(k); validItemName(name) {
 			ids = append(ids, name)
 		}
 	}
@@ -317,34 +302,66 @@ func (q *queue) storeReturn(ctx context.Context, rec returnRecord) error {
 }
 
 // held reports whether returnID has pending deliveries, so a live one for
-// it must queue behind them.
+// it must queue behind them. It asks the storage every time: another
+// gateway may have queued one a moment ago, and a return's record exists
+// exactly while its line is not empty. A failed read is tried again a few
+// times, then returned: the caller cannot tell, and must not forward.
 func (q *queue) held(ctx context.Context, returnID string) (bool, error) {
-	rec, err := q.loadReturn(ctx, returnID)
-	return len(rec.IDs) > 0, err
+	key := returnKey(returnID)
+	held := false
+	err := retryStorage(ctx, func() error {
+		_, err := q.storage.Stat(ctx, key)
+		held = err == nil
+		if errors.Is(err, fs.ErrNotExist) {
+			err = nil
+		}
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("reading the queue of return %q: %w", clip(returnID), err)
+	}
+	return held, nil
 }
 
-// enqueue stores it as pending at the end of its return's line. existed
-// reports that an item with its id was already stored (a resend of a
-// queued delivery), which is left as it is. At maxItems stored items it
-// fails with errQueueFull.
-func (q *queue) enqueue(ctx context.Context, it *queueItem, maxItems int) (existed bool, err error) {
-	err = q.locked(ctx, returnKey(it.DeviceReturnID), func(ctx context.Context) error {
-		if q.storage.Exists(ctx, itemKey(it.ID)) {
-			existed = true
+// enqueueMu makes max_items exact on one gateway: the count of stored
+// items and the store of a new one are one step for every enqueue of this
+// process. Gateways sharing a storage count independently, so together
+// they may store up to one item more than max_items each.
+var enqueueMu sync.Mutex
+
+// enqueued says what enqueue did.
+type enqueued int
+
+const (
+	enqueuedNew     enqueued = iota // stored, at the end of its return's line
+	enqueuedExisted                 // an item with its id was pending: left as it is
+	enqueuedRevived                 // an item with its id was dead: pending again
+)
+
+// enqueue stores it as pending at the end of its return's line. A resend
+// of a pending delivery (an item with its id is stored) leaves that item
+// as it is; a resend of a dead one makes it pending again, back in its
+// return's line, updated by revive (its attempt record, when the live
+// attempt failed). At maxItems stored items it fails with errQueueFull.
+func (q *queue) enqueue(ctx context.Context, it *queueItem, maxItems int, now time.Time, revive func(*queueItem)) (enqueued, error) {
+	what := enqueuedNew
+	err := q.locked(ctx, returnKey(it.DeviceReturnID), func(ctx context.Context) error {
+		old, err := q.loadItem(ctx, it.ID)
+		switch {
+		case err == nil && old.Status == ItemDead && !old.Corrupt:
+			what = enqueuedRevived // after this lock: an item's lock comes first
 			return nil
-		}
-		ids, err := q.ids(ctx)
-		if err != nil {
+		case err == nil, errors.Is(err, errItemCorrupt):
+			what = enqueuedExisted
+			return nil
+		case !errors.Is(err, errItemNotFound):
 			return err
-		}
-		if len(ids) >= maxItems {
-			return errQueueFull
 		}
 		rec, err := q.loadReturn(ctx, it.DeviceReturnID)
 		if err != nil {
 			return err
 		}
-		if err := q.storeItem(ctx, it); err != nil {
+		if err := q.storeNew(ctx, it, maxItems); err != nil {
 			return err
 		}
 		rec.IDs = append(rec.IDs, it.ID)
@@ -356,7 +373,27 @@ func (q *queue) enqueue(ctx context.Context, it *queueItem, maxItems int) (exist
 		}
 		return nil
 	})
-	return existed, err
+	if err == nil && what == enqueuedRevived {
+		_, err = q.revive(ctx, it.ID, now, revive)
+		if errors.Is(err, errNotDead) {
+			what, err = enqueuedExisted, nil // revived meanwhile, by hand or another resend
+		}
+	}
+	return what, err
+}
+
+// storeNew stores a new item unless maxItems are stored.
+func (q *queue) storeNew(ctx context.Context, it *queueItem, maxItems int) error {
+	enqueueMu.Lock()
+	defer enqueueMu.Unlock()
+	ids, err := q.ids(ctx)
+	if err != nil {
+		return err
+	}
+	if len(ids) >= maxItems {
+		return errQueueFull
+	}
+	return q.storeItem(ctx, it)
 }
 
 // leaveLine removes id from its return's line (delivered, dead or dropped).
@@ -371,31 +408,42 @@ func (q *queue) leaveLine(ctx context.Context, returnID, id string) error {
 	})
 }
 
-// joinLine puts id back in its return's line, before any later arrival
-// (by received time), for a dead delivery retried by hand.
+// joinLine puts it in its return's line, before any later arrival (by
+// received time): a dead delivery retried by hand or resent, or a pending
+// one missing from its line (a gateway stopped between storing the two, or
+// a lock lost on a networked storage let two writes of the line cross).
 func (q *queue) joinLine(ctx context.Context, it *queueItem) error {
 	return q.locked(ctx, returnKey(it.DeviceReturnID), func(ctx context.Context) error {
 		rec, err := q.loadReturn(ctx, it.DeviceReturnID)
-		if err != nil || slices.Contains(rec.IDs, it.ID) {
+		if err != nil {
 			return err
 		}
-		at := len(rec.IDs)
-		for i, other := range rec.IDs {
-			o, err := q.loadItem(ctx, other)
-			if err == nil && o.ReceivedAt.After(it.ReceivedAt) {
-				at = i
-				break
-			}
-		}
-		rec.IDs = slices.Insert(rec.IDs, at, it.ID)
-		return q.storeReturn(ctx, rec)
+		return q.insertInLine(ctx, &rec, it)
 	})
 }
 
+// insertInLine adds it to rec before any later arrival and stores rec,
+// unless it is there already. The caller holds the return's lock.
+func (q *queue) insertInLine(ctx context.Context, rec *returnRecord, it *queueItem) error {
+	if slices.Contains(rec.IDs, it.ID) {
+		return nil
+	}
+	at := len(rec.IDs)
+	for i, other := range rec.IDs {
+		o, err := q.loadItem(ctx, other)
+		if err == nil && o.ReceivedAt.After(it.ReceivedAt) {
+			at = i
+			break
+		}
+	}
+	rec.IDs = slices.Insert(rec.IDs, at, it.ID)
+	return q.storeReturn(ctx, *rec)
+}
+
 // firstInLine reports whether it may be attempted now: it is the first
-// pending delivery of its return's line, or not in the line at all (a
-// gateway stopped between storing the item and the line). It reads the
-// line under the return's lock, so no enqueue is halfway through.
+// pending delivery of its return's line. An item missing from its line is
+// put back in it first. It reads the line under the return's lock, so no
+// enqueue is halfway through.
 func (q *queue) firstInLine(ctx context.Context, it *queueItem) (bool, error) {
 	first := false
 	err := q.locked(ctx, returnKey(it.DeviceReturnID), func(ctx context.Context) error {
@@ -404,8 +452,11 @@ func (q *queue) firstInLine(ctx context.Context, it *queueItem) (bool, error) {
 			return err
 		}
 		if !slices.Contains(rec.IDs, it.ID) {
-			first = true
-			return nil
+			q.logger.Warn("queue: a pending delivery was missing from its return's line; put back in arrival order",
+				zap.String("id", it.ID))
+			if err := q.insertInLine(ctx, &rec, it); err != nil {
+				return err
+			}
 		}
 		head, _, err := q.firstPending(ctx, rec.IDs)
 		first = head == it.ID
@@ -478,6 +529,46 @@ func (q *queue) view(ctx context.Context) ([]QueueItem, error) {
 	return out, nil
 }
 
+// itemVersion is what an attempt or an operator changes in an item.
+type itemVersion struct {
+	status        string
+	attempts      int
+	lastAttempt   time.Time
+	nextAttemptAt time.Time
+}
+
+func versionOf(it *queueItem) itemVersion {
+	v := itemVersion{status: it.Status, attempts: it.Attempts}
+	if it.LastAttemptAt != nil {
+		v.lastAttempt = *it.LastAttemptAt
+	}
+	if it.NextAttemptAt != nil {
+		v.nextAttemptAt = *it.NextAttemptAt
+	}
+	return v
+}
+
+// storeIfUnchanged stores it unless the stored item is gone, or changed
+// since version was: another gateway delivered, dropped or recorded it
+// while this one held a lock that it lost. Storage offers no
+// compare-and-set, so this narrows the window to a read and a write; the
+// caller holds the item's lock. stored reports whether it stored.
+func (q *queue) storeIfUnchanged(ctx context.Context, it *queueItem, was itemVersion) (stored bool, err error) {
+	cur, err := q.loadItem(ctx, it.ID)
+	switch {
+	case errors.Is(err, errItemNotFound):
+		return false, nil
+	case err != nil:
+		return false, err
+	case versionOf(cur) != was:
+		return false, nil
+	}
+	return true, q.storeItem(ctx, it)
+}
+
+// errNotDead: revive found the item pending.
+var errNotDead = errors.New("not dead")
+
 // retry makes id pending and due now (a dead one rejoins its return's
 // line). A set-aside (corrupt) item cannot be retried.
 func (q *queue) retry(ctx context.Context, id string, now time.Time) (*queueItem, error) {
@@ -486,23 +577,79 @@ func (q *queue) retry(ctx context.Context, id string, now time.Time) (*queueItem
 		if it.Corrupt {
 			return fmt.Errorf("%w %s: it was set aside and can only be dropped", errItemCorrupt, id)
 		}
-		wasDead := it.Status == ItemDead
-		it.Status, it.NextAttemptAt = ItemPending, &now
-		if wasDead {
-			// A fresh max_age from now, so it is not given up on again at
-			// its first failure.
-			it.MaxAge = int64(now.Sub(it.ReceivedAt) + time.Duration(it.MaxAge))
-		}
-		if err := q.storeItem(ctx, it); err != nil {
+		if it.Status == ItemDead {
+			var err error
+			out, err = q.reviveLocked(ctx, it, func(it *queueItem) { it.NextAttemptAt = &now }, now)
 			return err
 		}
+		it.NextAttemptAt = &now
 		out = it
-		if wasDead {
-			return q.joinLine(ctx, it)
-		}
-		return nil
+		return q.storeItem(ctx, it)
 	})
 	return out, err
+}
+
+// revive makes the dead item id pending again, changed by update, with a
+// fresh max_age from now (so it is not given up on again at its first
+// failure), and puts it back in its return's line. errNotDead: it is not
+// dead.
+func (q *queue) revive(ctx context.Context, id string, now time.Time, update func(*queueItem)) (*queueItem, error) {
+	var out *queueItem
+	err := q.withItem(ctx, id, func(ctx context.Context, it *queueItem) error {
+		if it.Status != ItemDead || it.Corrupt {
+			return errNotDead
+		}
+		var err error
+		out, err = q.reviveLocked(ctx, it, update, now)
+		return err
+	})
+	return out, err
+}
+
+func (q *queue) reviveLocked(ctx context.Context, it *queueItem, update func(*queueItem), now time.Time) (*queueItem, error) {
+	it.Status = ItemPending
+	it.MaxAge = int64(now.Sub(it.ReceivedAt) + time.Duration(it.MaxAge))
+	if update != nil {
+		update(it)
+	}
+	if err := q.storeItem(ctx, it); err != nil {
+		return nil, err
+	}
+	return it, q.joinLine(ctx, it)
+}
+
+// resolve removes the dead item id: a resend of it was delivered live.
+// It does nothing if the item is not dead (any more).
+func (q *queue) resolve(ctx context.Context, id string) (bool, error) {
+	resolved := false
+	err := q.withItem(ctx, id, func(ctx context.Context, it *queueItem) error {
+		if it.Status != ItemDead || it.Corrupt {
+			return nil
+		}
+		resolved = true
+		return q.deleteItem(ctx, id)
+	})
+	if errors.Is(err, errItemNotFound) {
+		err = nil
+	}
+	return resolved, err
+}
+
+// isDead reports whether id names a dead (not set-aside) item.
+func (q *queue) isDead(ctx context.Context, id string) (bool, error) {
+	var it *queueItem
+	err := retryStorage(ctx, func() error {
+		var err error
+		it, err = q.loadItem(ctx, id)
+		if errors.Is(err, errItemNotFound) || errors.Is(err, errItemCorrupt) {
+			return nil
+		}
+		return err
+	})
+	if err != nil || it == nil {
+		return false, err
+	}
+	return it.Status == ItemDead && !it.Corrupt, nil
 }
 
 // drop deletes id and takes it out of its return's line.

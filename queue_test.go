@@ -42,9 +42,9 @@ func testItem(n int, returnID string) *queueItem {
 
 func mustEnqueue(t *testing.T, q *queue, it *queueItem, maxItems int) {
 	t.Helper()
-	existed, err := q.enqueue(context.Background(), it, maxItems)
-	if err != nil || existed {
-		t.Fatalf("enqueue %s: existed %v, %v", it.ID, existed, err)
+	what, err := q.enqueue(context.Background(), it, maxItems, queueT0, nil)
+	if err != nil || what != enqueuedNew {
+		t.Fatalf("enqueue %s: %v, %v", it.ID, what, err)
 	}
 }
 
@@ -76,8 +76,8 @@ func TestQueueLinePerReturn(t *testing.T) {
 	// A resend of a queued delivery is left as it is.
 	again := *a1
 	again.Body = []byte(`{"other":true}`)
-	if existed, err := q.enqueue(ctx, &again, 10); err != nil || !existed {
-		t.Fatalf("enqueue of a stored id: existed %v, %v", existed, err)
+	if what, err := q.enqueue(ctx, &again, 10, queueT0, nil); err != nil || what != enqueuedExisted {
+		t.Fatalf("enqueue of a stored id: %v, %v", what, err)
 	}
 	if got, _ := q.loadItem(ctx, a1.ID); string(got.Body) != string(a1.Body) {
 		t.Fatalf("a resend replaced the stored body: %s", got.Body)
@@ -107,7 +107,7 @@ func TestQueueMaxItems(t *testing.T) {
 		mustEnqueue(t, q, testItem(i, fmt.Sprint("r", i)), 3)
 	}
 	it := testItem(9, "r9")
-	if _, err := q.enqueue(context.Background(), it, 3); !errors.Is(err, errQueueFull) {
+	if _, err := q.enqueue(context.Background(), it, 3, queueT0, nil); !errors.Is(err, errQueueFull) {
 		t.Fatalf("4th enqueue at max_items 3: %v, want errQueueFull", err)
 	}
 	if q.storage.Exists(context.Background(), itemKey(it.ID)) {
@@ -281,71 +281,42 @@ func TestQueueableAndRefused(t *testing.T) {
 	}
 }
 
-func TestWorkerMayBeHeld(t *testing.T) {
-	q, _ := testQueue(t)
-	a := &App{logger: zap.NewNop(), journal: newJournal(10), queue: q}
-	if !a.mayBeHeld("any") {
-		t.Fatal("without a worker, every return must be looked up")
-	}
-	w := newWorker(a, q, zap.NewNop())
-	a.worker.Store(w)
-	clock := queueT0
-	w.now = func() time.Time { return clock }
-	if !w.mayBeHeld("r1") {
-		t.Fatal("before the first scan, every return must be looked up")
-	}
+// The live path asks the storage whether a return is held every time: a
+// delivery another gateway queued a moment ago holds it at once.
+func TestQueueHeldAsksTheStorage(t *testing.T) {
+	q, dir := testQueue(t)
+	other := newQueue(&certmagic.FileStorage{Path: dir}, zap.NewNop()) // another gateway
 	ctx := context.Background()
-	if err := w.refresh(ctx); err != nil {
-		t.Fatal(err)
+	if held, err := q.held(ctx, "r1"); err != nil || held {
+		t.Fatalf("empty queue: held %v, %v", held, err)
 	}
-	if w.mayBeHeld("r1") {
-		t.Fatal("nothing queued, fresh scan: r1 looked up anyway")
-	}
-	// Queued here: held at once, and still after a scan that lists it.
-	mustEnqueue(t, q, testItem(1, "r1"), 10)
-	a.queued("r1")
-	if !w.mayBeHeld("r1") || w.mayBeHeld("r2") {
-		t.Fatal("a return queued here is not held at once, or another is")
-	}
-	clock = clock.Add(time.Second)
-	if err := w.refresh(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if !w.mayBeHeld("r1") {
-		t.Fatal("r1 has a pending item after the scan but is not held")
-	}
-	// Queued by another gateway: held from the next scan.
-	mustEnqueue(t, q, testItem(2, "r2"), 10)
-	clock = clock.Add(time.Second)
-	if err := w.refresh(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if !w.mayBeHeld("r2") {
-		t.Fatal("an item another gateway queued is not seen after a scan")
-	}
-	// A stale view (no scan for three intervals) looks everything up.
-	clock = clock.Add(3*w.interval + time.Second)
-	if !w.mayBeHeld("r3") {
-		t.Fatal("a stale view skipped the lookup")
+	mustEnqueue(t, other, testItem(1, "r1"), 10)
+	if held, err := q.held(ctx, "r1"); err != nil || !held {
+		t.Fatalf("queued by another gateway: held %v, %v", held, err)
 	}
 }
 
 func TestQueueFirstInLine(t *testing.T) {
 	q, _ := testQueue(t)
 	ctx := context.Background()
-	a1, a2, orphan := testItem(1, "ret"), testItem(2, "ret"), testItem(3, "ret")
+	a1, a2, a3, orphan := testItem(1, "ret"), testItem(2, "ret"), testItem(4, "ret"), testItem(3, "ret")
 	mustEnqueue(t, q, a1, 10)
 	mustEnqueue(t, q, a2, 10)
+	mustEnqueue(t, q, a3, 10)
 	if err := q.storeItem(ctx, orphan); err != nil { // stored, never lined up
 		t.Fatal(err)
 	}
 	for _, c := range []struct {
 		it   *queueItem
 		want bool
-	}{{a1, true}, {a2, false}, {orphan, true}} {
+	}{{a1, true}, {a2, false}, {orphan, false}, {a3, false}} {
 		if got, err := q.firstInLine(ctx, c.it); err != nil || got != c.want {
 			t.Errorf("firstInLine(%d) = %v, %v; want %v", c.it.ReceivedAt.Second(), got, err, c.want)
 		}
+	}
+	// The orphan is put back in its line by arrival, not let through.
+	if got := lineOf(t, q, "ret"); fmt.Sprint(got) != fmt.Sprint([]string{a1.ID, a2.ID, orphan.ID, a3.ID}) {
+		t.Errorf("line after firstInLine of an orphan = %v, want a1 a2 orphan a3", got)
 	}
 	a1.Status = ItemDead // dead, still named in the line: no longer holds a2
 	if err := q.storeItem(ctx, a1); err != nil {
@@ -353,5 +324,42 @@ func TestQueueFirstInLine(t *testing.T) {
 	}
 	if got, _ := q.firstInLine(ctx, a2); !got {
 		t.Error("a dead delivery still holds its return's line")
+	}
+}
+
+// An attempt's outcome is recorded only over the version attempted: an
+// item another gateway delivered, dropped or recorded meanwhile (it took
+// the item after this one's lock was lost) is not written back.
+func TestQueueStoreIfUnchanged(t *testing.T) {
+	q, _ := testQueue(t)
+	ctx := context.Background()
+	it := testItem(1, "ret")
+	mustEnqueue(t, q, it, 10)
+	was := versionOf(it)
+
+	other := *it // another gateway records an attempt first
+	other.Attempts = 5
+	if err := q.storeItem(ctx, &other); err != nil {
+		t.Fatal(err)
+	}
+	mine := *it
+	mine.Attempts = 1
+	if stored, err := q.storeIfUnchanged(ctx, &mine, was); err != nil || stored {
+		t.Fatalf("over a changed item: stored %v, %v", stored, err)
+	}
+	if got, _ := q.loadItem(ctx, it.ID); got.Attempts != 5 {
+		t.Fatalf("the other gateway's record was overwritten: attempts %d", got.Attempts)
+	}
+	if stored, err := q.storeIfUnchanged(ctx, &mine, versionOf(&other)); err != nil || !stored {
+		t.Fatalf("over the version attempted: stored %v, %v", stored, err)
+	}
+	if err := q.deleteItem(ctx, it.ID); err != nil {
+		t.Fatal(err)
+	}
+	if stored, err := q.storeIfUnchanged(ctx, &mine, versionOf(&mine)); err != nil || stored {
+		t.Fatalf("over a delivered (deleted) item: stored %v, %v", stored, err)
+	}
+	if _, err := q.loadItem(ctx, it.ID); !errors.Is(err, errItemNotFound) {
+		t.Fatalf("a delivered item came back: %v", err)
 	}
 }

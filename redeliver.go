@@ -141,6 +141,7 @@ type attemptResult struct {
 	reason     Reason // why it failed
 	errText    string // what failed, for the item's last_error
 	refused    bool   // retrying cannot change it: a 4xx other than 408 and 429
+	probe      bool   // the one attempt of a route whose app is failing
 	duration   time.Duration
 }
 

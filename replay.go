@@ -135,6 +135,11 @@ type replayStore interface {
 	// storageReplay returns errors.
 	Begin(ctx context.Context, k replayKey, now time.Time) (replayState, replayClaim, error)
 
+	// Reopen is Begin for a delivery recorded as delivered that was not:
+	// a queued delivery given up on (dead), sent again. A delivered
+	// record counts as unknown; a claim in flight is still replayInFlight.
+	Reopen(ctx context.Context, k replayKey, now time.Time) (replayState, replayClaim, error)
+
 	// Commit records the claimed delivery as delivered until now+ttl,
 	// replacing the claim. It records it even if the claim's lease ran out
 	// or another caller took the key over meanwhile: the delivery happened.

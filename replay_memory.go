@@ -109,6 +109,16 @@ func (m *memoryReplay) configure(capacity int, lease time.Duration, logger *zap.
 
 // Begin implements replayStore. It never fails.
 func (m *memoryReplay) Begin(_ context.Context, k replayKey, now time.Time) (replayState, replayClaim, error) {
+	return m.begin(k, now, false)
+}
+
+// Reopen implements replayStore. It never fails.
+func (m *memoryReplay) Reopen(_ context.Context, k replayKey, now time.Time) (replayState, replayClaim, error) {
+	return m.begin(k, now, true)
+}
+
+// begin is Begin; with reopen, a delivery is claimed as if unknown.
+func (m *memoryReplay) begin(k replayKey, now time.Time, reopen bool) (replayState, replayClaim, error) {
 	t := now.UnixNano()
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -116,7 +126,7 @@ func (m *memoryReplay) Begin(_ context.Context, k replayKey, now time.Time) (rep
 	mk := k.mem()
 	if i, ok := m.index[mk]; ok {
 		s := &m.slots[i]
-		if s.expires > t {
+		if s.expires > t && !(reopen && s.state == replayDelivered) {
 			return s.state, replayClaim{}, nil
 		}
 		m.remove(i)

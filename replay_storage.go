@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -119,6 +120,13 @@ func (s *storageReplay) locked(ctx context.Context, key string, f func(context.C
 // load returns the record at key; ok is false when there is none or it
 // does not parse (a damaged record is treated as absent and overwritten).
 func (s *storageReplay) load(ctx context.Context, key string) (rec replayRecord, ok bool, err error) {
+	rec, found, err := s.loadFound(ctx, key)
+	return rec, found && err == nil && rec.State != "", err
+}
+
+// loadFound is load telling a missing record (found false) from a damaged
+// one (found, zero record).
+func (s *storageReplay) loadFound(ctx context.Context, key string) (rec replayRecord, found bool, err error) {
 	data, err := s.storage.Load(ctx, key)
 	if errors.Is(err, fs.ErrNotExist) {
 		return rec, false, nil
@@ -128,7 +136,7 @@ func (s *storageReplay) load(ctx context.Context, key string) (rec replayRecord,
 	}
 	if err := json.Unmarshal(data, &rec); err != nil || rec.State != "delivered" && rec.State != "in_flight" {
 		s.logger.Warn("replay: ignoring a damaged record", zap.String("key", key))
-		return replayRecord{}, false, nil
+		return replayRecord{}, true, nil
 	}
 	return rec, true, nil
 }
@@ -143,6 +151,16 @@ func (s *storageReplay) store(ctx context.Context, key string, rec replayRecord)
 
 // Begin implements replayStore.
 func (s *storageReplay) Begin(ctx context.Context, k replayKey, now time.Time) (replayState, replayClaim, error) {
+	return s.begin(ctx, k, now, false)
+}
+
+// Reopen implements replayStore.
+func (s *storageReplay) Reopen(ctx context.Context, k replayKey, now time.Time) (replayState, replayClaim, error) {
+	return s.begin(ctx, k, now, true)
+}
+
+// begin is Begin; with reopen, a delivery is claimed as if unknown.
+func (s *storageReplay) begin(ctx context.Context, k replayKey, now time.Time, reopen bool) (replayState, replayClaim, error) {
 	key := s.key(k)
 	t := now.UnixNano()
 	st, c := replayNew, replayClaim{}
@@ -151,7 +169,7 @@ func (s *storageReplay) Begin(ctx context.Context, k replayKey, now time.Time) (
 		if err != nil {
 			return err
 		}
-		if ok && rec.Expires > t {
+		if ok && rec.Expires > t && !(reopen && rec.State == "delivered") {
 			if rec.State == "delivered" {
 				st = replayDelivered
 			} else {
@@ -274,13 +292,13 @@ func (s *storageReplay) claimSweep(ctx context.Context) bool {
 // under its lock, since a retry may claim the key afresh meanwhile; such
 // claims are rare (a crashed gateway), so the locks are few.
 func (s *storageReplay) sweep(ctx context.Context) (deleted int, err error) {
-	keys, err := s.storage.List(ctx, replayStoragePrefix, true)
-	if errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
-	}
+	keys, err := listKeys(ctx, s.storage, replayStoragePrefix)
 	if err != nil {
-		return 0, fmt.Errorf("replay: listing %s: %w", replayStoragePrefix, err)
+		return 0, fmt.Errorf("replay: %w", err)
 	}
+	// Only records: file_system writes each through a temporary file beside
+	// it (all digits), which must not be taken for a damaged record.
+	keys = slices.DeleteFunc(keys, func(k string) bool { return !validItemName(baseName(k)) })
 	if len(keys) > replaySweepLimit {
 		keys = keys[:replaySweepLimit]
 	}
@@ -291,9 +309,13 @@ func (s *storageReplay) sweep(ctx context.Context) (deleted int, err error) {
 		if err := ctx.Err(); err != nil {
 			return deleted, err
 		}
-		rec, ok, err := s.load(ctx, key)
-		if err != nil || !expired(rec, ok) {
-			continue // unreadable now (or a directory), or live
+		rec, found, err := s.loadFound(ctx, key)
+		ok := found && rec.State != ""
+		if err != nil || !found || !expired(rec, ok) {
+			// Unreadable now, or live; or listed but not (yet, or any
+			// more) stored: a networked storage lists a key before its
+			// value is written and after it is deleted.
+			continue
 		}
 		if ok && rec.State == "in_flight" {
 			err = s.locked(ctx, key, func(ctx context.Context) error {

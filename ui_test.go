@@ -303,7 +303,7 @@ func queueTestApp(t *testing.T) (*App, *queueItem) {
 		Verified: "hmac", Key: 1, Timestamp: "1744831201",
 		Body: []byte(`{"device_return_id":"<b>r-9</b>","state":"complete","BODY_MARKER_never_served":1}`),
 	}
-	if _, err := a.queue.enqueue(context.Background(), it, 10); err != nil {
+	if _, err := a.queue.enqueue(context.Background(), it, 10, queueT0, nil); err != nil {
 		t.Fatal(err)
 	}
 	prev := liveApp.Swap(a)

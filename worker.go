@@ -17,6 +17,31 @@ import (
 // item now and then, for what other gateways changed), picks the due
 // deliveries that are first in their return's line, and attempts each
 // under its storage lock (redeliver.go sends it), recording the outcome.
+//
+// While a route's app is failing (its last attempt or live delivery
+// failed), only one delivery of that route is tried at a time, the oldest
+// due, as a probe, at growing intervals; a probe or a live delivery that
+// succeeds releases the rest.
+
+// Worker timing.
+const (
+	// lockTakeoverAfter is how long an item's storage lock may be found
+	// held before the worker waits for it with the storage's own Lock,
+	// which breaks a lock left behind by a crash or a failed write.
+	lockTakeoverAfter = 10 * time.Second
+
+	// probeAfter is how many deliveries of a route must fail in a row
+	// (attempts and live ones, with no success between) before its app
+	// counts as failing and only probes are sent: a flapping app's single
+	// failures do not slow the rest.
+	probeAfter = 3
+
+	// maxProbeInterval caps the pause between probes of a failing route.
+	maxProbeInterval = 30 * time.Second
+
+	// logEvery spaces repeated error lines about the same thing.
+	logEvery = time.Minute
+)
 
 // worker redelivers the queue of one storage for one running config.
 type worker struct {
@@ -38,19 +63,34 @@ type worker struct {
 	items    map[string]*cachedItem
 	inFlight map[string]bool
 	kicks    map[string]time.Time // route path -> last success seen
-	warned   map[string]bool      // unreadable items already logged
-
-	// What the live path needs to know whether a return may be held: the
-	// returns that had a line at the last scan (by digest), those queued
-	// here since, and when the last scan listed and ended.
-	lines     map[[16]byte]bool
-	noted     map[[16]byte]time.Time
-	listedAt  time.Time
-	scannedAt time.Time
+	routes   map[string]*route    // route path -> state, while its app fails
+	busy     map[string]*busyLock // item id -> since when its lock is held elsewhere
+	logged   map[string]time.Time // what was last logged when, for logOnce
+	scanned  atomic.Uint64        // scans completed, for the metric
 
 	pending atomic.Int64
 	dead    atomic.Int64
 	oldest  atomic.Int64 // unix nanoseconds of the oldest pending item's arrival; 0 if none
+}
+
+// route is what the worker knows of a route whose deliveries fail.
+type route struct {
+	failingSince time.Time // the first failure of the streak
+	failures     int       // attempts and live deliveries failed in a row
+	probes       int       // probes failed in a row
+	nextProbe    time.Time // no probe before this
+	probe        string    // the probe in flight; "" if none
+}
+
+// probing reports whether the route's app counts as failing.
+func (r *route) probing() bool { return r != nil && r.failures >= probeAfter }
+
+// busyLock is an item whose storage lock was found held, and the item as
+// the worker knew it then: if it is unchanged once the lock is taken, the
+// holder never finished, and left the lock behind.
+type busyLock struct {
+	since time.Time
+	seen  itemVersion
 }
 
 // cachedItem is an item's schedule, as last read; its body is not kept.
@@ -76,9 +116,9 @@ func newWorker(app *App, q *queue, logger *zap.Logger) *worker {
 		items:    map[string]*cachedItem{},
 		inFlight: map[string]bool{},
 		kicks:    map[string]time.Time{},
-		warned:   map[string]bool{},
-		lines:    map[[16]byte]bool{},
-		noted:    map[[16]byte]time.Time{},
+		routes:   map[string]*route{},
+		busy:     map[string]*busyLock{},
+		logged:   map[string]time.Time{},
 	}
 }
 
@@ -117,41 +157,63 @@ func (w *worker) kick(path string) {
 	// ago (here, or by another gateway) is not counted until the next scan.
 	w.mu.Lock()
 	w.kicks[path] = w.now()
+	failing := w.routes[path].probing()
+	delete(w.routes, path)
 	w.mu.Unlock()
-	if w.pending.Load() > 0 {
+	if failing {
+		w.logger.Info("queue: the app of a route answers again; its waiting deliveries go now", zap.String("path", path))
+	}
+	if w.pending.Load() > 0 || failing {
 		w.wake()
 	}
 }
 
-// note records that a delivery of returnID was queued here, so the live
-// path holds the return before the next scan sees the item.
-func (w *worker) note(returnID string) {
+// failed records that a delivery on path failed (live, or an attempt; a
+// probe if probe), at now; ra is the app's Retry-After, if any. After
+// probeAfter failures in a row the route is tried by one probe at a time
+// until a delivery on it succeeds: the first probe a second later, then
+// at the backoff steps (at most maxProbeInterval apart), or when the
+// app's Retry-After says.
+func (w *worker) failed(path string, now time.Time, ra string, probe bool) {
 	if w == nil {
 		return
 	}
-	d := returnDigest(returnID)
-	w.mu.Lock()
-	w.noted[d] = w.now()
-	w.mu.Unlock()
-}
-
-// mayBeHeld reports whether returnID may have pending deliveries, so the
-// live path asks the storage only then (a lookup costs a storage read per
-// delivery). It says yes for a return that had a line at the last scan
-// (which lists the lines in storage, whoever made them) or was queued here
-// since, and for every return while the scans are not current (none yet,
-// or none within three intervals). A delivery another gateway queued, or
-// an operator retried, holds the return here from this gateway's next
-// scan on.
-func (w *worker) mayBeHeld(returnID string) bool {
-	d := returnDigest(returnID)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.scannedAt.IsZero() || w.now().Sub(w.scannedAt) > 3*w.interval {
-		return true
+	r := w.routes[path]
+	if r == nil {
+		r = &route{failingSince: now}
+		w.routes[path] = r
 	}
-	_, noted := w.noted[d]
-	return noted || w.lines[d]
+	r.failures++
+	switch {
+	case r.failures == probeAfter:
+		w.logger.Warn("queue: the app of a route is failing; trying one delivery at a time until it answers",
+			zap.String("path", path), zap.Time("failing_since", r.failingSince))
+		r.nextProbe = now.Add(backoff(1))
+	case probe:
+		r.probes++
+		r.nextProbe = now.Add(min(backoff(r.probes+1), maxProbeInterval))
+	default:
+		return // a live delivery or an attempt begun before: the probes keep their pace
+	}
+	if d, ok := retryAfter(ra, now); ok {
+		r.nextProbe = now.Add(d)
+	}
+}
+
+// failingSince is when the app of path began failing, as this gateway
+// saw it; zero while it is not failing.
+func (w *worker) failingSince(path string) time.Time {
+	if w == nil {
+		return time.Time{}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if r := w.routes[path]; r.probing() {
+		return r.failingSince
+	}
+	return time.Time{}
 }
 
 // wake runs a scan now.
@@ -186,17 +248,19 @@ func (w *worker) loop() {
 // scan refreshes the schedule from storage, starts the attempts that are
 // due, and returns how long to wait for the next scan.
 func (w *worker) scan() time.Duration {
+	defer w.scanned.Add(1)
 	ctx, cancel := context.WithTimeout(w.ctx, time.Minute)
 	defer cancel()
 	if err := w.refresh(ctx); err != nil {
 		if w.ctx.Err() == nil {
-			w.logger.Error("queue: listing queued deliveries", zap.Error(err))
+			w.logOnce("list", "queue: listing queued deliveries failed; trying again at the next scan", zap.Error(err))
 		}
 		return w.interval
 	}
+	w.recovered("list", "queue: listing queued deliveries works again")
 	now := w.now()
 	wait := w.interval
-	for _, it := range w.due(ctx, now, cap(w.slots)-len(w.slots)) {
+	for _, c := range w.due(ctx, now, cap(w.slots)-len(w.slots)) {
 		select {
 		case <-w.quit:
 			return wait // stopping: no new attempt
@@ -205,20 +269,23 @@ func (w *worker) scan() time.Duration {
 			return wait // all slots busy; an attempt ending wakes the loop
 		}
 		w.mu.Lock()
-		w.inFlight[it.ID] = true
+		w.inFlight[c.item.ID] = true
 		w.mu.Unlock()
 		w.wg.Add(1)
-		go func(id string) {
+		go func(c candidate) {
 			defer w.wg.Done()
 			defer func() {
 				w.mu.Lock()
-				delete(w.inFlight, id)
+				delete(w.inFlight, c.item.ID)
+				if r := w.routes[c.item.path()]; r != nil && r.probe == c.item.ID {
+					r.probe = ""
+				}
 				w.mu.Unlock()
 				<-w.slots
 				w.wake()
 			}()
-			w.attempt(id)
-		}(it.ID)
+			w.attempt(c)
+		}(c)
 	}
 	w.mu.Lock()
 	for _, c := range w.items {
@@ -228,19 +295,19 @@ func (w *worker) scan() time.Duration {
 			}
 		}
 	}
+	for _, r := range w.routes {
+		if d := r.nextProbe.Sub(now); r.probing() && d > 0 && d < wait {
+			wait = d
+		}
+	}
 	w.mu.Unlock()
 	return max(wait, 10*time.Millisecond)
 }
 
 // refresh reads the items that are new since the last scan and, every
 // restatEvery scans, the ones that changed; it sets aside the ones that
-// cannot be read.
+// cannot be read. A listing that fails changes nothing.
 func (w *worker) refresh(ctx context.Context) error {
-	listedAt := w.now()
-	lines, err := w.q.lines(ctx)
-	if err != nil {
-		return err
-	}
 	ids, err := w.q.ids(ctx)
 	if err != nil {
 		return err
@@ -260,7 +327,7 @@ func (w *worker) refresh(ctx context.Context) error {
 		}
 		info, err := w.q.storage.Stat(ctx, itemKey(id))
 		if err != nil {
-			continue // gone meanwhile, or unreadable: the load below would say
+			continue // gone meanwhile, being written, or unreadable: the load below would say
 		}
 		if c != nil && c.modified.Equal(info.Modified) && c.size == info.Size {
 			continue
@@ -273,7 +340,7 @@ func (w *worker) refresh(ctx context.Context) error {
 			it, err = w.setAside(ctx, id, err)
 		}
 		if err != nil {
-			w.warnOnce(id, "queue: cannot read a queued delivery; skipping it", err)
+			w.logOnce("read "+id, "queue: cannot read a queued delivery; skipping it", zap.String("id", id), zap.Error(err))
 			continue
 		}
 		it.Body, it.Header, it.Raw = nil, nil, nil
@@ -285,10 +352,10 @@ func (w *worker) refresh(ctx context.Context) error {
 	defer w.mu.Unlock()
 	var pending, dead int64
 	var oldest time.Time
-	w.lines = lines
 	for id, c := range w.items {
 		if !seen[id] {
 			delete(w.items, id)
+			delete(w.busy, id)
 			continue
 		}
 		if c.item.Status == ItemDead {
@@ -300,12 +367,6 @@ func (w *worker) refresh(ctx context.Context) error {
 			oldest = c.item.ReceivedAt
 		}
 	}
-	for id, at := range w.noted {
-		if at.Before(listedAt) { // stored before the listing: in w.lines now
-			delete(w.noted, id)
-		}
-	}
-	w.listedAt, w.scannedAt = listedAt, w.now()
 	w.pending.Store(pending)
 	w.dead.Store(dead)
 	if oldest.IsZero() {
@@ -327,18 +388,34 @@ func (w *worker) setAside(ctx context.Context, id string, cause error) (*queueIt
 	if it == nil { // rewritten meanwhile by another gateway
 		return w.q.loadItem(ctx, id)
 	}
-	w.app.recordItem(it, OutcomeDead, ReasonCorrupt, attemptResult{}, w.now())
-	w.app.metrics.redelivery(redeliveryDead)
+	w.app.recordItem(it, OutcomeDead, ReasonCorrupt, attemptResult{})
+	w.app.metrics.redelivery(redeliveryDead, false)
 	return it, nil
 }
 
-func (w *worker) warnOnce(id, msg string, err error) {
+// logOnce logs msg at error level, then again only after logEvery while
+// what stays the same (a failing listing, an unreadable item).
+func (w *worker) logOnce(what, msg string, fields ...zap.Field) {
 	w.mu.Lock()
-	first := !w.warned[id]
-	w.warned[id] = true
+	last, seen := w.logged[what]
+	now := w.now()
+	if !seen || now.Sub(last) >= logEvery {
+		w.logged[what] = now
+	}
 	w.mu.Unlock()
-	if first {
-		w.logger.Error(msg, zap.String("id", id), zap.Error(err))
+	if !seen || now.Sub(last) >= logEvery {
+		w.logger.Error(msg, fields...)
+	}
+}
+
+// recovered logs msg once when what, logged by logOnce, works again.
+func (w *worker) recovered(what, msg string) {
+	w.mu.Lock()
+	_, seen := w.logged[what]
+	delete(w.logged, what)
+	w.mu.Unlock()
+	if seen {
+		w.logger.Info(msg)
 	}
 }
 
@@ -356,10 +433,22 @@ func (w *worker) isDue(it *queueItem, now time.Time) bool {
 	return ok && (it.LastAttemptAt == nil || kicked.After(*it.LastAttemptAt))
 }
 
+// candidate is an item to attempt now. probe: its route's app is failing,
+// and it is the one delivery tried; expire: its route's app is failing
+// and its max_age has passed, so it is given up on without an attempt.
+type candidate struct {
+	item   *queueItem
+	probe  bool
+	expire bool
+	relist bool // the storage does not list it: store it again first
+}
+
 // due returns up to limit items to attempt now, the longest waiting
-// first: due, not in flight here, and first in their return's line. It
-// reads the line of a return only when one of its items is a candidate.
-func (w *worker) due(ctx context.Context, now time.Time, limit int) []*queueItem {
+// first: due, not in flight here, and first in their return's line; of a
+// route whose app is failing, only the oldest due, once its next probe is
+// due and no probe of it is in flight. It reads the line of a return only
+// when one of its items is a candidate.
+func (w *worker) due(ctx context.Context, now time.Time, limit int) []candidate {
 	w.mu.Lock()
 	var cands []*queueItem
 	for _, c := range w.items {
@@ -377,30 +466,75 @@ func (w *worker) due(ctx context.Context, now time.Time, limit int) []*queueItem
 	slices.SortFunc(cands, func(a, b *queueItem) int { return waitingSince(a).Compare(waitingSince(b)) })
 
 	type line struct {
-		head string
-		ids  []string
+		head     string
+		ids      []string
+		unlisted bool // its head was looked for outside the listing
 	}
 	lines := map[string]*line{}
-	var out []*queueItem
+	probed := map[string]bool{} // routes given their probe in this scan
+	var out []candidate
 	for _, it := range cands {
 		if len(out) >= limit {
 			break
+		}
+		path := it.path()
+		w.mu.Lock()
+		r := w.routes[path]
+		probe := r.probing()
+		skip := probe && (r.probe != "" || now.Before(r.nextProbe))
+		w.mu.Unlock()
+		if probe && !now.Before(it.deadline()) {
+			out = append(out, candidate{item: it, expire: true})
+			continue
+		}
+		if skip || probed[path] {
+			continue
 		}
 		l := lines[it.DeviceReturnID]
 		if l == nil {
 			rec, err := w.q.loadReturn(ctx, it.DeviceReturnID)
 			if err != nil {
-				w.logger.Warn("queue: reading a return's line", zap.Error(err))
+				w.logOnce("line "+it.DeviceReturnID, "queue: reading a return's line failed", zap.Error(err))
 				continue
 			}
 			l = &line{head: w.head(ctx, rec), ids: rec.IDs}
 			lines[it.DeviceReturnID] = l
 		}
-		// An item missing from its line (a gateway stopped between storing
-		// the two) holds nothing back and is not held.
-		if it.ID == l.head || !slices.Contains(l.ids, it.ID) {
-			out = append(out, it)
+		// An item missing from its line is put back in it by the attempt
+		// (firstInLine), which then decides.
+		relist := false
+		if it.ID != l.head && slices.Contains(l.ids, it.ID) {
+			// Its head may be a pending item the storage no longer lists (a
+			// networked storage's delete that failed half-way: index entry
+			// gone, value kept): nothing else would ever try it, and its
+			// whole return would wait.
+			if l.unlisted || l.head == "" {
+				continue
+			}
+			l.unlisted = true
+			w.mu.Lock()
+			_, listed := w.items[l.head]
+			busy := w.inFlight[l.head]
+			w.mu.Unlock()
+			if listed || busy {
+				continue
+			}
+			h, err := w.q.loadItem(ctx, l.head)
+			w.mu.Lock()
+			due := err == nil && w.isDue(h, now)
+			w.mu.Unlock()
+			if !due {
+				continue
+			}
+			it, relist = h, true
 		}
+		if probe {
+			probed[path] = true
+			w.mu.Lock()
+			r.probe = it.ID
+			w.mu.Unlock()
+		}
+		out = append(out, candidate{item: it, probe: probe, relist: relist})
 	}
 	return out
 }
@@ -412,30 +546,73 @@ func (w *worker) head(ctx context.Context, rec returnRecord) string {
 	head, stale, _ := w.q.firstPending(ctx, rec.IDs) // an unreadable head keeps the order
 	for _, id := range stale {
 		if err := w.q.leaveLine(ctx, rec.DeviceReturnID, id); err != nil {
-			w.logger.Warn("queue: taking a stale delivery out of its return's line", zap.Error(err))
+			w.logOnce("line "+rec.DeviceReturnID, "queue: taking a stale delivery out of its return's line failed", zap.Error(err))
 			return id
 		}
 	}
 	return head
 }
 
+// lock takes the storage lock of item id for an attempt. While another
+// holds it, it answers nil and notes since when; once the lock has been
+// held for lockTakeoverAfter, it waits for it with the storage's Lock,
+// which breaks a lock left behind by a crash or a failed write (see
+// lockStorage), so such a lock holds a return up for about 15 s at most.
+func (w *worker) lock(id string) (unlock func(context.Context, *zap.Logger), busy *busyLock) {
+	key := itemKey(id)
+	unlock, ok, err := tryLockStorage(w.ctx, w.q.storage, key)
+	if err != nil {
+		w.logOnce("lock "+id, "queue: taking the storage lock of a queued delivery failed", zap.String("id", id), zap.Error(err))
+	}
+	now := w.now()
+	w.mu.Lock()
+	b := w.busy[id]
+	if !ok && b == nil {
+		b = &busyLock{since: now}
+		if c := w.items[id]; c != nil {
+			b.seen = versionOf(c.item)
+		}
+		w.busy[id] = b
+	}
+	w.mu.Unlock()
+	if ok {
+		return unlock, b
+	}
+	if now.Sub(b.since) < lockTakeoverAfter {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(w.ctx, queueLockWait)
+	defer cancel()
+	unlock, err = lockStorage(ctx, w.q.storage, key)
+	if err != nil {
+		if w.ctx.Err() == nil {
+			w.logOnce("lock "+id, "queue: the storage lock of a queued delivery stays held; its return waits",
+				zap.String("id", id), zap.Duration("held_for", w.now().Sub(b.since).Round(time.Second)), zap.Error(err))
+		}
+		return nil, nil
+	}
+	return unlock, b
+}
+
 // attempt tries one item under its storage lock, re-reading it first: if
 // another gateway delivered it or attempted it meanwhile, it does nothing.
-func (w *worker) attempt(id string) {
-	ctx := w.ctx
-	locked, err := tryLock(ctx, w.q.storage, itemKey(id))
-	if err != nil || !locked {
-		return // another gateway holds it
+func (w *worker) attempt(c candidate) {
+	ctx, id, probe := w.ctx, c.item.ID, c.probe
+	unlock, busy := w.lock(id)
+	if unlock == nil {
+		return // held by another gateway's attempt, or stuck: lock says
 	}
-	name := lockName(itemKey(id))
-	defer func() {
-		if err := w.q.storage.Unlock(context.WithoutCancel(ctx), name); err != nil {
-			w.logger.Error("queue: unlocking a delivery", zap.String("id", id), zap.Error(err))
-		}
-	}()
+	defer unlock(ctx, w.logger)
 	it, err := w.q.loadItem(ctx, id)
+	w.mu.Lock()
+	delete(w.busy, id)
+	w.mu.Unlock()
 	if err != nil {
 		return // delivered or dropped by another gateway, or unreadable: the scan says
+	}
+	if busy != nil && versionOf(it) == busy.seen {
+		w.logger.Error("queue: took over the storage lock of a queued delivery, left behind by a crash or a failed write",
+			zap.String("id", id), zap.Duration("held_for", w.now().Sub(busy.since).Round(time.Second)))
 	}
 	w.mu.Lock()
 	due := w.isDue(it, w.now())
@@ -444,54 +621,127 @@ func (w *worker) attempt(id string) {
 		w.remember(it)
 		return
 	}
+	if c.relist {
+		w.logger.Warn("queue: a pending delivery first in its return's line was not listed by the storage (a delete that failed half-way?); storing it again",
+			zap.String("id", id))
+		if err := w.q.storeItem(ctx, it); err != nil {
+			w.logOnce("store "+id, "queue: storing a queued delivery again failed", zap.String("id", id), zap.Error(err))
+			return
+		}
+	}
+	if c.expire {
+		w.expire(ctx, it)
+		return
+	}
 	// The scan's view of the line may have caught an enqueue between its
 	// two writes (the item stored, the line not yet): ask again under the
 	// return's lock.
 	if first, err := w.q.firstInLine(ctx, it); err != nil || !first {
+		if err != nil && ctx.Err() == nil {
+			w.logOnce("line "+it.DeviceReturnID, "queue: reading a return's line failed", zap.Error(err))
+		}
 		return
 	}
 
+	// Fencing: a storage lock can be lost while held (a networked storage
+	// unreachable for longer than its TTL) or broken as stale, and another
+	// gateway may have taken the item meanwhile. Read it again right before
+	// the step that cannot be undone; record the outcome only over the
+	// version attempted.
+	was := versionOf(it)
+	if cur, err := w.q.loadItem(ctx, id); err != nil || versionOf(cur) != was {
+		w.lostLock(id, err)
+		return
+	}
 	n := it.Attempts + 1
 	started := w.now()
 	res := w.app.deliver(ctx, it, n)
+	res.probe = probe
 	store := context.WithoutCancel(ctx)
 	it.Attempts, it.LastAttemptAt = n, &started
 	it.LastStatus, it.LastError = res.upstream, res.errText
 	now := w.now()
 	switch {
 	case res.delivered:
-		err = w.q.deleteItem(store, id)
+		err = retryStorage(store, func() error { return w.q.deleteItem(store, id) })
 		if err == nil {
-			err = w.q.leaveLine(store, it.DeviceReturnID, id)
+			err = retryStorage(store, func() error { return w.q.leaveLine(store, it.DeviceReturnID, id) })
 		}
-		w.app.recordItem(it, OutcomeRedelivered, "", res, now)
-		w.app.metrics.redelivery(redeliveryDelivered)
+		w.app.recordItem(it, OutcomeRedelivered, "", res)
+		w.app.metrics.redelivery(redeliveryDelivered, probe)
 		w.logger.Info("queued delivery redelivered", zap.String("id", id), zap.Int("attempt", n), zap.Int("status", res.upstream))
 		w.kick(it.path())
 	case res.refused || !now.Before(it.deadline()):
 		reason := ReasonMaxAge
 		if res.refused {
 			reason = ReasonAppRefused
+			w.kick(it.path()) // the app answered: it is up
+		} else {
+			w.failed(it.path(), now, res.retryAfter, probe)
 		}
 		it.Status, it.NextAttemptAt = ItemDead, nil
-		if err = w.q.storeItem(store, it); err == nil {
+		var stored bool
+		if stored, err = w.q.storeIfUnchanged(store, it, was); stored {
 			err = w.q.leaveLine(store, it.DeviceReturnID, id)
+		} else if err == nil {
+			w.lostLock(id, nil)
 		}
-		w.app.recordItem(it, OutcomeDead, reason, res, now)
-		w.app.metrics.redelivery(redeliveryDead)
+		w.app.recordItem(it, OutcomeDead, reason, res)
+		w.app.metrics.redelivery(redeliveryDead, probe)
 		w.logger.Error("queued delivery given up on (dead); retry it by hand", zap.String("id", id), zap.Int("attempt", n),
 			zap.String("reason", string(reason)), zap.String("error", res.errText))
 	default:
+		w.failed(it.path(), now, res.retryAfter, probe)
 		next := nextAttempt(it, n, now, res.retryAfter)
 		it.NextAttemptAt = &next
-		err = w.q.storeItem(store, it)
-		w.app.recordItem(it, OutcomeQueued, res.reason, res, now)
-		w.app.metrics.redelivery(redeliveryFailed)
+		var stored bool
+		if stored, err = w.q.storeIfUnchanged(store, it, was); !stored && err == nil {
+			w.lostLock(id, nil)
+		}
+		w.app.recordItem(it, OutcomeQueued, res.reason, res)
+		w.app.metrics.redelivery(redeliveryFailed, probe)
 		w.logger.Warn("redelivery attempt failed; will try again", zap.String("id", id), zap.Int("attempt", n),
-			zap.String("error", res.errText), zap.Time("next_attempt_at", next))
+			zap.Bool("probe", probe), zap.String("error", res.errText), zap.Time("next_attempt_at", next))
 	}
 	if err != nil {
 		w.logger.Error("queue: recording an attempt", zap.String("id", id), zap.Error(err))
+	}
+	w.remember(it)
+}
+
+// lostLock logs that item id changed (or could not be read) while this
+// gateway held its lock: the lock was lost or broken, and another gateway
+// took the item. Nothing is sent or recorded over the other's record; the
+// app may get the delivery twice, with the same delivery id.
+func (w *worker) lostLock(id string, err error) {
+	fields := []zap.Field{zap.String("id", id)}
+	if err != nil {
+		fields = append(fields, zap.Error(err))
+	}
+	w.logger.Warn("queue: a queued delivery changed while this gateway held its storage lock (the lock was lost or broken); leaving it to the gateway that took it", fields...)
+}
+
+// expire gives up on a pending item whose max_age passed while its route's
+// app was failing (it was not tried again: the route's probe was).
+func (w *worker) expire(ctx context.Context, it *queueItem) {
+	now := w.now()
+	if now.Before(it.deadline()) {
+		return
+	}
+	store := context.WithoutCancel(ctx)
+	it.Status, it.NextAttemptAt = ItemDead, nil
+	err := w.q.storeItem(store, it)
+	if err == nil {
+		err = w.q.leaveLine(store, it.DeviceReturnID, it.ID)
+	}
+	res := attemptResult{status: it.LastStatus, upstream: it.LastStatus, errText: it.LastError}
+	w.app.recordItem(it, OutcomeDead, ReasonMaxAge, res)
+	w.app.metrics.redelivery(redeliveryDead, false)
+	w.logger.Error("queued delivery given up on (dead) while its route's app was failing; retry it by hand",
+		zap.String("id", it.ID), zap.Int("attempts", it.Attempts), zap.String("reason", string(ReasonMaxAge)),
+		zap.String("error", it.LastError))
+	if err != nil {
+		w.logger.Error("queue: recording an attempt", zap.String("id", it.ID), zap.Error(err))
 	}
 	w.remember(it)
 }
