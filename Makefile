@@ -11,6 +11,10 @@ FUZZTIME ?= 20
 # integration/browser is a module of its own (it needs a browser driver the
 # plugin does not), so `go test ./...` does not reach it: it is run here.
 BROWSER_DIR = integration/browser
+# integration/teststorage is a module of its own too: test-only Caddy storage
+# modules (a faulty file_system, Redis with caddy-storage-redis's semantics)
+# built into bin/caddy-test, never into bin/caddy.
+TESTSTORAGE_DIR = integration/teststorage
 
 .PHONY: run test caddy vet fmt-check fuzz browser-test screenshot
 
@@ -41,6 +45,7 @@ fuzz:
 vet:
 	$(GO) vet ./...
 	cd $(BROWSER_DIR) && $(GO) vet .
+	cd $(TESTSTORAGE_DIR) && $(GO) vet .
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi

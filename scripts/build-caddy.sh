@@ -2,13 +2,24 @@
 # Builds bin/caddy with this module from the working tree, using the pinned
 # xcaddy and Caddy versions. Rebuilds only when the module's sources change
 # (its non-test .go files, go.mod, go.sum and the embedded ui/ files).
+#
+#   scripts/build-caddy.sh        # bin/caddy: the gateway users build
+#   scripts/build-caddy.sh test   # bin/caddy-test: the same, plus the test
+#                                 # storage modules of integration/teststorage
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CADDY_VERSION=v2.11.9
 MODULE=$(go list -m)
 OUT=bin/caddy
-STAMP=bin/.caddy-stamp
+WITH=(--with "$MODULE@v0.0.0=.")
+EXTRA=()
+if [ "${1:-}" = test ]; then
+	OUT=bin/caddy-test
+	WITH+=(--with "$MODULE/integration/teststorage@v0.0.0=./integration/teststorage")
+	EXTRA=(integration/teststorage)
+fi
+STAMP=$OUT.stamp
 
 # One build at a time: concurrent test packages may all ask for it.
 mkdir -p bin
@@ -16,14 +27,14 @@ exec 9>bin/.build-lock
 flock 9
 
 # The page's files (ui/) are embedded, so they count as sources too.
-sum=$( (echo "$CADDY_VERSION"; cat go.mod go.sum; ls *.go | grep -v _test.go | sort | xargs cat; find ui -type f | LC_ALL=C sort | xargs cat) | sha256sum | cut -d' ' -f1)
+sum=$( (echo "$CADDY_VERSION"; cat go.mod go.sum; ls *.go | grep -v _test.go | sort | xargs cat; find ui -type f | LC_ALL=C sort | xargs cat
+	for d in "${EXTRA[@]}"; do cat "$d/go.mod" "$d/go.sum"; ls "$d"/*.go | grep -v _test.go | sort | xargs cat; done) | sha256sum | cut -d' ' -f1)
 if [ -x "$OUT" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$sum" ]; then
 	exit 0
 fi
 scripts/deps.sh
-mkdir -p bin
-echo "build-caddy: building $OUT (Caddy $CADDY_VERSION + $MODULE); a cold build takes ~90 s" >&2
+echo "build-caddy: building $OUT (Caddy $CADDY_VERSION + $MODULE${EXTRA:+ + test storages}); the first build on a machine takes several minutes (Go fetches and compiles Caddy), later ones about 30 s" >&2
 # @v0.0.0 makes xcaddy use a replace to this directory instead of asking
 # the module proxy for an unpublished path.
-"$(go env GOPATH)/bin/xcaddy" build "$CADDY_VERSION" --output "$OUT" --with "$MODULE@v0.0.0=." >&2
+"$(go env GOPATH)/bin/xcaddy" build "$CADDY_VERSION" --output "$OUT" "${WITH[@]}" >&2
 echo "$sum" > "$STAMP"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need, if missing: xcaddy (pinned),
-# and from Debian: python3, ruby, php-cli, nodejs, openssl, curl, wrk, and
+# and from Debian: python3, ruby, php-cli, nodejs, openssl, curl, redis-server, wrk, and
 # chromium with a font for the deliveries page's browser tests.
 # Safe to run repeatedly; does nothing when all is present.
 set -euo pipefail
@@ -19,6 +19,7 @@ command -v php >/dev/null || need+=(php-cli)
 command -v node >/dev/null || need+=(nodejs)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
+command -v redis-server >/dev/null || need+=(redis-server)
 command -v chromium >/dev/null || need+=(chromium)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 if [ "${1:-}" = "--bench" ]; then
