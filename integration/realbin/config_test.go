@@ -27,10 +27,17 @@ type cmdResult struct {
 // added) and a bounded wait.
 func caddyCmd(t *testing.T, env []string, args ...string) cmdResult {
 	t.Helper()
+	return caddyCmdBin(t, caddyBin, env, args...)
+}
+
+// caddyCmdBin is caddyCmd with the Caddy binary bin (bin/caddy-test, say,
+// to adapt a Caddyfile that uses a test storage).
+func caddyCmdBin(t *testing.T, bin string, env []string, args ...string) cmdResult {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	dir := t.TempDir()
-	cmd := exec.CommandContext(ctx, caddyBin, args...)
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = dir
 	cmd.Env = append(caddyEnv(dir), env...)
 	var out bytes.Buffer

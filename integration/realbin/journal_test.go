@@ -19,7 +19,7 @@ import (
 // the queue's Caddy events, on bin/caddy.
 
 // journalFields are the fields of a journal entry (seq orders them).
-var journalFields = []string{"seq", "time", "delivery_id", "outcome", "reason", "status", "upstream_status", "attempt",
+var journalFields = []string{"seq", "time", "delivery_id", "outcome", "reason", "status", "upstream_status", "attempt", "probe",
 	"device_return_id", "state", "test", "verified", "key", "duration_ms", "host", "path", "remote_addr"}
 
 // wantEntry is what a journal entry must hold besides time, duration, host
@@ -327,7 +327,8 @@ func TestQueueMetrics(t *testing.T) {
 		redeliv = "caddy_reready_redeliveries_total"
 	)
 	key := func(name, status string) string { return seriesKey(name, "status", status) }
-	res := func(result string) string { return seriesKey(redeliv, "result", result) }
+	// res sums a result's attempts, probes or not.
+	res := func(result string) seriesSum { return seriesSum{redeliv, []string{"result", result}} }
 	var last promSeries
 	waitSeries := func(what string, cond func(p promSeries) bool) {
 		t.Helper()
@@ -349,9 +350,9 @@ func TestQueueMetrics(t *testing.T) {
 	wantQueued(t, short.post(t, g, "/short/app"), short.id)
 
 	waitSeries("pending did not reach 3", func(p promSeries) bool { return p[key(items, "pending")] == 3 })
-	waitSeries("no failed redelivery counted", func(p promSeries) bool { return p[res("failed")] > before[res("failed")] })
+	waitSeries("no failed redelivery counted", func(p promSeries) bool { return p.of(res("failed")) > before.of(res("failed")) })
 	waitSeries("the short-lived item did not die", func(p promSeries) bool {
-		return p[key(items, "dead")] == 1 && p[key(items, "pending")] == 2 && p[res("dead")] == before[res("dead")]+1
+		return p[key(items, "dead")] == 1 && p[key(items, "pending")] == 2 && p.of(res("dead")) == before.of(res("dead"))+1
 	})
 	age1 := last[oldest+"{}"]
 	if age1 < 1 {
@@ -362,7 +363,7 @@ func TestQueueMetrics(t *testing.T) {
 	app.up(t)
 	ok(t, signEvent(t, rubySigner, secret, newEvent("complete")).post(t, g, "/m/app")) // a kick
 	waitSeries("the two pending items were not counted delivered", func(p promSeries) bool {
-		return p[res("delivered")] == before[res("delivered")]+2 && p[key(items, "pending")] == 0 && p[oldest+"{}"] == 0
+		return p.of(res("delivered")) == before.of(res("delivered"))+2 && p[key(items, "pending")] == 0 && p[oldest+"{}"] == 0
 	})
 	if last[key(items, "dead")] != 1 {
 		t.Errorf("dead = %v after delivering the others, want 1", last[key(items, "dead")])

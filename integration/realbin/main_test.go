@@ -101,14 +101,31 @@ func fatal(format string, args ...any) int {
 	return 1
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// handedOut holds every port freePort returned: a port reserved for an
+// app that is down (nothing listens on it yet) must not be handed to a
+// gateway, which would then proxy to itself.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago and
+// that no earlier call returned.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !handedOut.ports[port] {
+			handedOut.ports[port] = true
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // waitListening polls addr until it accepts a connection, exited is closed,
@@ -447,13 +464,50 @@ func gatewayCaddyfile(adminPort int, global, base, site string) string {
 // test ends.
 func runCaddyfile(t *testing.T, caddyfile, base string, env []string, secrets ...string) *gateway {
 	t.Helper()
+	return runCaddyfileBin(t, caddyBin, caddyfile, base, env, secrets...)
+}
+
+// testBin is bin/caddy-test: bin/caddy plus the test storage modules of
+// integration/teststorage, built the first time a test asks for it.
+var testBin struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// caddyTestBin returns the path of bin/caddy-test, building it if needed.
+func caddyTestBin(t *testing.T) string {
+	t.Helper()
+	testBin.once.Do(func() {
+		if testBin.path = os.Getenv("REALBIN_CADDY_TEST"); testBin.path != "" {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+		defer cancel()
+		build := exec.CommandContext(ctx, filepath.Join(root, "scripts", "build-caddy.sh"), "test")
+		build.Dir = root
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if testBin.err = build.Run(); testBin.err == nil {
+			testBin.path = filepath.Join(root, "bin", "caddy-test")
+		}
+	})
+	if testBin.err != nil {
+		t.Fatalf("scripts/build-caddy.sh test: %v", testBin.err)
+	}
+	return testBin.path
+}
+
+// runCaddyfileBin runs the Caddy binary bin on caddyfile, which serves
+// base, until the test ends.
+func runCaddyfileBin(t *testing.T, bin, caddyfile, base string, env []string, secrets ...string) *gateway {
+	t.Helper()
 	dir := t.TempDir()
 	g := &gateway{base: base, config: filepath.Join(dir, "Caddyfile")}
 	if err := os.WriteFile(g.config, []byte(caddyfile), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
-	g.cmd = exec.Command(caddyBin, "run", "--config", g.config, "--adapter", "caddyfile")
+	g.cmd = exec.Command(bin, "run", "--config", g.config, "--adapter", "caddyfile")
 	g.cmd.Dir = dir
 	g.cmd.Env = append(caddyEnv(dir), env...)
 	g.cmd.Stdout, g.cmd.Stderr = &g.logs, &g.logs

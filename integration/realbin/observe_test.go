@@ -280,6 +280,30 @@ func scrape(t *testing.T, admin string) (promSeries, string) {
 	return out, string(raw)
 }
 
+// seriesSum names the series of name whose labels include these pairs.
+type seriesSum struct {
+	name   string
+	labels []string
+}
+
+// of adds the samples of the series q names.
+func (p promSeries) of(q seriesSum) float64 {
+	var s float64
+	for k, v := range p {
+		if !strings.HasPrefix(k, q.name+"{") {
+			continue
+		}
+		all := true
+		for i := 0; i+1 < len(q.labels); i += 2 {
+			all = all && strings.Contains(k, q.labels[i]+`="`+q.labels[i+1]+`"`)
+		}
+		if all {
+			s += v
+		}
+	}
+	return s
+}
+
 // sum adds the samples of every series named name.
 func (p promSeries) sum(name string) float64 {
 	var s float64

@@ -10,90 +10,100 @@ import (
 )
 
 // Store-and-forward across processes: a gateway killed with SIGKILL, and
-// gateways sharing a file_system storage root acting as one queue.
+// gateways sharing a storage acting as one queue, on Caddy's file_system
+// and on Redis (backends_test.go).
 
 // A gateway killed with SIGKILL right after its 202 redelivers the item
 // once restarted on the same storage. The sender's resend meanwhile (it may
 // not have seen the 202) joins the stored item instead of making another.
 func TestQueueSurvivesSIGKILL(t *testing.T) {
-	const secret = "ssk_queue_sigkill_0b1c2d3e"
-	storage := t.TempDir()
-	app := newQApp(t)
-	site := queueSite(secret, "", app.addr)
-	g1 := startGatewayWith(t, storageGlobal(storage), site, nil, secret)
+	for _, name := range storages {
+		t.Run(name, func(t *testing.T) {
+			const secret = "ssk_queue_sigkill_0b1c2d3e"
+			st := newBackend(t, name)
+			app := newQApp(t)
+			site := queueSite(secret, "", app.addr)
+			g1 := st.gateway(t, 0, site, secret)
 
-	d := signEvent(t, rubySigner, secret, newEvent("pending_return_shipment_delivery"))
-	wantQueued(t, d.post(t, g1, "/hooks/app"), d.id)
-	g1.kill(t)
+			d := signEvent(t, rubySigner, secret, newEvent("pending_return_shipment_delivery"))
+			wantQueued(t, d.post(t, g1, "/hooks/app"), d.id)
+			g1.kill(t)
 
-	g2 := startGatewayOn(t, portOf(t, g1), storageGlobal(storage), site, nil, secret)
-	wantQueued(t, d.post(t, g2, "/hooks/app"), d.id)
-	items := queueList(t, g2)
-	if len(items) != 1 || items[0].str("id") != d.id || items[0].str("status") != "pending" {
-		t.Fatalf("after the restart the queue lists %v, want %s pending", items, d.id)
-	}
-	if files := queueFiles(t, storage); len(files) != 1 {
-		t.Errorf("storage holds %v, want one item", files)
-	}
+			g2 := st.gateway(t, portOf(t, g1), site, secret)
+			wantQueued(t, d.post(t, g2, "/hooks/app"), d.id)
+			items := queueList(t, g2)
+			if len(items) != 1 || items[0].str("id") != d.id || items[0].str("status") != "pending" {
+				t.Fatalf("after the restart the queue lists %v, want %s pending", items, d.id)
+			}
+			if stored := st.items(t); len(stored) != 1 {
+				t.Errorf("storage holds %v, want one item", stored)
+			}
 
-	app.up(t)
-	rec := app.waitDelivered(t, d.id, queueTimeout)
-	if !bytes.Equal(rec.body, d.body) {
-		t.Errorf("body %q, want %q", rec.body, d.body)
-	}
-	wantEventHeaders(t, rec.header, d.ev, d.ts, d.sig, attemptOf(rec), time.Unix(d.ts, 0), time.Now())
-	if attemptOf(rec) < 2 {
-		t.Errorf("X-ReReady-Attempt %d, want 2 or more", attemptOf(rec))
-	}
-	waitItem(t, g2, d.id, "", logTimeout)
-	time.Sleep(2500 * time.Millisecond) // a scan interval
-	if n := len(app.forID(d.id)); n != 1 {
-		t.Errorf("the app got the delivery %d times, want once", n)
+			app.up(t)
+			rec := app.waitDelivered(t, d.id, queueTimeout)
+			if !bytes.Equal(rec.body, d.body) {
+				t.Errorf("body %q, want %q", rec.body, d.body)
+			}
+			wantEventHeaders(t, rec.header, d.ev, d.ts, d.sig, attemptOf(rec), time.Unix(d.ts, 0), time.Now())
+			if attemptOf(rec) < 2 {
+				t.Errorf("X-ReReady-Attempt %d, want 2 or more", attemptOf(rec))
+			}
+			waitItem(t, g2, d.id, "", logTimeout)
+			waitScans(t, g2, 2) // a whole scan since: nothing more goes out
+			if n := len(app.forID(d.id)); n != 1 {
+				t.Errorf("the app got the delivery %d times, want once", n)
+			}
+		})
 	}
 }
 
 // Killed in the middle of an attempt, a gateway leaves the item's storage
 // lock behind; a gateway on the same storage takes the item once the lock
-// is stale (file_system: about 10s) and delivers it, with the same
-// delivery id and attempt number: a crash mid-attempt may deliver twice.
+// is stale (file_system: about 10s; Redis: its 5 s TTL) and delivers it,
+// with the same delivery id and attempt number: a crash mid-attempt may
+// deliver twice.
 func TestQueueKilledMidAttempt(t *testing.T) {
-	const secret = "ssk_queue_mid_attempt_4e5f"
-	storage := t.TempDir()
-	app := newQApp(t)
-	site := queueSite(secret, "", app.addr)
-	g1 := startGatewayWith(t, storageGlobal(storage), site, nil, secret)
+	for _, name := range storages {
+		t.Run(name, func(t *testing.T) {
+			const secret = "ssk_queue_mid_attempt_4e5f"
+			st := newBackend(t, name)
+			app := newQApp(t)
+			site := queueSite(secret, "", app.addr)
+			g1 := st.gateway(t, 0, site, secret)
 
-	d := signEvent(t, opensslSigner, secret, newEvent("complete"))
-	wantQueued(t, d.post(t, g1, "/hooks/app"), d.id)
-	hold := make(chan struct{})
-	defer close(hold)
-	var held bool
-	app.setRule(func(q *qRec) qAnswer {
-		if q.id() == d.id && !held {
-			held = true
-			return qAnswer{hold: hold} // never answered: its gateway dies first
-		}
-		return qAnswer{}
-	})
-	app.up(t)
-	waitUntil(t, "no attempt reached the app", queueTimeout, func() bool { return len(app.forID(d.id)) == 1 })
-	killed := time.Now()
-	g1.kill(t)
+			d := signEvent(t, opensslSigner, secret, newEvent("complete"))
+			wantQueued(t, d.post(t, g1, "/hooks/app"), d.id)
+			hold := make(chan struct{})
+			defer close(hold)
+			var held bool
+			app.setRule(func(q *qRec) qAnswer {
+				if q.id() == d.id && !held {
+					held = true
+					return qAnswer{hold: hold} // never answered: its gateway dies first
+				}
+				return qAnswer{}
+			})
+			app.up(t)
+			waitUntil(t, "no attempt reached the app", queueTimeout, func() bool { return len(app.forID(d.id)) == 1 })
+			killed := time.Now()
+			g1.kill(t)
 
-	g2 := startGatewayOn(t, portOf(t, g1), storageGlobal(storage), site, nil, secret)
-	rec := app.waitDelivered(t, d.id, queueTimeout)
-	t.Logf("delivered %s after the kill", rec.at.Sub(killed).Round(100*time.Millisecond))
-	if n := app.delivered(d.id); n != 1 {
-		t.Errorf("delivered %d times, want 1", n)
+			g2 := st.gateway(t, portOf(t, g1), site, secret)
+			rec := app.waitDelivered(t, d.id, queueTimeout)
+			t.Logf("delivered %s after the kill", rec.at.Sub(killed).Round(100*time.Millisecond))
+			if n := app.delivered(d.id); n != 1 {
+				t.Errorf("delivered %d times, want 1", n)
+			}
+			// The same delivery id (what an app drops duplicates by). The
+			// attempt number is stored only when an attempt ends, so the one
+			// cut short by the kill is counted again.
+			if recs := app.forID(d.id); len(recs) != 2 || attemptOf(recs[1]) != attemptOf(recs[0]) {
+				t.Errorf("the app got %d requests with id %s, attempts %d then %d; want 2, the same attempt number",
+					len(recs), d.id, attemptOf(recs[0]), attemptOf(recs[len(recs)-1]))
+			}
+			waitItem(t, g2, d.id, "", logTimeout)
+		})
 	}
-	// The same delivery id (what an app drops duplicates by). The attempt
-	// number is stored only when an attempt ends, so the one cut short by
-	// the kill is counted again.
-	if recs := app.forID(d.id); len(recs) != 2 || attemptOf(recs[1]) != attemptOf(recs[0]) {
-		t.Errorf("the app got %d requests with id %s, attempts %d then %d; want 2, the same attempt number",
-			len(recs), d.id, attemptOf(recs[0]), attemptOf(recs[len(recs)-1]))
-	}
-	waitItem(t, g2, d.id, "", logTimeout)
 }
 
 // Two gateways on one storage root and one port, as a fleet behind a load
@@ -103,16 +113,21 @@ func TestQueueKilledMidAttempt(t *testing.T) {
 // delivered exactly once (storage locks, and a check of the item after
 // taking its lock).
 func TestQueueFleet(t *testing.T) {
+	for _, name := range storages {
+		t.Run(name, func(t *testing.T) { testQueueFleet(t, newBackend(t, name)) })
+	}
+}
+
+func testQueueFleet(t *testing.T, st *backend) {
 	const secret = "ssk_queue_fleet_6a7b8c9d"
-	storage := t.TempDir()
 	app := newQApp(t)
 	site := queueSite(secret, "", app.addr)
 
 	t.Run("delivered by the other when one is gone", func(t *testing.T) {
-		g1 := startGatewayWith(t, storageGlobal(storage), site, nil, secret)
+		g1 := st.gateway(t, 0, site, secret)
 		d := signEvent(t, pythonSigner, secret, newEvent("complete"))
 		wantQueued(t, d.post(t, g1, "/hooks/app"), d.id)
-		g2 := startGatewayOn(t, portOf(t, g1), storageGlobal(storage), site, nil, secret)
+		g2 := st.gateway(t, portOf(t, g1), site, secret)
 		if it := queueItem(t, g2, d.id); it == nil {
 			t.Fatalf("the other gateway does not list %s", d.id)
 		}
@@ -124,7 +139,7 @@ func TestQueueFleet(t *testing.T) {
 		defer app.down()
 		app.waitDelivered(t, d.id, queueTimeout)
 		waitItem(t, g2, d.id, "", logTimeout)
-		time.Sleep(2500 * time.Millisecond)
+		waitScans(t, g2, 2)
 		if n := len(app.forID(d.id)); n != 1 {
 			t.Errorf("the app got the delivery %d times, want once", n)
 		}
@@ -132,8 +147,8 @@ func TestQueueFleet(t *testing.T) {
 
 	t.Run("each delivered once by two running gateways", func(t *testing.T) {
 		const n = 200
-		g1 := startGatewayWith(t, storageGlobal(storage), site, nil, secret)
-		gs := []*gateway{g1, startGatewayOn(t, portOf(t, g1), storageGlobal(storage), site, nil, secret)}
+		g1 := st.gateway(t, 0, site, secret)
+		gs := []*gateway{g1, st.gateway(t, portOf(t, g1), site, secret)}
 		start := time.Now()
 		ids := make([]string, n)
 		for i := range ids {
@@ -172,7 +187,9 @@ func TestQueueFleet(t *testing.T) {
 		})
 		t.Logf("%d deliveries redelivered by two gateways %s after the app came up", n, time.Since(up).Round(100*time.Millisecond))
 		waitUntil(t, "the queue did not empty", 10*time.Second, func() bool { return len(queueList(t, gs[0])) == 0 })
-		time.Sleep(2500 * time.Millisecond) // a scan interval: no straggler
+		for _, g := range gs { // a whole scan since on each: no straggler
+			waitScans(t, g, 2)
+		}
 
 		by := map[string]int{}
 		for _, r := range app.records() {

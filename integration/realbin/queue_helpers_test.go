@@ -56,12 +56,14 @@ func (r *qRec) id() string { return r.header.Get("X-Reready-Delivery-Id") }
 func (r *qRec) returnID() string { return r.header.Get("X-Reready-Device-Return-Id") }
 
 // qAnswer is how the app answers a request: status (0: 200 {"ok":true}),
-// extra headers, body (default by status), after hold is closed if set.
+// extra headers, body (default by status), after hold is closed if set,
+// and after delay.
 type qAnswer struct {
 	status int
 	header map[string]string
 	body   string
 	hold   <-chan struct{}
+	delay  time.Duration
 }
 
 // newQApp reserves an address for an app that is down until up is called.
@@ -134,6 +136,13 @@ func (a *qApp) serve(w http.ResponseWriter, r *http.Request) {
 		case <-r.Context().Done():
 			return
 		case <-time.After(30 * time.Second):
+		}
+	}
+	if ans.delay > 0 {
+		select {
+		case <-time.After(ans.delay):
+		case <-r.Context().Done():
+			return
 		}
 	}
 	if ans.status == 0 {
@@ -248,12 +257,22 @@ func storageGlobal(dir string) string { return "\tstorage file_system " + dir }
 // "serving initial configuration" log line too.
 func startGatewayOn(t *testing.T, port int, global, site string, env []string, secrets ...string) *gateway {
 	t.Helper()
+	return startGatewayBinOn(t, caddyBin, port, global, site, env, secrets...)
+}
+
+// startGatewayBinOn is startGatewayOn with the Caddy binary bin; port 0
+// picks a free one.
+func startGatewayBinOn(t *testing.T, bin string, port int, global, site string, env []string, secrets ...string) *gateway {
+	t.Helper()
 	adminPort, err := freePort()
+	if err == nil && port == 0 {
+		port, err = freePort()
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	g := runCaddyfile(t, gatewayCaddyfile(adminPort, global, base, site), base, env, secrets...)
+	g := runCaddyfileBin(t, bin, gatewayCaddyfile(adminPort, global, base, site), base, env, secrets...)
 	waitUntil(t, "the gateway did not log that it serves its configuration", readyTimeout, func() bool {
 		return strings.Contains(g.logs.String(), "serving initial configuration")
 	})
