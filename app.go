@@ -232,7 +232,7 @@ func (a *App) record(e journalEntry) {
 func (a *App) recordItem(it *queueItem, outcome string, reason Reason, res attemptResult) {
 	id, _ := parseDeliveryID(it.ID)
 	path, host := it.path(), it.Host
-	a.record(journalEntry{
+	e := journalEntry{
 		id:             id,
 		probe:          res.probe,
 		outcome:        outcome,
@@ -240,7 +240,6 @@ func (a *App) recordItem(it *queueItem, outcome string, reason Reason, res attem
 		status:         res.status,
 		upstreamStatus: res.upstream,
 		attempt:        it.Attempts,
-		returnID:       it.DeviceReturnID,
 		state:          ownString(it.State),
 		test:           it.Test,
 		verified:       it.Verified,
@@ -249,7 +248,9 @@ func (a *App) recordItem(it *queueItem, outcome string, reason Reason, res attem
 		host:           host,
 		path:           path,
 		remoteAddr:     it.RemoteAddr,
-	})
+	}
+	e.returnID.set(it.DeviceReturnID)
+	a.record(e)
 	switch outcome {
 	case OutcomeRedelivered:
 		a.emit("reready.redelivered", it, res)

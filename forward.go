@@ -344,28 +344,19 @@ func (h *Handler) journalLive(r *http.Request, st *requestState, start time.Time
 	if h.app == nil {
 		return
 	}
-	host, path, rid := clipTo(r.Host, journalClip), clipTo(r.URL.Path, journalClip), ""
-	if st != nil {
-		rid = clipTo(st.event.DeviceReturnID, journalClip)
-	}
-	// One copy of the three (a host or path may be a slice of a long
-	// request line, the return id points into the request's state; the
-	// journal keeps neither alive). The separators make it a copy even
-	// when two are empty.
-	own := host + "\x00" + path + "\x00" + rid
 	e := journalEntry{
 		outcome:        outcome,
 		reason:         reason,
 		status:         status,
 		upstreamStatus: upstream,
 		duration:       time.Since(start),
-		host:           own[:len(host)],
-		path:           own[len(host)+1 : len(host)+1+len(path)],
-		returnID:       own[len(own)-len(rid):],
+		host:           clipTo(r.Host, journalClip), // the journal keeps its own copies
+		path:           clipTo(r.URL.Path, journalClip),
 		remoteAddr:     clipTo(r.RemoteAddr, journalClip), // the connection's own string
 	}
 	if st != nil {
 		e.id = st.id
+		e.returnID.set(clipTo(st.event.DeviceReturnID, journalClip))
 		e.state = ownString(clipTo(st.event.State, journalClip))
 		e.test = st.event.Test
 		e.verified = st.auth.verified

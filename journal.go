@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 )
 
 // This file is the delivery journal: a bounded, in-memory record of every
@@ -67,7 +68,7 @@ type journalEntry struct {
 	status         int
 	upstreamStatus int
 	attempt        int
-	returnID       string
+	returnID       ownedString
 	state          string
 	test           bool
 	verified       string
@@ -111,7 +112,7 @@ func (e *journalEntry) view() Delivery {
 		UpstreamStatus: e.upstreamStatus,
 		Attempt:        e.attempt,
 		Probe:          e.probe,
-		DeviceReturnID: e.returnID,
+		DeviceReturnID: e.returnID.String(),
 		State:          e.state,
 		Test:           e.test,
 		Verified:       e.verified,
@@ -133,15 +134,16 @@ type journal struct {
 	ring    []journalEntry
 	start   int // index of the oldest entry
 	n       int // entries held
-	nextSeq uint64
-	lastAt  time.Time // the time of the entry added last
+	nextSeq  uint64
+	lastAt   time.Time         // the time of the entry added last
+	interned map[string]string // hosts and paths, one copy each
 	epoch   string    // tells this process's sequence from another's
 }
 
 func newJournal(size int) *journal {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	j := &journal{nextSeq: 1, epoch: hex.EncodeToString(b[:])}
+	j := &journal{nextSeq: 1, epoch: hex.EncodeToString(b[:]), interned: map[string]string{}}
 	j.resize(size)
 	return j
 }
@@ -168,11 +170,64 @@ func (j *journal) resize(size int) {
 	j.ring, j.start, j.n = ring, 0, keep
 }
 
+// ownedString is a string a journal entry owns without an allocation of
+// its own when it is short (a return id is usually a 36-character UUID).
+type ownedString struct {
+	buf  [40]byte
+	n    uint8
+	long string // when it does not fit buf: a copy
+}
+
+func (o *ownedString) set(s string) {
+	if len(s) <= len(o.buf) {
+		o.n = uint8(copy(o.buf[:], s))
+		o.long = ""
+		return
+	}
+	o.n, o.long = 0, strings.Clone(s)
+}
+
+// String returns a copy.
+func (o *ownedString) String() string {
+	if o.long != "" {
+		return o.long
+	}
+	return string(o.buf[:o.n])
+}
+
+// peek returns the string without copying it; valid while the entry is
+// not overwritten (read it under the journal's lock).
+func (o *ownedString) peek() string {
+	if o.long != "" {
+		return o.long
+	}
+	return unsafe.String(&o.buf[0], int(o.n))
+}
+
+// maxInterned bounds the hosts and paths the journal keeps one copy of.
+const maxInterned = 1024
+
+// intern returns the journal's copy of s (hosts and paths repeat), so an
+// entry neither allocates nor keeps its request's memory alive. Called
+// under j.mu.
+func (j *journal) intern(s string) string {
+	if v, ok := j.interned[s]; ok {
+		return v
+	}
+	v := strings.Clone(s)
+	if len(j.interned) < maxInterned {
+		j.interned[v] = v
+	}
+	return v
+}
+
 // add records e, assigning its sequence number and, unless it has one
 // (tests), its time: now, and never before the entry added last, so the
-// newest entry by seq is also the newest by time.
+// newest entry by seq is also the newest by time. Its host and path are
+// replaced by the journal's own copies.
 func (j *journal) add(e journalEntry) {
 	j.mu.Lock()
+	e.host, e.path = j.intern(e.host), j.intern(e.path)
 	if e.at.IsZero() {
 		e.at = time.Now()
 		if e.at.Before(j.lastAt) {
@@ -222,7 +277,7 @@ func (j *journal) query(f DeliveryFilter) []Delivery {
 		if e.seq <= f.After {
 			break
 		}
-		if f.ReturnID != "" && e.returnID != f.ReturnID ||
+		if f.ReturnID != "" && e.returnID.peek() != f.ReturnID ||
 			f.State != "" && e.state != f.State ||
 			f.Outcome != "" && e.outcome != f.Outcome {
 			continue

@@ -15,7 +15,7 @@ func TestJournalRingAndQuery(t *testing.T) {
 			outcome = OutcomeRejected
 		}
 		j.add(journalEntry{at: t0.Add(time.Duration(i) * time.Second), outcome: outcome,
-			returnID: fmt.Sprintf("r%d", i%3), state: StateComplete, status: 200 + i})
+			returnID: rid(fmt.Sprintf("r%d", i%3)), state: StateComplete, status: 200 + i})
 	}
 	all := j.query(DeliveryFilter{})
 	if len(all) != 5 {
@@ -78,4 +78,11 @@ func TestJournalDeliveryIDShown(t *testing.T) {
 	if got[0].DeliveryID != "" || got[1].DeliveryID != id.String() {
 		t.Fatalf("delivery ids %q, %q; want \"\", %q", got[0].DeliveryID, got[1].DeliveryID, id)
 	}
+}
+
+// rid is a journal entry's return id, for entries built by tests.
+func rid(s string) ownedString {
+	var o ownedString
+	o.set(s)
+	return o
 }

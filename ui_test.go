@@ -223,7 +223,7 @@ func TestUIAPIDeliveriesRawStrings(t *testing.T) {
 	u := newTestUI(t)
 	returnID := `<script>alert("r")</script>` + time.Now().Format(time.RFC3339Nano)
 	state := `<img src=x onerror=alert(1)>&amp;"'`
-	processJournal.add(journalEntry{at: time.Now(), outcome: OutcomeForwarded, status: 200, returnID: returnID, state: state, verified: "hmac", key: 1})
+	processJournal.add(journalEntry{at: time.Now(), outcome: OutcomeForwarded, status: 200, returnID: rid(returnID), state: state, verified: "hmac", key: 1})
 
 	w, err := serveUI(t, u, "GET", "/ops/api/deliveries?return_id="+url.QueryEscape(returnID))
 	if err != nil || w.Code != http.StatusOK {
