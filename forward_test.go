@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
 )
 
 // newQueueRig is a replayRig whose handler has the queue on, in a
@@ -355,7 +356,7 @@ func TestQueueEdgeAnswers(t *testing.T) {
 func TestQueueHeldCheckFails(t *testing.T) {
 	rig := newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 10})
 	st := newFaultyStorage(t)
-	rig.h.app.queue.storage = st
+	rig.h.app.queue = newQueue(st, zap.NewNop())
 	st.statFails.Store(1000)
 	calls := 0
 	resp, err := rig.serve(eventBody("held-check-fails", StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error { calls++; return nil })

@@ -130,14 +130,14 @@ func (e *journalEntry) view() Delivery {
 
 // journal is a ring of entries. It is safe for concurrent use.
 type journal struct {
-	mu      sync.Mutex
-	ring    []journalEntry
-	start   int // index of the oldest entry
-	n       int // entries held
+	mu       sync.Mutex
+	ring     []journalEntry
+	start    int // index of the oldest entry
+	n        int // entries held
 	nextSeq  uint64
 	lastAt   time.Time         // the time of the entry added last
 	interned map[string]string // hosts and paths, one copy each
-	epoch   string    // tells this process's sequence from another's
+	epoch    string            // tells this process's sequence from another's
 }
 
 func newJournal(size int) *journal {

@@ -168,13 +168,18 @@ type queue struct {
 	storage  certmagic.Storage
 	logger   *zap.Logger
 	lockWait time.Duration
+	returns  *dirProbe // file_system: the returns' directory, for held
 }
 
 func newQueue(st certmagic.Storage, logger *zap.Logger) *queue {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	return &queue{storage: st, logger: logger, lockWait: queueLockWait}
+	q := &queue{storage: st, logger: logger, lockWait: queueLockWait}
+	if fsys, ok := st.(*certmagic.FileStorage); ok {
+		q.returns = newDirProbe(fsys, queueReturnsPrefix)
+	}
+	return q
 }
 
 // validItemName reports whether s can name an item: a delivery id in its
@@ -307,6 +312,14 @@ func (q *queue) storeReturn(ctx context.Context, rec returnRecord) error {
 // exactly while its line is not empty. A failed read is tried again a few
 // times, then returned: the caller cannot tell, and must not forward.
 func (q *queue) held(ctx context.Context, returnID string) (bool, error) {
+	if q.returns != nil {
+		d := returnDigest(returnID)
+		var name [2 * len(d)]byte
+		hex.Encode(name[:], d[:])
+		if found, ok, err := q.returns.exists(string(name[:])); ok && err == nil {
+			return found, nil
+		}
+	}
 	key := returnKey(returnID)
 	held := false
 	err := retryStorage(ctx, func() error {

@@ -1,0 +1,12 @@
+//go:build !linux
+
+package rereadyverify
+
+import "github.com/caddyserver/certmagic"
+
+// dirProbe is linux only (fstatat); elsewhere the storage is asked.
+type dirProbe struct{}
+
+func newDirProbe(*certmagic.FileStorage, string) *dirProbe { return nil }
+
+func (*dirProbe) exists(string) (found, ok bool, err error) { return false, false, nil }
