@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
+
 	"github.com/caddyserver/caddy/v2"
 )
 
@@ -67,7 +69,7 @@ func TestAdminAPI(t *testing.T) {
 	it.Body = []byte(`{"device_return_id":"ret-adm","state":"complete","private":"BODY-MARKER"}`)
 	mustEnqueue(t, a.queue, it, 10)
 	for i, o := range []string{OutcomeForwarded, OutcomeRejected, OutcomeQueued} {
-		a.record(journalEntry{at: queueT0, outcome: o, returnID: rid("ret-adm"), state: StateComplete, status: 200 + i})
+		a.record(journalEntry{at: queueT0, outcome: o, returnID: rid("ret-adm"), state: verify.StateComplete, status: 200 + i})
 	}
 
 	tests := []struct {
@@ -201,7 +203,7 @@ func TestCommandQueue(t *testing.T) {
 func TestCommandDeliveriesFollow(t *testing.T) {
 	a := testApp(t)
 	addr, epoch, down := fakeAdmin(t, a)
-	a.record(journalEntry{at: queueT0, outcome: OutcomeForwarded, state: StateComplete, returnID: rid("first"), status: 200})
+	a.record(journalEntry{at: queueT0, outcome: OutcomeForwarded, state: verify.StateComplete, returnID: rid("first"), status: 200})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -222,7 +224,7 @@ func TestCommandDeliveriesFollow(t *testing.T) {
 		}
 	}
 	waitFor("the first entry", func() bool { return strings.Contains(out.String(), "first") })
-	a.record(journalEntry{at: queueT0, outcome: OutcomeQueued, state: StateFailed, returnID: rid("second"), status: 202})
+	a.record(journalEntry{at: queueT0, outcome: OutcomeQueued, state: verify.StateFailed, returnID: rid("second"), status: 202})
 	waitFor("a new entry", func() bool { return strings.Contains(out.String(), "second") })
 
 	// The admin endpoint goes away and comes back (a reload that moves it,
@@ -232,7 +234,7 @@ func TestCommandDeliveriesFollow(t *testing.T) {
 	a.journal = newJournal(10)
 	processJournal = a.journal
 	*epoch = a.journal.epoch
-	a.record(journalEntry{at: queueT0, outcome: OutcomeRedelivered, state: StateComplete, returnID: rid("third"), status: 200})
+	a.record(journalEntry{at: queueT0, outcome: OutcomeRedelivered, state: verify.StateComplete, returnID: rid("third"), status: 200})
 	down(false)
 	waitFor("an entry of the new process", func() bool { return strings.Contains(out.String(), "third") })
 	if !strings.Contains(errOut.String(), "restarted") {

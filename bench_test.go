@@ -7,6 +7,8 @@ import (
 	"crypto/sha512"
 	"fmt"
 
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
+
 	"net/http"
 	"net/url"
 	"sort"
@@ -242,7 +244,7 @@ func newHandlerRigWith(b *testing.B, n int, replay bool, queue *QueueConfig) *ha
 	now := time.Unix(1744831201, 0)
 	h.now = func() time.Time { return now }
 	rig := &handlerRig{h: h, body: benchBody(n), replay: replay, w: &benchWriter{h: http.Header{}}}
-	rig.sig = Sign(testSecret, now, rig.body)
+	rig.sig = verify.Sign(testSecret, now, rig.body)
 	rig.url, _ = url.Parse("/webhooks/reready")
 	const batch = 1000
 	rig.reqs = make([]*http.Request, batch)
@@ -262,7 +264,7 @@ func (rig *handlerRig) build(k int) {
 			copy(body, rig.body)
 			rig.seq++
 			copy(body[len(`{"device_return_id":"`):], fmt.Sprintf("%08d", rig.seq))
-			sig = Sign(testSecret, time.Unix(1744831201, 0), body)
+			sig = verify.Sign(testSecret, time.Unix(1744831201, 0), body)
 		}
 		rig.readers[i].Reset(body)
 		hdr := make(http.Header, 5)
@@ -314,7 +316,7 @@ func BenchmarkParsePayload(b *testing.B) {
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := parsePayload(body, scratch[:0]); err != nil {
+				if _, err := verify.ParsePayloadInto(body, scratch[:0]); err != nil {
 					b.Fatal(err)
 				}
 			}

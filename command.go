@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
+
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
@@ -61,9 +63,9 @@ func runSign(o signOptions, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 	t := cmdNow()
 	if o.Timestamp != "" {
-		ts, ok := parseTimestamp(o.Timestamp)
+		ts, ok := verify.ParseTimestamp(o.Timestamp)
 		if !ok {
-			return fmt.Errorf("invalid --timestamp %q: want unix seconds, 1-%d digits", o.Timestamp, maxTimestampDigits)
+			return fmt.Errorf("invalid --timestamp %q: want unix seconds, 1-%d digits", o.Timestamp, verify.MaxTimestampDigits)
 		}
 		t = time.Unix(ts, 0)
 	}
@@ -78,7 +80,7 @@ func runSign(o signOptions, stdin io.Reader, stdout, stderr io.Writer) error {
 		}
 		return fmt.Errorf("the body read from %s is empty: there is nothing to sign, and the gateway rejects an empty payload (%s)", from, ReasonPayloadEmpty)
 	}
-	_, err = fmt.Fprintln(stdout, Sign(secret, t, body))
+	_, err = fmt.Fprintln(stdout, verify.Sign(secret, t, body))
 	return err
 }
 
@@ -120,20 +122,20 @@ func runVerify(o verifyOptions, stdin io.Reader, stdout, stderr io.Writer) error
 			return fmt.Errorf("invalid --tolerance %q: must be at least 1s", o.Tolerance)
 		}
 	}
-	header := trimSpaces(o.Header)
+	header := strings.Trim(o.Header, " \t")
 	// Accept a line pasted with its header name.
-	if len(header) > len(SignatureHeader) && strings.EqualFold(header[:len(SignatureHeader)+1], SignatureHeader+":") {
-		header = trimSpaces(header[len(SignatureHeader)+1:])
+	if len(header) > len(verify.SignatureHeader) && strings.EqualFold(header[:len(verify.SignatureHeader)+1], verify.SignatureHeader+":") {
+		header = strings.Trim(header[len(verify.SignatureHeader)+1:], " \t")
 	}
 	if header == "" {
-		return fmt.Errorf("--header is required: the captured %s value, such as 't=1744831201,v=feef…'", SignatureHeader)
+		return fmt.Errorf("--header is required: the captured %s value, such as 't=1744831201,v=feef…'", verify.SignatureHeader)
 	}
 	body, err := readInput(o.File, stdin)
 	if err != nil {
 		return err
 	}
 
-	v, err := NewVerifier([]string{secret}, "", tolerance)
+	v, err := verify.New([]string{secret}, "", tolerance)
 	if err != nil {
 		return err
 	}
@@ -152,9 +154,9 @@ func runVerify(o verifyOptions, stdin io.Reader, stdout, stderr io.Writer) error
 		return shownError{fmt.Errorf("signature is invalid: %w", f)}
 	}
 	age := now.Unix() - sig.Timestamp
-	when := humanSeconds(age) + " old"
+	when := verify.HumanSeconds(age) + " old"
 	if age < 0 {
-		when = humanSeconds(-age) + " in the future"
+		when = verify.HumanSeconds(-age) + " in the future"
 	}
 	_, err = fmt.Fprintf(stdout, "valid: v %d of %d matched; t=%s is %s (tolerance %s)\n",
 		matched+1, len(sig.V), sig.T, when, tolerance)
@@ -169,7 +171,7 @@ type sendOptions struct {
 	URL            string // where to POST; required
 	Secret         string // "" means $REREADY_SIGNING_SECRET
 	Token          string // appended as ?token= when set
-	State          string // one of States; required
+	State          string // one of verify.States; required
 	Test           bool
 	DeviceReturnID string // "" means a fresh random UUID v4
 	SerialNumber   string // "" means null
@@ -190,12 +192,12 @@ type sendPayload struct {
 // runSend builds a payload, signs it, POSTs it and prints the answer. A
 // transport error or an answer other than 2xx is an error.
 func runSend(ctx context.Context, o sendOptions, stdout, stderr io.Writer) error {
-	if !KnownState(o.State) {
+	if !verify.KnownState(o.State) {
 		what := "--state is required"
 		if o.State != "" {
 			what = fmt.Sprintf("unknown --state %q", o.State)
 		}
-		return fmt.Errorf("%s; want one of: %s", what, strings.Join(States, ", "))
+		return fmt.Errorf("%s; want one of: %s", what, strings.Join(verify.States, ", "))
 	}
 	secret := o.Secret
 	if secret == "" {
@@ -222,7 +224,7 @@ func runSend(ctx context.Context, o sendOptions, stdout, stderr io.Writer) error
 	}
 	req.Header.Set("Content-Type", "application/json")
 	if secret != "" {
-		req.Header.Set(SignatureHeader, Sign(secret, cmdNow(), body))
+		req.Header.Set(verify.SignatureHeader, verify.Sign(secret, cmdNow(), body))
 	}
 	shown := redactURL(target)
 	fmt.Fprintf(stdout, "POST %s\n%s\n\n", shown, body)
@@ -315,15 +317,10 @@ func sendURL(raw, token string) (*url.URL, error) {
 }
 
 // hasTokenParam reports whether a raw query has a token parameter, by the
-// same rule as (*Verifier).CheckToken.
+// handler's own rule (verify.SplitToken).
 func hasTokenParam(rawQuery string) bool {
-	for _, param := range strings.Split(rawQuery, "&") {
-		key, _, _ := strings.Cut(param, "=")
-		if k, err := url.QueryUnescape(key); err == nil && k == "token" {
-			return true
-		}
-	}
-	return false
+	_, tokens := verify.SplitToken(rawQuery)
+	return len(tokens) > 0
 }
 
 // redactURL formats u for output with any password and token hidden.
@@ -379,9 +376,9 @@ func needSecret(flag string, stderr io.Writer) (string, error) {
 // warnPrefix warns, as the handler does, about a secret without ssk_: a
 // secret copied without its prefix is the commonest cause of a mismatch.
 func warnPrefix(secret string, stderr io.Writer) {
-	if !strings.HasPrefix(secret, SecretPrefix) {
+	if !strings.HasPrefix(secret, verify.SecretPrefix) {
 		fmt.Fprintf(stderr, "warning: the secret does not start with %s; ReReady's do, and the HMAC key is the whole secret, %s included\n",
-			SecretPrefix, SecretPrefix)
+			verify.SecretPrefix, verify.SecretPrefix)
 	}
 }
 
@@ -532,7 +529,7 @@ or on an answer other than 2xx.
 			send.Flags().String("ticket-url", "", "Ticket URL (default null)")
 			cmd.AddCommand(send)
 
-			verify := &cobra.Command{
+			verifyCmd := &cobra.Command{
 				Use:   "verify [--secret <key>] [--tolerance <duration>] --header <value> [--file <path>]",
 				Short: "Checks a captured signature against a body",
 				Long: `
@@ -556,11 +553,11 @@ signature_mismatch. The command fails when the signature is invalid.
 					}, c.InOrStdin(), c.OutOrStdout(), c.ErrOrStderr())
 				}),
 			}
-			verify.Flags().String("secret", "", "Signing secret key (default $"+envSecret+")")
-			verify.Flags().String("tolerance", DefaultTolerance.String(), "Largest accepted |now - t|")
-			verify.Flags().String("header", "", "Captured "+SignatureHeader+" value (required)")
-			verify.Flags().String("file", "", "Read the body from this file instead of stdin")
-			cmd.AddCommand(verify)
+			verifyCmd.Flags().String("secret", "", "Signing secret key (default $"+envSecret+")")
+			verifyCmd.Flags().String("tolerance", DefaultTolerance.String(), "Largest accepted |now - t|")
+			verifyCmd.Flags().String("header", "", "Captured "+verify.SignatureHeader+" value (required)")
+			verifyCmd.Flags().String("file", "", "Read the body from this file instead of stdin")
+			cmd.AddCommand(verifyCmd)
 			cmd.AddCommand(opsCommands()...)
 		},
 	})

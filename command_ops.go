@@ -17,6 +17,7 @@ import (
 	"time"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
 	"github.com/spf13/cobra"
 )
 
@@ -263,7 +264,7 @@ func runQueue(o queueOptions, stdout io.Writer) error {
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", it.ID, it.Status, orDash(terminalSafe(it.State)),
 				orDash(terminalSafe(it.DeviceReturnID)), orDash(it.ReceivedAt), it.Attempts, next, it.LastStatus,
-				orDash(terminalSafe(clipTo(it.LastError, 80))))
+				orDash(terminalSafe(verify.Clip(it.LastError, 80))))
 		}
 		return tw.Flush()
 	case "retry", "drop":

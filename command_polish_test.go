@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
 	"github.com/spf13/cobra"
 )
 
@@ -60,9 +61,9 @@ func TestHumanSeconds(t *testing.T) {
 		{51139100, "591d21h18m20s"},
 		{8200000000, "94907d9h46m40s"}, // about the farthest t (10 digits) is from now
 	} {
-		got := humanSeconds(tc.sec)
+		got := verify.HumanSeconds(tc.sec)
 		if got != tc.want {
-			t.Errorf("humanSeconds(%d) = %q, want %q", tc.sec, got, tc.want)
+			t.Errorf("verify.HumanSeconds(%d) = %q, want %q", tc.sec, got, tc.want)
 		}
 		if d, err := caddy.ParseDuration(got); err != nil || d != time.Duration(tc.sec)*time.Second {
 			t.Errorf("caddy.ParseDuration(%q) = %v, %v; want %ds", got, d, err, tc.sec)

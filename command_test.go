@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
+
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -320,7 +322,7 @@ func TestCommandVerify(t *testing.T) {
 		tc{name: "mismatch/newline added", header: "t=" + ts(0) + ",v=" + macAt(0, body), body: []byte(cmdVendorBody + "\n"),
 			wantReason: ReasonSignatureMismatch,
 			wantOut:    "invalid: signature mismatch (signature_mismatch): no v matched under any configured secret"},
-		tc{name: "mismatch/secret without ssk_ prefix", secret: strings.TrimPrefix(cmdSecret, SecretPrefix),
+		tc{name: "mismatch/secret without ssk_ prefix", secret: strings.TrimPrefix(cmdSecret, verify.SecretPrefix),
 			header: "t=" + ts(0) + ",v=" + macAt(0, body), body: body,
 			wantReason: ReasonSignatureMismatch,
 			wantOut:    "invalid: signature mismatch (signature_mismatch): no v matched under any configured secret"},
@@ -372,15 +374,15 @@ func TestCommandVerify(t *testing.T) {
 			if got := strings.Contains(rest, "hint: the body ends with a newline"); got != wantHint {
 				t.Errorf("newline hint shown=%v, want %v; output:\n%s", got, wantHint, out.String())
 			}
-			wantWarning := !strings.HasPrefix(secret, SecretPrefix)
+			wantWarning := !strings.HasPrefix(secret, verify.SecretPrefix)
 			if got := strings.Contains(errOut.String(), "does not start with ssk_"); got != wantWarning {
 				t.Errorf("ssk_ warning shown=%v, want %v; stderr %q", got, wantWarning, errOut.String())
 			}
 			// The verifying secret and the MAC it expects never appear.
-			sig, perr := ParseSignatureHeader(strings.TrimPrefix(tt.header, "X-ReReady-Signature-512:"))
+			sig, perr := verify.ParseSignatureHeader(strings.TrimPrefix(tt.header, "X-ReReady-Signature-512:"))
 			texts := map[string]string{"stdout": out.String(), "stderr": errOut.String(), "error": fmt.Sprint(err)}
 			if perr == nil {
-				cmdNoLeak(t, texts, secret, MAC(secret, sig.T, tt.body))
+				cmdNoLeak(t, texts, secret, verify.MAC(secret, sig.T, tt.body))
 			} else {
 				cmdNoLeak(t, texts, secret)
 			}
@@ -544,7 +546,7 @@ func TestCommandSend(t *testing.T) {
 	t.Run("defaults: vendor shape with nulls and a fresh UUID", func(t *testing.T) {
 		ids := map[string]bool{}
 		for range 3 {
-			req, out, err := send(t, sendOptions{URL: srv.URL + "/hook", Secret: cmdSecret, State: StateComplete})
+			req, out, err := send(t, sendOptions{URL: srv.URL + "/hook", Secret: cmdSecret, State: verify.StateComplete})
 			if err != nil {
 				t.Fatalf("send: %v\n%s", err, out)
 			}
@@ -568,11 +570,11 @@ func TestCommandSend(t *testing.T) {
 			if ct := req.Header.Get("Content-Type"); ct != "application/json" {
 				t.Errorf("Content-Type %q", ct)
 			}
-			if sigs := req.Header.Values(SignatureHeader); len(sigs) != 1 {
+			if sigs := req.Header.Values(verify.SignatureHeader); len(sigs) != 1 {
 				t.Fatalf("%d signature headers", len(sigs))
 			}
-			cmdCheckSignature(t, req.Header.Get(SignatureHeader), cmdSecret, now, req.Body)
-			if _, err := ParsePayload(req.Body); err != nil {
+			cmdCheckSignature(t, req.Header.Get(verify.SignatureHeader), cmdSecret, now, req.Body)
+			if _, err := verify.ParsePayload(req.Body); err != nil {
 				t.Errorf("the gateway's parser rejects the payload: %v", err)
 			}
 			wantOut := "POST " + srv.URL + "/hook\n" + want + "\n\nHTTP/1.1 200 OK\nthanks\n"
@@ -587,7 +589,7 @@ func TestCommandSend(t *testing.T) {
 
 	t.Run("all fields set", func(t *testing.T) {
 		const ticket = "https://tickets.example.com/T-1?a=1&b=<2>"
-		req, out, err := send(t, sendOptions{URL: srv.URL, Secret: cmdSecret, State: StatePendingReturnShipment, Test: true,
+		req, out, err := send(t, sendOptions{URL: srv.URL, Secret: cmdSecret, State: verify.StatePendingReturnShipment, Test: true,
 			DeviceReturnID: "dr 42/ä", SerialNumber: "C02XK0AAJG5H", TicketURL: ticket})
 		if err != nil {
 			t.Fatalf("send: %v\n%s", err, out)
@@ -609,15 +611,15 @@ func TestCommandSend(t *testing.T) {
 				t.Errorf("%s = %#v, want %#v", k, vals[k], v)
 			}
 		}
-		cmdCheckSignature(t, req.Header.Get(SignatureHeader), cmdSecret, now, req.Body)
-		ev, err := ParsePayload(req.Body)
+		cmdCheckSignature(t, req.Header.Get(verify.SignatureHeader), cmdSecret, now, req.Body)
+		ev, err := verify.ParsePayload(req.Body)
 		if err != nil || ev.TicketURL != ticket || !ev.Test {
 			t.Errorf("the gateway's parser reads %+v, %v", ev, err)
 		}
 	})
 
 	t.Run("every state is accepted", func(t *testing.T) {
-		for _, state := range States {
+		for _, state := range verify.States {
 			req, out, err := send(t, sendOptions{URL: srv.URL, Secret: cmdSecret, State: state})
 			if err != nil {
 				t.Fatalf("state %s: %v\n%s", state, err, out)
@@ -629,7 +631,7 @@ func TestCommandSend(t *testing.T) {
 	})
 
 	t.Run("token appended, other parameters kept", func(t *testing.T) {
-		req, out, err := send(t, sendOptions{URL: srv.URL + "/hook?a=1&b=x%20y&c", Token: cmdToken, State: StateFailed})
+		req, out, err := send(t, sendOptions{URL: srv.URL + "/hook?a=1&b=x%20y&c", Token: cmdToken, State: verify.StateFailed})
 		if err != nil {
 			t.Fatalf("send: %v\n%s", err, out)
 		}
@@ -640,7 +642,7 @@ func TestCommandSend(t *testing.T) {
 		if q, _ := url.ParseQuery(req.RawQuery); q.Get("token") != cmdToken || q.Get("b") != "x y" {
 			t.Errorf("query decodes to %v", q)
 		}
-		if h := req.Header.Values(SignatureHeader); h != nil {
+		if h := req.Header.Values(verify.SignatureHeader); h != nil {
 			t.Errorf("signed without a secret: %q", h)
 		}
 		if !strings.HasPrefix(out, "POST "+srv.URL+"/hook?a=1&b=x%20y&c&token=REDACTED\n") {
@@ -649,23 +651,23 @@ func TestCommandSend(t *testing.T) {
 	})
 
 	t.Run("token and secret", func(t *testing.T) {
-		req, out, err := send(t, sendOptions{URL: srv.URL + "/", Secret: cmdSecret, Token: "tok-and-secret", State: StateComplete})
+		req, out, err := send(t, sendOptions{URL: srv.URL + "/", Secret: cmdSecret, Token: "tok-and-secret", State: verify.StateComplete})
 		if err != nil {
 			t.Fatalf("send: %v\n%s", err, out)
 		}
 		if req.RequestURI != "/?token=tok-and-secret" {
 			t.Errorf("request URI %q", req.RequestURI)
 		}
-		cmdCheckSignature(t, req.Header.Get(SignatureHeader), cmdSecret, now, req.Body)
+		cmdCheckSignature(t, req.Header.Get(verify.SignatureHeader), cmdSecret, now, req.Body)
 	})
 
 	t.Run("secret from environment", func(t *testing.T) {
 		t.Setenv(envSecret, cmdOtherSecret)
-		req, out, err := send(t, sendOptions{URL: srv.URL, State: StateComplete})
+		req, out, err := send(t, sendOptions{URL: srv.URL, State: verify.StateComplete})
 		if err != nil {
 			t.Fatalf("send: %v\n%s", err, out)
 		}
-		cmdCheckSignature(t, req.Header.Get(SignatureHeader), cmdOtherSecret, now, req.Body)
+		cmdCheckSignature(t, req.Header.Get(verify.SignatureHeader), cmdOtherSecret, now, req.Body)
 		if strings.Contains(out, cmdOtherSecret) {
 			t.Errorf("stdout leaks the secret")
 		}
@@ -697,7 +699,7 @@ func TestCommandSend(t *testing.T) {
 				rec.status, rec.answer, rec.header = http.StatusOK, "thanks\n", nil
 				rec.mu.Unlock()
 			})
-			req, out, err := send(t, sendOptions{URL: srv.URL + "/hook?x=1", Secret: cmdSecret, Token: cmdToken, State: StateComplete})
+			req, out, err := send(t, sendOptions{URL: srv.URL + "/hook?x=1", Secret: cmdSecret, Token: cmdToken, State: verify.StateComplete})
 			if req.Method == "" {
 				t.Fatal("nothing was sent")
 			}
@@ -721,7 +723,7 @@ func TestCommandSend(t *testing.T) {
 		}
 		addr := ln.Addr().String()
 		ln.Close()
-		_, out, err := send(t, sendOptions{URL: "http://" + addr + "/hook", Secret: cmdSecret, Token: cmdToken, State: StateComplete})
+		_, out, err := send(t, sendOptions{URL: "http://" + addr + "/hook", Secret: cmdSecret, Token: cmdToken, State: verify.StateComplete})
 		want := "POST http://" + addr + "/hook?token=REDACTED: dial tcp " + addr + ": connect: connection refused"
 		if err == nil || err.Error() != want {
 			t.Errorf("error %v, want %q", err, want)
@@ -745,17 +747,17 @@ func TestCommandSend(t *testing.T) {
 		{"no state", sendOptions{URL: srv.URL, Secret: cmdSecret},
 			`--state is required; want one of: pending_outbound_shipment, pending_outbound_shipment_delivery, ` +
 				`pending_return_shipment, pending_return_shipment_delivery, failed, not_returned, complete`},
-		{"no secret and no token", sendOptions{URL: srv.URL, State: StateComplete},
+		{"no secret and no token", sendOptions{URL: srv.URL, State: verify.StateComplete},
 			"need a signing secret (--secret or $REREADY_SIGNING_SECRET) or a --token, or both"},
-		{"no url", sendOptions{Secret: cmdSecret, State: StateComplete},
+		{"no url", sendOptions{Secret: cmdSecret, State: verify.StateComplete},
 			"--url is required: the webhook endpoint to POST to"},
-		{"relative url", sendOptions{URL: "/hook", Secret: cmdSecret, State: StateComplete},
+		{"relative url", sendOptions{URL: "/hook", Secret: cmdSecret, State: verify.StateComplete},
 			`invalid --url "/hook": want an absolute http:// or https:// URL`},
-		{"ftp url", sendOptions{URL: "ftp://127.0.0.1/hook", Secret: cmdSecret, State: StateComplete},
+		{"ftp url", sendOptions{URL: "ftp://127.0.0.1/hook", Secret: cmdSecret, State: verify.StateComplete},
 			`invalid --url "ftp://127.0.0.1/hook": want an absolute http:// or https:// URL`},
-		{"bad url hides its token", sendOptions{URL: "http://[::1/hook?token=" + cmdToken, Secret: cmdSecret, State: StateComplete},
+		{"bad url hides its token", sendOptions{URL: "http://[::1/hook?token=" + cmdToken, Secret: cmdSecret, State: verify.StateComplete},
 			`invalid --url "http://[::1/hook?…": want an absolute http:// or https:// URL`},
-		{"token twice", sendOptions{URL: srv.URL + "/hook?token=abc", Token: cmdToken, State: StateComplete},
+		{"token twice", sendOptions{URL: srv.URL + "/hook?token=abc", Token: cmdToken, State: verify.StateComplete},
 			fmt.Sprintf("invalid --url %q: it already has a token parameter; drop it or --token", srv.URL+"/hook?token=REDACTED")},
 	}
 	for _, r := range refusals {
@@ -771,7 +773,7 @@ func TestCommandSend(t *testing.T) {
 	}
 
 	t.Run("token in --url alone is kept and redacted", func(t *testing.T) {
-		req, out, err := send(t, sendOptions{URL: srv.URL + "/hook?token=" + url.QueryEscape(cmdToken), State: StateComplete, Secret: cmdSecret})
+		req, out, err := send(t, sendOptions{URL: srv.URL + "/hook?token=" + url.QueryEscape(cmdToken), State: verify.StateComplete, Secret: cmdSecret})
 		if err != nil {
 			t.Fatalf("send: %v", err)
 		}
@@ -833,7 +835,7 @@ func TestCommandSendThroughGateway(t *testing.T) {
 		wantHdr   map[string]string // "" means absent
 	}{
 		{name: "hmac/minimal", upstream: hmacUp,
-			opts:  sendOptions{URL: hmacGW.URL + "/hook", Secret: cmdSecret, State: StateComplete, DeviceReturnID: "dr-1"},
+			opts:  sendOptions{URL: hmacGW.URL + "/hook", Secret: cmdSecret, State: verify.StateComplete, DeviceReturnID: "dr-1"},
 			clock: now,
 			wantHdr: map[string]string{
 				"X-Reready-State": "complete", "X-Reready-Device-Return-Id": "dr-1", "X-Reready-Serial-Number": "",
@@ -841,7 +843,7 @@ func TestCommandSendThroughGateway(t *testing.T) {
 				"X-Reready-Timestamp": strconv.FormatInt(now.Unix(), 10), "X-Reready-Verified": "hmac",
 			}},
 		{name: "hmac/all fields, second configured secret", upstream: hmacUp,
-			opts: sendOptions{URL: hmacGW.URL + "/hook", Secret: cmdSecret, State: StatePendingOutboundShipmentDelivery, Test: true,
+			opts: sendOptions{URL: hmacGW.URL + "/hook", Secret: cmdSecret, State: verify.StatePendingOutboundShipmentDelivery, Test: true,
 				DeviceReturnID: "dr-2", SerialNumber: "SN 1", TicketURL: "https://t.example/1?a=1&b=2"},
 			clock: now,
 			wantHdr: map[string]string{
@@ -850,19 +852,19 @@ func TestCommandSendThroughGateway(t *testing.T) {
 				"X-Reready-Url": "https://www.reready.co/device_returns/dr-2", "X-Reready-Verified": "hmac",
 			}},
 		{name: "hmac/wrong secret", upstream: hmacUp,
-			opts:    sendOptions{URL: hmacGW.URL + "/hook", Secret: "ssk_wrong", State: StateComplete},
+			opts:    sendOptions{URL: hmacGW.URL + "/hook", Secret: "ssk_wrong", State: verify.StateComplete},
 			clock:   now,
 			wantErr: "answered 401 Unauthorized"},
 		{name: "hmac/token only", upstream: hmacUp,
-			opts:    sendOptions{URL: hmacGW.URL + "/hook", Token: cmdToken, State: StateComplete},
+			opts:    sendOptions{URL: hmacGW.URL + "/hook", Token: cmdToken, State: verify.StateComplete},
 			clock:   now,
 			wantErr: "answered 401 Unauthorized"},
 		{name: "hmac/clock 10 minutes slow", upstream: hmacUp,
-			opts:    sendOptions{URL: hmacGW.URL + "/hook", Secret: cmdSecret, State: StateComplete},
+			opts:    sendOptions{URL: hmacGW.URL + "/hook", Secret: cmdSecret, State: verify.StateComplete},
 			clock:   now.Add(-10 * time.Minute),
 			wantErr: "answered 401 Unauthorized"},
 		{name: "token/other parameters kept", upstream: tokenUp,
-			opts:      sendOptions{URL: tokenGW.URL + "/hook?keep=1&also=x%2By", Token: cmdToken, State: StateNotReturned, DeviceReturnID: "dr-3"},
+			opts:      sendOptions{URL: tokenGW.URL + "/hook?keep=1&also=x%2By", Token: cmdToken, State: verify.StateNotReturned, DeviceReturnID: "dr-3"},
 			clock:     now,
 			wantQuery: "keep=1&also=x%2By",
 			wantHdr: map[string]string{
@@ -870,22 +872,22 @@ func TestCommandSendThroughGateway(t *testing.T) {
 				"X-Reready-Timestamp": "", "X-Reready-Verified": "token",
 			}},
 		{name: "token/wrong token", upstream: tokenUp,
-			opts:    sendOptions{URL: tokenGW.URL + "/hook", Token: "nope", State: StateComplete},
+			opts:    sendOptions{URL: tokenGW.URL + "/hook", Token: "nope", State: verify.StateComplete},
 			clock:   now,
 			wantErr: "answered 401 Unauthorized"},
 		{name: "both/delivered", upstream: bothUp,
-			opts:  sendOptions{URL: bothGW.URL + "/", Secret: cmdSecret, Token: cmdToken, State: StateFailed},
+			opts:  sendOptions{URL: bothGW.URL + "/", Secret: cmdSecret, Token: cmdToken, State: verify.StateFailed},
 			clock: now,
 			wantHdr: map[string]string{
 				"X-Reready-State": "failed", "X-Reready-Verified": "hmac,token",
 				"X-Reready-Timestamp": strconv.FormatInt(now.Unix(), 10),
 			}},
 		{name: "both/no token", upstream: bothUp,
-			opts:    sendOptions{URL: bothGW.URL + "/", Secret: cmdSecret, State: StateFailed},
+			opts:    sendOptions{URL: bothGW.URL + "/", Secret: cmdSecret, State: verify.StateFailed},
 			clock:   now,
 			wantErr: "answered 401 Unauthorized"},
 	}
-	for _, state := range States {
+	for _, state := range verify.States {
 		tests = append(tests, struct {
 			name      string
 			upstream  *cmdRecorder
@@ -1009,7 +1011,7 @@ func TestCommandCobraWiring(t *testing.T) {
 			wantOut: `{"device_return_id":"dr-9","serial_number":"SN9","state":"failed","test":true,` +
 				`"ticket_url":"https://t.example/9","url":"https://www.reready.co/device_returns/dr-9"}`},
 		{name: "send unknown state", env: cmdSecret, args: []string{"send", "--url", srv.URL, "--state", "lost"},
-			wantErr: `unknown --state "lost"; want one of: ` + strings.Join(States, ", ")},
+			wantErr: `unknown --state "lost"; want one of: ` + strings.Join(verify.States, ", ")},
 		{name: "no subcommand shows help", args: nil, wantOut: "Available Commands:"},
 		{name: "unknown subcommand", args: []string{"frobnicate"},
 			wantErr: `unknown command "frobnicate" for "reready"`},
@@ -1040,7 +1042,7 @@ func TestCommandCobraWiring(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, state := range States {
+		for _, state := range verify.States {
 			if !regexp.MustCompile(`(?m)^  ` + state + ` +\S`).MatchString(out) {
 				t.Errorf("send help does not describe state %s:\n%s", state, out)
 			}
@@ -1055,7 +1057,7 @@ func TestCommandCobraWiring(t *testing.T) {
 	if reqs[0].RawQuery != "z=9&token=tk" {
 		t.Errorf("send query %q, want z=9&token=tk", reqs[0].RawQuery)
 	}
-	cmdCheckSignature(t, reqs[0].Header.Get(SignatureHeader), cmdSecret, now, reqs[0].Body)
+	cmdCheckSignature(t, reqs[0].Header.Get(verify.SignatureHeader), cmdSecret, now, reqs[0].Body)
 }
 
 func TestCommandNewUUIDv4(t *testing.T) {

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"strconv"
 	"strings"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
 )
 
 // deliveryID names one delivery. It is the replay key, the queue item's
@@ -30,8 +32,8 @@ const deliveryIDDomain = "reready_verify delivery id\x00"
 
 // signedDeliveryID is the id of a delivery signed at t whose matching MAC
 // is mac.
-func signedDeliveryID(t int64, mac *[macSize]byte) deliveryID {
-	var buf [len(deliveryIDDomain) + macSize]byte
+func signedDeliveryID(t int64, mac *[verify.MACSize]byte) deliveryID {
+	var buf [len(deliveryIDDomain) + verify.MACSize]byte
 	copy(buf[:], deliveryIDDomain)
 	copy(buf[len(deliveryIDDomain):], mac[:])
 	sum := sha256.Sum256(buf[:])
@@ -66,10 +68,10 @@ func (d deliveryID) appendTo(b []byte) []byte {
 // id from a URL can never name a storage path outside the queue.
 func parseDeliveryID(s string) (d deliveryID, ok bool) {
 	ts, hx, found := strings.Cut(s, "-")
-	if !found || len(hx) != 2*len(d.h) || len(ts) == 0 || len(ts) > maxTimestampDigits {
+	if !found || len(hx) != 2*len(d.h) || len(ts) == 0 || len(ts) > verify.MaxTimestampDigits {
 		return deliveryID{}, false
 	}
-	t, ok := parseTimestamp(ts)
+	t, ok := verify.ParseTimestamp(ts)
 	if !ok {
 		return deliveryID{}, false
 	}

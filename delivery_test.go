@@ -5,13 +5,15 @@ import (
 	"encoding/hex"
 	"strings"
 	"testing"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
 )
 
 func TestSignedDeliveryID(t *testing.T) {
 	body := []byte(`{"state":"complete"}`)
-	var mac, other [macSize]byte
-	decodeMAC(&mac, MAC("ssk_test", "1744831201", body))
-	decodeMAC(&other, MAC("ssk_other_endpoint", "1744831201", body))
+	var mac, other [verify.MACSize]byte
+	hex.Decode(mac[:], []byte(verify.MAC("ssk_test", "1744831201", body)))
+	hex.Decode(other[:], []byte(verify.MAC("ssk_other_endpoint", "1744831201", body)))
 	id := signedDeliveryID(1744831201, &mac)
 	if id != signedDeliveryID(1744831201, &mac) {
 		t.Fatal("signedDeliveryID is not deterministic")

@@ -12,6 +12,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
+
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
@@ -240,7 +242,7 @@ func (h *Handler) newItem(r *http.Request, st *requestState, now time.Time) *que
 	}
 	it.Server, it.Port = h.app.serverOf(r)
 	if st.auth.signed {
-		it.Timestamp = st.auth.sig.t
+		it.Timestamp = st.auth.sig.T
 	}
 	return it
 }
@@ -305,14 +307,14 @@ func (h *Handler) redeliver(w http.ResponseWriter, r *http.Request, next caddyht
 	*ref = append(*ref, it.Body...)
 	st := &requestState{body: newBodyReader(ref), redelivery: rd}
 	defer st.release(r)
-	ev, err := parsePayload(st.body.buf, st.strs[:0])
+	ev, err := verify.ParsePayloadInto(st.body.buf, st.strs[:0])
 	if err != nil {
 		rd.report(0, caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("stored delivery %s: %w", it.ID, err)))
 		return nil
 	}
 	st.event = ev
 	st.auth = auth{verified: it.Verified, signed: it.Timestamp != ""}
-	st.auth.sig.t = it.Timestamp
+	st.auth.sig.T = it.Timestamp
 	st.id, _ = parseDeliveryID(it.ID)
 	h.forwardable(r, st)
 	st.status.ResponseWriter = w
@@ -350,14 +352,14 @@ func (h *Handler) journalLive(r *http.Request, st *requestState, start time.Time
 		status:         status,
 		upstreamStatus: upstream,
 		duration:       time.Since(start),
-		host:           clipTo(r.Host, journalClip), // the journal keeps its own copies
-		path:           clipTo(r.URL.Path, journalClip),
-		remoteAddr:     clipTo(r.RemoteAddr, journalClip), // the connection's own string
+		host:           verify.Clip(r.Host, journalClip), // the journal keeps its own copies
+		path:           verify.Clip(r.URL.Path, journalClip),
+		remoteAddr:     verify.Clip(r.RemoteAddr, journalClip), // the connection's own string
 	}
 	if st != nil {
 		e.id = st.id
-		e.returnID.set(clipTo(st.event.DeviceReturnID, journalClip))
-		e.state = ownString(clipTo(st.event.State, journalClip))
+		e.returnID.set(verify.Clip(st.event.DeviceReturnID, journalClip))
+		e.state = ownString(verify.Clip(st.event.State, journalClip))
 		e.test = st.event.Test
 		e.verified = st.auth.verified
 		e.key = st.auth.keyNumber()
@@ -374,19 +376,7 @@ func (a *auth) keyNumber() int {
 	if !a.signed {
 		return 0
 	}
-	return a.sig.key + 1
-}
-
-// clipTo shortens s to at most n bytes, on a UTF-8 boundary, marking the cut.
-func clipTo(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	i := n
-	for i > 0 && s[i]&0xC0 == 0x80 {
-		i--
-	}
-	return s[:i] + "…"
+	return a.sig.Key + 1
 }
 
 // queueWriter is the response writer of a live delivery with the queue on.

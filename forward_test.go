@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
@@ -80,7 +82,7 @@ func TestQueueTakesOverFailures(t *testing.T) {
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			rig := newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 10})
-			body := eventBody(fmt.Sprint("ret-", i), StatePendingReturnShipment)
+			body := eventBody(fmt.Sprint("ret-", i), verify.StatePendingReturnShipment)
 			resp, err := rig.serve(body, rig.now.Unix(), tc.next)
 			if err != nil {
 				t.Fatalf("handler error %v; want the failure taken over", err)
@@ -130,7 +132,7 @@ func TestQueuePassesOtherAnswers(t *testing.T) {
 	for _, code := range []int{200, 201, 400, 404, 409} {
 		t.Run(fmt.Sprint(code), func(t *testing.T) {
 			rig := newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 10})
-			resp, err := rig.serve(eventBody("ret", StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error {
+			resp, err := rig.serve(eventBody("ret", verify.StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error {
 				w.Header().Set("X-App", "yes")
 				w.WriteHeader(code)
 				io.WriteString(w, "app says")
@@ -157,16 +159,16 @@ func TestQueueHoldsLaterDeliveriesOfAReturn(t *testing.T) {
 	}
 	calls := 0
 	up := func(w http.ResponseWriter, r *http.Request) error { calls++; return nil }
-	if resp, _ := rig.serve(eventBody("A", StatePendingReturnShipmentDelivery), rig.now.Unix(), down); resp.Code != 202 {
+	if resp, _ := rig.serve(eventBody("A", verify.StatePendingReturnShipmentDelivery), rig.now.Unix(), down); resp.Code != 202 {
 		t.Fatalf("first: %d", resp.Code)
 	}
 	// The app is back, but A has a queued delivery: A's next one waits
 	// behind it; B is not held up.
-	resp, _ := rig.serve(eventBody("A", StateComplete), rig.now.Unix(), up)
+	resp, _ := rig.serve(eventBody("A", verify.StateComplete), rig.now.Unix(), up)
 	if resp.Code != 202 || calls != 0 {
 		t.Fatalf("A's second delivery: %d, forwarded %d times; want 202 held", resp.Code, calls)
 	}
-	resp, _ = rig.serve(eventBody("B", StateComplete), rig.now.Unix(), up)
+	resp, _ = rig.serve(eventBody("B", verify.StateComplete), rig.now.Unix(), up)
 	if resp.Code != 200 || calls != 1 {
 		t.Fatalf("B: %d, forwarded %d times; want 200 live", resp.Code, calls)
 	}
@@ -176,7 +178,7 @@ func TestQueueHoldsLaterDeliveriesOfAReturn(t *testing.T) {
 	}
 	line := lineOf(t, rig.h.app.queue, "A")
 	held, _ := rig.h.app.queue.loadItem(context.Background(), line[1])
-	if len(line) != 2 || held.State != StateComplete || held.Attempts != 0 {
+	if len(line) != 2 || held.State != verify.StateComplete || held.Attempts != 0 {
 		t.Fatalf("line %v, second %+v", line, held)
 	}
 	got := rig.h.app.journal.query(DeliveryFilter{ReturnID: "A", Outcome: OutcomeQueued})
@@ -190,8 +192,8 @@ func TestQueueFullAndStorageFailure(t *testing.T) {
 		return caddyhttp.Error(http.StatusBadGateway, errors.New("down"))
 	}
 	rig := newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 1})
-	rig.serve(eventBody("A", StateComplete), rig.now.Unix(), down)
-	resp, err := rig.serve(eventBody("B", StateComplete), rig.now.Unix(), down)
+	rig.serve(eventBody("A", verify.StateComplete), rig.now.Unix(), down)
+	resp, err := rig.serve(eventBody("B", verify.StateComplete), rig.now.Unix(), down)
 	var he caddyhttp.HandlerError
 	if !errors.As(err, &he) || he.StatusCode != 503 || resp.Header().Get("Retry-After") == "" || !strings.Contains(err.Error(), "queue_full") {
 		t.Fatalf("at max_items: %v, Retry-After %q", err, resp.Header().Get("Retry-After"))
@@ -206,11 +208,11 @@ func TestQueueFullAndStorageFailure(t *testing.T) {
 	fst.setBroken(true)
 	rig.h.app.queue.storage = fst
 	failure := caddyhttp.Error(http.StatusGatewayTimeout, errors.New("slow"))
-	resp, err = rig.serve(eventBody("C", StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error { return failure })
+	resp, err = rig.serve(eventBody("C", verify.StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error { return failure })
 	if err != failure || resp.Code == 202 {
 		t.Fatalf("storage down: err %v, code %d; want the original 504", err, resp.Code)
 	}
-	resp, err = rig.serve(eventBody("D", StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error {
+	resp, err = rig.serve(eventBody("D", verify.StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(500)
 		io.WriteString(w, "app body")
 		return nil
@@ -220,7 +222,7 @@ func TestQueueFullAndStorageFailure(t *testing.T) {
 	}
 	// Nothing stored, so a retry is forwarded again.
 	calls := 0
-	rig.serve(eventBody("D", StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error { calls++; return nil })
+	rig.serve(eventBody("D", verify.StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error { calls++; return nil })
 	if calls != 1 {
 		t.Fatalf("retry after a failed store forwarded %d times", calls)
 	}
@@ -250,7 +252,7 @@ func TestQueueWriterFlushBeforeStatus(t *testing.T) {
 func TestJournalRecordsEveryOutcome(t *testing.T) {
 	rig := newReplayRig(t)
 	rig.h.app = testApp(t)
-	body := eventBody("ret-j", StateComplete)
+	body := eventBody("ret-j", verify.StateComplete)
 	ts := rig.now.Unix()
 	rig.serve(body, ts, func(w http.ResponseWriter, r *http.Request) error { w.WriteHeader(204); return nil })
 	rig.serve(body, ts, nil) // replayed
@@ -261,7 +263,7 @@ func TestJournalRecordsEveryOutcome(t *testing.T) {
 	}
 	stale, replayed, fwd := got[0], got[1], got[2]
 	if fwd.Outcome != OutcomeForwarded || fwd.Status != 204 || fwd.Verified != "hmac" || fwd.Key != 1 || fwd.Attempt != 1 ||
-		fwd.DeviceReturnID != "ret-j" || fwd.State != StateComplete || fwd.Path != "/hook" || fwd.DeliveryID == "" {
+		fwd.DeviceReturnID != "ret-j" || fwd.State != verify.StateComplete || fwd.Path != "/hook" || fwd.DeliveryID == "" {
 		t.Errorf("forwarded: %+v", fwd)
 	}
 	if replayed.Outcome != OutcomeReplayed || replayed.Status != 200 || replayed.DeliveryID != fwd.DeliveryID || replayed.Reason != "replay" {
@@ -310,7 +312,7 @@ func TestQueueWriterHeaders(t *testing.T) {
 func TestQueueEdgeAnswers(t *testing.T) {
 	t.Run("4xx handler error passes", func(t *testing.T) {
 		rig := newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 10})
-		_, err := rig.serve(eventBody("r403", StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error {
+		_, err := rig.serve(eventBody("r403", verify.StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error {
 			return caddyhttp.Error(http.StatusForbidden, errors.New("not for you"))
 		})
 		var he caddyhttp.HandlerError
@@ -323,7 +325,7 @@ func TestQueueEdgeAnswers(t *testing.T) {
 	})
 	t.Run("2xx then the copy to the sender aborted", func(t *testing.T) {
 		rig := newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 10})
-		body := eventBody("rabort", StateComplete)
+		body := eventBody("rabort", verify.StateComplete)
 		rig.serve(body, rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error {
 			w.WriteHeader(200)
 			panic(http.ErrAbortHandler)
@@ -339,7 +341,7 @@ func TestQueueEdgeAnswers(t *testing.T) {
 	})
 	t.Run("5xx whose body broke off is queued", func(t *testing.T) {
 		rig := newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 10})
-		resp, err := rig.serve(eventBody("rbroken", StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error {
+		resp, err := rig.serve(eventBody("rbroken", verify.StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error {
 			w.WriteHeader(502)
 			io.WriteString(w, "partial")
 			panic(http.ErrAbortHandler)
@@ -359,7 +361,7 @@ func TestQueueHeldCheckFails(t *testing.T) {
 	rig.h.app.queue = newQueue(st, zap.NewNop())
 	st.statFails.Store(1000)
 	calls := 0
-	resp, err := rig.serve(eventBody("held-check-fails", StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error { calls++; return nil })
+	resp, err := rig.serve(eventBody("held-check-fails", verify.StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error { calls++; return nil })
 	var he caddyhttp.HandlerError
 	if !errors.As(err, &he) || he.StatusCode != 503 || calls != 0 || resp.Header().Get("Retry-After") == "" || !strings.Contains(err.Error(), "queue_unavailable") {
 		t.Fatalf("held check failing: %v, forwarded %d times, Retry-After %q; want 503 queue_unavailable, not forwarded", err, calls, resp.Header().Get("Retry-After"))
@@ -370,7 +372,7 @@ func TestQueueHeldCheckFails(t *testing.T) {
 	}
 	// Refused, not remembered: the sender's retry goes through.
 	st.statFails.Store(0)
-	if resp, _ := rig.serve(eventBody("held-check-fails", StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error { calls++; return nil }); resp.Code != 200 || calls != 1 {
+	if resp, _ := rig.serve(eventBody("held-check-fails", verify.StateComplete), rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error { calls++; return nil }); resp.Code != 200 || calls != 1 {
 		t.Fatalf("retry: %d, forwarded %d times", resp.Code, calls)
 	}
 }
@@ -409,7 +411,7 @@ func TestQueueResendOfADeadDelivery(t *testing.T) {
 		{"failing again", down, 202, ItemPending},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			body := eventBody("dead-resend-"+c.name, StateComplete)
+			body := eventBody("dead-resend-"+c.name, verify.StateComplete)
 			if resp, _ := rig.serve(body, rig.now.Unix(), down); resp.Code != 202 {
 				t.Fatalf("first: %d", resp.Code)
 			}

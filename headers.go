@@ -119,7 +119,7 @@ func setEventHeaders(hdr http.Header, st *requestState) {
 		set(hdrURL, ev.URL)
 	}
 	if a.signed {
-		set(hdrTimestamp, a.sig.t)
+		set(hdrTimestamp, a.sig.T)
 	}
 	set(hdrVerified, a.verified)
 	st.deliveryHeaders(set)
@@ -172,7 +172,7 @@ func (st *requestState) placeholder(key string) (any, bool) {
 		if !a.signed || a.reason != "" {
 			return "", true
 		}
-		return a.sig.t, true
+		return a.sig.T, true
 	case "verified":
 		return a.verified, true
 	case "reject_reason":

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 	"unsafe"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
 )
 
 // This file is the delivery journal: a bounded, in-memory record of every
@@ -39,22 +41,6 @@ const (
 // Outcomes lists the journal outcomes, for validating filters.
 var Outcomes = []string{OutcomeForwarded, OutcomeRejected, OutcomeReplayed, OutcomeObserved,
 	OutcomeQueued, OutcomeRedelivered, OutcomeDead}
-
-// Reason codes that only the journal and the queue use.
-const (
-	ReasonUpstreamFailed    Reason = "upstream_failed"    // queued: the app failed live
-	ReasonHeld              Reason = "held"               // queued behind an earlier delivery of its return
-	ReasonRedeliveryFailed  Reason = "redelivery_failed"  // a redelivery attempt failed; still queued
-	ReasonMaxAge            Reason = "max_age"            // dead: max_age passed
-	ReasonAppRefused        Reason = "app_refused"        // dead: the app answered a 4xx that retrying cannot change
-	ReasonCorrupt           Reason = "item_corrupt"       // dead: the stored item could not be read
-	ReasonQueueFull         Reason = "queue_full"         // 503: max_items reached
-	ReasonQueueUnavailable  Reason = "queue_unavailable"  // storing failed; the sender got the failure
-	ReasonManualRetry       Reason = "manual_retry"       // an operator asked for an attempt
-	ReasonRouteUnavailable  Reason = "route_unavailable"  // the item's server or route is gone
-	ReasonRedeliveryTimeout Reason = "redelivery_timeout" // an attempt ran out of time
-	ReasonResentDead        Reason = "resent_dead"        // a resend of a dead delivery: forwarded, or queued again
-)
 
 // journalEntry is one record. Strings in it are owned by the journal
 // (cloned or constants), so it keeps no request memory alive.
@@ -297,8 +283,8 @@ func (j *journal) last() uint64 {
 // ownString copies s unless it is a documented state (a constant), so a
 // journal entry does not keep the request's memory alive.
 func ownString(s string) string {
-	if i := stateIndex(s); i < len(States) {
-		return States[i]
+	if i := verify.StateIndex(s); i < len(verify.States) {
+		return verify.States[i]
 	}
 	return strings.Clone(s)
 }

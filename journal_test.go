@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
 )
 
 func TestJournalRingAndQuery(t *testing.T) {
@@ -15,7 +17,7 @@ func TestJournalRingAndQuery(t *testing.T) {
 			outcome = OutcomeRejected
 		}
 		j.add(journalEntry{at: t0.Add(time.Duration(i) * time.Second), outcome: outcome,
-			returnID: rid(fmt.Sprintf("r%d", i%3)), state: StateComplete, status: 200 + i})
+			returnID: rid(fmt.Sprintf("r%d", i%3)), state: verify.StateComplete, status: 200 + i})
 	}
 	all := j.query(DeliveryFilter{})
 	if len(all) != 5 {
@@ -36,7 +38,7 @@ func TestJournalRingAndQuery(t *testing.T) {
 	}{
 		{"outcome", DeliveryFilter{Outcome: OutcomeRejected}, []uint64{6, 4}},
 		{"return id", DeliveryFilter{ReturnID: "r1"}, []uint64{7, 4}},
-		{"state none", DeliveryFilter{State: StateFailed}, nil},
+		{"state none", DeliveryFilter{State: verify.StateFailed}, nil},
 		{"limit", DeliveryFilter{Limit: 2}, []uint64{7, 6}},
 		{"after", DeliveryFilter{After: 5}, []uint64{7, 6}},
 		{"after and filter", DeliveryFilter{After: 3, Outcome: OutcomeForwarded}, []uint64{7, 5}},

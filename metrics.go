@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -62,7 +64,7 @@ type metrics struct {
 	redeliveries *prometheus.CounterVec
 
 	verified prometheus.Counter      // requests{verified,""}
-	byState  [][2]prometheus.Counter // events by States index; the last row is unknown
+	byState  [][2]prometheus.Counter // events by verify.States index; the last row is unknown
 
 	mu      sync.Mutex                                           // serializes cache misses
 	counter atomic.Pointer[map[requestLabels]prometheus.Counter] // copy on write
@@ -194,11 +196,11 @@ func registerMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if m.verified, err = m.requests.GetMetricWithLabelValues(outcomeVerified, ""); err != nil {
 		return nil, err
 	}
-	m.byState = make([][2]prometheus.Counter, len(States)+1)
+	m.byState = make([][2]prometheus.Counter, len(verify.States)+1)
 	for i := range m.byState {
 		state := stateUnknown
-		if i < len(States) {
-			state = States[i]
+		if i < len(verify.States) {
+			state = verify.States[i]
 		}
 		for test := range 2 {
 			if m.byState[i][test], err = m.events.GetMetricWithLabelValues(state, strconv.FormatBool(test == 1)); err != nil {
@@ -274,7 +276,7 @@ func (m *metrics) event(state string, test bool) {
 	if m == nil {
 		return
 	}
-	i := stateIndex(state) // len(States): unknown
+	i := verify.StateIndex(state) // len(verify.States): unknown
 	t := 0
 	if test {
 		t = 1

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
+
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -157,8 +159,8 @@ func TestMetricsEvent(t *testing.T) {
 		test      bool
 		wantState string
 	}{
-		{StateComplete, false, StateComplete},
-		{StatePendingReturnShipment, true, StatePendingReturnShipment},
+		{verify.StateComplete, false, verify.StateComplete},
+		{verify.StatePendingReturnShipment, true, verify.StatePendingReturnShipment},
 		{"exploded", false, stateUnknown},
 		{"", true, stateUnknown},
 	}
@@ -174,8 +176,8 @@ func TestMetricsEvent(t *testing.T) {
 	}
 	// Every documented state and unknown, each with test true and false;
 	// undocumented states never add series.
-	if n := collectAndCount(m.events); n != 2*(len(States)+1) {
-		t.Fatalf("events series = %d, want %d", n, 2*(len(States)+1))
+	if n := collectAndCount(m.events); n != 2*(len(verify.States)+1) {
+		t.Fatalf("events series = %d, want %d", n, 2*(len(verify.States)+1))
 	}
 }
 
@@ -214,7 +216,7 @@ func TestMetricsExistingCollector(t *testing.T) {
 func TestMetricsNil(t *testing.T) {
 	var m *metrics
 	m.observe(outcomeVerified, "", time.Millisecond) // no panic
-	m.event(StateComplete, false)
+	m.event(verify.StateComplete, false)
 
 	for _, reg := range []prometheus.Registerer{nil, (*prometheus.Registry)(nil)} {
 		m, err := registerMetrics(reg)
@@ -252,7 +254,7 @@ func TestMetricsVerifiedPathAllocs(t *testing.T) {
 	m.observe(outcomeRejected, string(ReasonSignatureMismatch), 0) // warm the cache
 	allocs := testing.AllocsPerRun(1000, func() {
 		m.observe(outcomeVerified, "", time.Millisecond)
-		m.event(StateComplete, false)
+		m.event(verify.StateComplete, false)
 		m.event("exploded", true)
 		m.observe(outcomeRejected, string(ReasonSignatureMismatch), time.Millisecond)
 	})
@@ -267,7 +269,7 @@ func BenchmarkMetricsObserve(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			m.observe(outcomeVerified, "", time.Millisecond)
-			m.event(StateComplete, false)
+			m.event(verify.StateComplete, false)
 		}
 	})
 	b.Run("rejected", func(b *testing.B) {

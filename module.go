@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -116,7 +118,7 @@ type Handler struct {
 	Queue *QueueConfig `json:"queue,omitempty"`
 
 	app           *App
-	verifier      *Verifier
+	verifier      *verify.Verifier
 	replay        replayStore
 	releaseReplay func() error
 	metrics       *metrics
@@ -185,7 +187,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		token = v
 	}
-	v, err := NewVerifier(secrets, token, time.Duration(h.Tolerance))
+	v, err := verify.New(secrets, token, time.Duration(h.Tolerance))
 	if err != nil {
 		return err
 	}
@@ -240,8 +242,8 @@ func (h *Handler) Cleanup() error {
 // look like ReReady's (a common mistake: pasting the token or a wrong value).
 func warnUnusualSecrets(log *zap.Logger, secrets []string) {
 	for i, s := range secrets {
-		if !strings.HasPrefix(s, SecretPrefix) {
-			log.Warn("signing secret does not start with "+SecretPrefix+" as ReReady's do", zap.Int("secret", i+1))
+		if !strings.HasPrefix(s, verify.SecretPrefix) {
+			log.Warn("signing secret does not start with "+verify.SecretPrefix+" as ReReady's do", zap.Int("secret", i+1))
 		}
 	}
 }

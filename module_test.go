@@ -15,11 +15,16 @@ import (
 	"testing/iotest"
 	"time"
 
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
+
+// testSecret signs the handler tests' deliveries.
+const testSecret = "ssk_test_4f9a1c2b7d3e8f60"
 
 func provision(t *testing.T, h *Handler) error {
 	t.Helper()
@@ -60,7 +65,7 @@ func TestProvisionPlaceholders(t *testing.T) {
 	}
 	// The file's trailing newline is not part of the key.
 	for _, s := range []string{"ssk_from_env", "ssk_from_file"} {
-		sig, _ := ParseSignatureHeader("t=1,v=" + MAC(s, "1", []byte("b")))
+		sig, _ := verify.ParseSignatureHeader("t=1,v=" + verify.MAC(s, "1", []byte("b")))
 		if h.verifier.Match(sig, []byte("b")) != 0 {
 			t.Fatalf("secret %q not in use", s)
 		}
@@ -240,7 +245,7 @@ func newReplayRig(t *testing.T) *replayRig {
 // the handler's error and the response recorded.
 func (rig *replayRig) serve(body []byte, ts int64, next caddyhttp.HandlerFunc) (resp *httptest.ResponseRecorder, err error) {
 	req := httptest.NewRequest(http.MethodPost, "/hook", bytes.NewReader(body))
-	req.Header.Set(SignatureHeader, Sign(testSecret, time.Unix(ts, 0), body))
+	req.Header.Set(verify.SignatureHeader, verify.Sign(testSecret, time.Unix(ts, 0), body))
 	ctx := context.WithValue(req.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer())
 	ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{})
 	ctx, cancel := context.WithCancel(ctx) // over when ServeHTTP is, as in net/http

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
+
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -52,21 +54,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	f = h.authenticate(r, body, &st.auth)
 	if f == nil {
 		var err error
-		if st.event, err = parsePayload(body, st.strs[:0]); err != nil {
+		if st.event, err = verify.ParsePayloadInto(body, st.strs[:0]); err != nil {
 			f = err.(*Failure)
 		}
 	}
 	if f != nil {
 		if !h.observe {
 			if st.auth.signed {
-				st.id = signedDeliveryID(st.auth.sig.ts, &st.auth.mac)
+				st.id = signedDeliveryID(st.auth.sig.TS, &st.auth.sig.MAC)
 			}
 			return h.reject(w, r, start, st, f)
 		}
 		h.logReject(r, f, statusFor(f.Reason), true)
 		h.metrics.observe(outcomeObserved, string(f.Reason), time.Since(start))
 		st.auth = auth{verified: "none", reason: f.Reason, query: st.auth.query, stripQuery: st.auth.stripQuery}
-		st.event = Event{}
+		st.event = verify.Event{}
 		h.forwardable(r, st)
 		st.status.ResponseWriter = w
 		defer func() { h.journalLive(r, st, start, OutcomeObserved, f.Reason, st.answered(), st.upstreamStatus()) }()
@@ -74,11 +76,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return st.nextErr
 	}
 	if st.auth.signed {
-		st.id = signedDeliveryID(st.auth.sig.ts, &st.auth.mac)
+		st.id = signedDeliveryID(st.auth.sig.TS, &st.auth.sig.MAC)
 	} else {
 		st.id = randomDeliveryID(start.Unix())
 	}
-	if !KnownState(st.event.State) {
+	if !verify.KnownState(st.event.State) {
 		h.logger.Warn("forwarding unknown state", zap.String("state", clip(st.event.State)),
 			zap.String("device_return_id", clip(st.event.DeviceReturnID)))
 	}
@@ -122,7 +124,7 @@ func (st *requestState) release(r *http.Request) {
 type requestState struct {
 	body   bodyReader
 	auth   auth
-	event  Event
+	event  verify.Event
 	status statusWriter
 	hdrs   [12]string // backing store of the header values set upstream
 	strs   [320]byte  // the event's strings, when they fit
@@ -228,7 +230,7 @@ func (st *requestState) settle(h *Handler) {
 	}
 	ctx := context.Background() // the client may be gone; the record must not be
 	if st.queued || st.delivered() {
-		if err := h.replay.Commit(ctx, st.claim, h.now(), h.replayTTL(st.auth.sig.ts)); err != nil {
+		if err := h.replay.Commit(ctx, st.claim, h.now(), h.replayTTL(st.auth.sig.TS)); err != nil {
 			h.logger.Error("replay store failed to record a delivery; a repeat may be forwarded", zap.Error(err))
 		}
 		return
@@ -309,8 +311,7 @@ func isTimeout(err error) bool {
 // auth is what authentication established.
 type auth struct {
 	signed     bool
-	sig        sigItems
-	mac        [macSize]byte // the MAC that matched: with t, the replay key
+	sig        verify.Result // the signature that matched: with T, its MAC is the replay key
 	verified   string        // hmac, token, hmac,token; none in observe mode
 	reason     Reason        // why an observed request failed
 	query      string        // the query without ?token=
@@ -351,11 +352,11 @@ func (h *Handler) checkSignature(r *http.Request, body []byte, a *auth) *Failure
 	vals := r.Header[hdrSignature]
 	switch {
 	case len(vals) == 0:
-		return fail(ReasonSignatureMissing, "no %s header", SignatureHeader)
+		return fail(ReasonSignatureMissing, "no %s header", verify.SignatureHeader)
 	case len(vals) > 1:
-		return fail(ReasonSignatureDuplicate, "%d %s headers", len(vals), SignatureHeader)
+		return fail(ReasonSignatureDuplicate, "%d %s headers", len(vals), verify.SignatureHeader)
 	}
-	if _, err := h.verifier.verify(&a.sig, vals[0], body, h.now(), &a.mac); err != nil {
+	if err := h.verifier.Verify(vals[0], body, h.now(), &a.sig); err != nil {
 		return err.(*Failure)
 	}
 	a.signed = true
@@ -373,31 +374,6 @@ func setQuery(r *http.Request, q string) {
 		}
 		r.RequestURI = path
 	}
-}
-
-// statusFor maps a reason to its HTTP status.
-func statusFor(r Reason) int {
-	switch r {
-	case ReasonMethod:
-		return http.StatusMethodNotAllowed
-	case ReasonBodyTooLarge:
-		return http.StatusRequestEntityTooLarge
-	case ReasonBodyTimeout:
-		return http.StatusRequestTimeout
-	case ReasonBodyRead:
-		return http.StatusBadRequest
-	case ReasonReplayInFlight:
-		return http.StatusConflict
-	case ReasonReplayUnavailable:
-		return http.StatusServiceUnavailable
-	case ReasonReplayDelivered:
-		return http.StatusOK
-	case ReasonSignatureMissing, ReasonSignatureDuplicate, ReasonSignatureMalformed,
-		ReasonTimestampStale, ReasonTimestampFuture, ReasonSignatureMismatch,
-		ReasonTokenMissing, ReasonTokenDuplicate, ReasonTokenMismatch:
-		return http.StatusUnauthorized
-	}
-	return http.StatusBadRequest
 }
 
 // reject logs and counts a rejection once and returns it as a handler

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
+
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
@@ -29,7 +31,7 @@ func testItem(n int, returnID string) *queueItem {
 		ID:             randomDeliveryID(queueT0.Unix()).String(),
 		Status:         ItemPending,
 		DeviceReturnID: returnID,
-		State:          StateComplete,
+		State:          verify.StateComplete,
 		ReceivedAt:     queueT0.Add(time.Duration(n) * time.Second),
 		NextAttemptAt:  &next,
 		MaxAge:         int64(time.Hour),

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
 )
 
 // This file is one redelivery: how a queued delivery is sent through the
@@ -168,7 +169,7 @@ func (a *App) deliver(ctx context.Context, it *queueItem, n int) (res attemptRes
 			code := rd.status
 			rd.mu.Unlock()
 			res = attemptResult{status: http.StatusBadGateway, reason: ReasonRedeliveryFailed,
-				errText: clipTo(fmt.Sprintf("the route panicked: %v", p), 300)}
+				errText: verify.Clip(fmt.Sprintf("the route panicked: %v", p), 300)}
 			if code >= 200 && code < 300 {
 				res = attemptResult{delivered: true, status: code, upstream: code}
 			}

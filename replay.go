@@ -64,13 +64,6 @@ const (
 	replaySweepKey = "reready_verify/replay_sweep"
 )
 
-// Reason codes for requests the replay gate stops.
-const (
-	ReasonReplayDelivered   Reason = "replay"                   // 200: already delivered
-	ReasonReplayInFlight    Reason = "replay_in_flight"         // 409: being delivered
-	ReasonReplayUnavailable Reason = "replay_store_unavailable" // the store failed
-)
-
 // replayKey names one delivery: its delivery id (delivery.go), derived
 // from the verified t and the MAC that matched. The MAC depends on the
 // secret, so endpoints with their own secrets that receive the same payload

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
 	"html/template"
 	"net/http"
 	"net/url"
@@ -232,9 +233,9 @@ type uiState struct {
 }
 
 func uiPageData() any {
-	states := make([]uiState, len(States))
-	for i, s := range States {
-		states[i] = uiState{Name: s, Rank: min(i, stateIndex(StateFailed))}
+	states := make([]uiState, len(verify.States))
+	for i, s := range verify.States {
+		states[i] = uiState{Name: s, Rank: min(i, verify.StateIndex(verify.StateFailed))}
 	}
 	return struct {
 		States   []uiState

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -147,7 +149,7 @@ func TestUIPageAndFiles(t *testing.T) {
 	// style attribute or element (the CSP would block them).
 	w, _ := serveUI(t, u, "GET", "/ops/")
 	page := w.Body.String()
-	for i, s := range States {
+	for i, s := range verify.States {
 		rank := min(i, 4)
 		if want := `<option value="` + s + `" data-rank="` + string(rune('0'+rank)) + `">`; !strings.Contains(page, want) {
 			t.Errorf("page lacks %s", want)
@@ -296,7 +298,7 @@ func queueTestApp(t *testing.T) (*App, *queueItem) {
 	now := time.Now().UTC().Truncate(time.Second)
 	it := &queueItem{
 		ID: "1744831201-0123456789abcdef0123456789abcdef", Status: ItemPending,
-		DeviceReturnID: "<b>r-9</b>", State: StateComplete, ReceivedAt: now, NextAttemptAt: &now,
+		DeviceReturnID: "<b>r-9</b>", State: verify.StateComplete, ReceivedAt: now, NextAttemptAt: &now,
 		Attempts: 1, LastStatus: 503, LastError: "the app answered 503", MaxAge: int64(time.Hour),
 		Server: "srv0", Host: "example.com", URI: "/hook?token=tok_MARKER_never_served", RemoteAddr: "192.0.2.1:1234",
 		Header:   http.Header{"X-Reready-Signature-512": {"t=1744831201,v=MAC_MARKER_never_served"}},

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/reready-verify/caddy-reready-verify/integration/internal/rrtest"
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 )

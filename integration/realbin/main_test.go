@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/reready-verify/caddy-reready-verify/integration/internal/rrtest"
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest"
 )
 
 // Bounds on every wait, so a broken build or binary fails instead of hanging.

@@ -1,4 +1,4 @@
-package rereadyverify
+package verify
 
 import (
 	"bufio"
@@ -87,7 +87,7 @@ func TestKnownAnswerVectors(t *testing.T) {
 				t.Fatalf("MAC = %s, want %s", got, vec.v)
 			}
 			ts, _ := strconv.ParseInt(vec.t, 10, 64)
-			v, err := NewVerifier([]string{vec.secret}, "", 5*time.Minute)
+			v, err := New([]string{vec.secret}, "", 5*time.Minute)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -150,7 +150,7 @@ func TestParseSignatureHeader(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			sig, err := ParseSignatureHeader(tc.header)
-			if got := reasonOf(err); got != tc.reason {
+			if got := ReasonOf(err); got != tc.reason {
 				t.Fatalf("reason = %q (err %v), want %q", got, err, tc.reason)
 			}
 			if tc.reason != "" {
@@ -182,7 +182,7 @@ func TestVerifySignature(t *testing.T) {
 	now := time.Unix(ts, 0)
 	good := Sign(testSecret, now, body)
 	other := Sign("ssk_other", now, body)
-	v, err := NewVerifier([]string{"ssk_first", testSecret}, "", 5*time.Minute)
+	v, err := New([]string{"ssk_first", testSecret}, "", 5*time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +214,7 @@ func TestVerifySignature(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			sig, i, err := v.VerifySignature(tc.header, tc.body, tc.now)
-			if got := reasonOf(err); got != tc.reason {
+			if got := ReasonOf(err); got != tc.reason {
 				t.Fatalf("reason = %q (%v), want %q", got, err, tc.reason)
 			}
 			if i != tc.match {
@@ -245,7 +245,7 @@ func TestNewVerifierErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := NewVerifier(tc.secrets, tc.token, tc.tol)
+			_, err := New(tc.secrets, tc.token, tc.tol)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want it to mention %q", err, tc.want)
 			}
@@ -254,7 +254,7 @@ func TestNewVerifierErrors(t *testing.T) {
 }
 
 func TestCheckToken(t *testing.T) {
-	v, err := NewVerifier(nil, "s3cr3t/tok+en", time.Minute)
+	v, err := New(nil, "s3cr3t/tok+en", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +286,7 @@ func TestCheckToken(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			stripped, err := v.CheckToken(tc.query)
-			if got := reasonOf(err); got != tc.reason {
+			if got := ReasonOf(err); got != tc.reason {
 				t.Fatalf("reason = %q (%v), want %q", got, err, tc.reason)
 			}
 			if stripped != tc.stripped {
@@ -306,7 +306,7 @@ func TestSignRoundTrip(t *testing.T) {
 	if !strings.HasPrefix(hdr, "t=1700000000,v=") || len(hdr) != len("t=1700000000,v=")+128 {
 		t.Fatalf("Sign = %q", hdr)
 	}
-	v, _ := NewVerifier([]string{testSecret}, "", time.Minute)
+	v, _ := New([]string{testSecret}, "", time.Minute)
 	if _, _, err := v.VerifySignature(hdr, body, now); err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package rereadyverify
+package verify
 
 import (
 	"encoding/binary"
@@ -34,10 +34,10 @@ var States = []string{
 }
 
 // KnownState reports whether s is one of the documented states.
-func KnownState(s string) bool { return stateIndex(s) < len(States) }
+func KnownState(s string) bool { return StateIndex(s) < len(States) }
 
-// stateIndex is s's position in States, or len(States) for an unknown one.
-func stateIndex(s string) int {
+// StateIndex is s's position in States, or len(States) for an unknown one.
+func StateIndex(s string) int {
 	for i, k := range States {
 		if s == k {
 			return i
@@ -78,13 +78,6 @@ const (
 
 var fieldNames = [numFields]string{"device_return_id", "state", "serial_number", "ticket_url", "url", "test"}
 
-func reasonOf(err error) Reason {
-	if f, ok := err.(*Failure); ok {
-		return f.Reason
-	}
-	return ""
-}
-
 // span is the raw bytes of a JSON string between its quotes.
 type span struct {
 	start, end int
@@ -94,18 +87,18 @@ type span struct {
 
 // ParsePayload validates body as JSON and extracts the event. Failures carry
 // the payload_* reason codes; each names the field at fault.
-func ParsePayload(body []byte) (Event, error) { return parsePayload(body, nil) }
+func ParsePayload(body []byte) (Event, error) { return ParsePayloadInto(body, nil) }
 
-// parsePayload is ParsePayload with the field strings decoded into scratch
-// when they fit (the handler keeps it in its per-request state), so the
-// usual payload needs no allocation of its own. The strings alias scratch:
-// it must never be written again.
-func parsePayload(body, scratch []byte) (Event, error) {
+// ParsePayloadInto is ParsePayload with the field strings decoded into
+// scratch when they fit (the handler keeps it in its per-request state), so
+// the usual payload needs no allocation of its own. The strings alias
+// scratch: it must never be written again.
+func ParsePayloadInto(body, scratch []byte) (Event, error) {
 	var ev Event
 	s := scanner{b: body}
 	s.ws()
 	if s.i == len(s.b) {
-		return ev, fail(ReasonPayloadEmpty, "body is empty")
+		return ev, Fail(ReasonPayloadEmpty, "body is empty")
 	}
 	var (
 		fields   [numFields]span
@@ -116,14 +109,14 @@ func parsePayload(body, scratch []byte) (Event, error) {
 		err := s.value()
 		if err == nil {
 			if s.ws(); s.i == len(s.b) {
-				return ev, fail(ReasonPayloadWrongType, "payload is not a JSON object")
+				return ev, Fail(ReasonPayloadWrongType, "payload is not a JSON object")
 			}
 			err = s.syntax("end of input")
 		}
 		if s.i == start { // not even the start of a JSON value
-			return ev, fail(ReasonPayloadInvalidJSON, "body is not a JSON object: it starts with %q", c)
+			return ev, Fail(ReasonPayloadInvalidJSON, "body is not a JSON object: it starts with %q", c)
 		}
-		return ev, fail(ReasonPayloadInvalidJSON, "body is not a JSON object, nor valid JSON: %s", err.(*Failure).Msg)
+		return ev, Fail(ReasonPayloadInvalidJSON, "body is not a JSON object, nor valid JSON: %s", err.(*Failure).Msg)
 	}
 	s.i++
 	s.depth = 1 // the payload object is the outermost level
@@ -154,7 +147,7 @@ func parsePayload(body, scratch []byte) (Event, error) {
 			} else if err := s.known(f, &fields[f], &ev); err != nil {
 				// A syntax error wins; a field error is reported once the
 				// whole body is known to be JSON.
-				if reasonOf(err) == ReasonPayloadInvalidJSON {
+				if ReasonOf(err) == ReasonPayloadInvalidJSON {
 					return ev, err
 				}
 				if fieldErr == nil {
@@ -183,13 +176,13 @@ func parsePayload(body, scratch []byte) (Event, error) {
 	}
 	for _, f := range []int{fDeviceReturnID, fState} {
 		if !fields[f].set {
-			return ev, fail(ReasonPayloadMissing, "%s is missing", fieldNames[f])
+			return ev, Fail(ReasonPayloadMissing, "%s is missing", fieldNames[f])
 		}
 		if fields[f].null {
-			return ev, fail(ReasonPayloadWrongType, "%s is null; want a string", fieldNames[f])
+			return ev, Fail(ReasonPayloadWrongType, "%s is null; want a string", fieldNames[f])
 		}
 		if fields[f].start == fields[f].end {
-			return ev, fail(ReasonPayloadMissing, "%s is empty", fieldNames[f])
+			return ev, Fail(ReasonPayloadMissing, "%s is empty", fieldNames[f])
 		}
 	}
 	return ev, s.strings(&fields, &ev, scratch)
@@ -225,7 +218,7 @@ func (s *scanner) strings(fields *[numFields]span, ev *Event, scratch []byte) er
 				// It has no UTF-8 form (RFC 7493 forbids it), and U+FFFD
 				// in its place would make the header say what the
 				// signed body does not.
-				return fail(ReasonPayloadBadString, "%s contains the unpaired UTF-16 surrogate \\u%04x", fieldNames[f], lone)
+				return Fail(ReasonPayloadBadString, "%s contains the unpaired UTF-16 surrogate \\u%04x", fieldNames[f], lone)
 			}
 		} else {
 			buf = append(buf, raw...)
@@ -246,7 +239,7 @@ func (s *scanner) strings(fields *[numFields]span, ev *Event, scratch []byte) er
 }
 
 func internState(s string) string {
-	if i := stateIndex(s); i < len(States) {
+	if i := StateIndex(s); i < len(States) {
 		return States[i]
 	}
 	return s
@@ -266,17 +259,17 @@ func headerSafe(name string, b []byte) error {
 		c := b[i]
 		if c < utf8.RuneSelf {
 			if c < 0x20 || c == 0x7f {
-				return fail(ReasonPayloadBadString, "%s contains control character %U", name, rune(c))
+				return Fail(ReasonPayloadBadString, "%s contains control character %U", name, rune(c))
 			}
 			i++
 			continue
 		}
 		r, size := utf8.DecodeRune(b[i:])
 		if r == utf8.RuneError && size == 1 {
-			return fail(ReasonPayloadBadString, "%s is not valid UTF-8", name)
+			return Fail(ReasonPayloadBadString, "%s is not valid UTF-8", name)
 		}
 		if unicode.IsControl(r) {
-			return fail(ReasonPayloadBadString, "%s contains control character %U", name, r)
+			return Fail(ReasonPayloadBadString, "%s contains control character %U", name, r)
 		}
 		i += size
 	}
@@ -309,9 +302,9 @@ func (s *scanner) ws() {
 
 func (s *scanner) syntax(want string) error {
 	if s.i >= len(s.b) {
-		return fail(ReasonPayloadInvalidJSON, "unexpected end of JSON; want %s", want)
+		return Fail(ReasonPayloadInvalidJSON, "unexpected end of JSON; want %s", want)
 	}
-	return fail(ReasonPayloadInvalidJSON, "unexpected %q at offset %d; want %s", s.b[s.i], s.i, want)
+	return Fail(ReasonPayloadInvalidJSON, "unexpected %q at offset %d; want %s", s.b[s.i], s.i, want)
 }
 
 // field returns the known field a key names, or -1.
@@ -339,7 +332,7 @@ func (s *scanner) known(f int, sp *span, ev *Event) error {
 		if err := s.value(); err != nil {
 			return err
 		}
-		return fail(ReasonPayloadDuplicate, "%s appears more than once", fieldNames[f])
+		return Fail(ReasonPayloadDuplicate, "%s appears more than once", fieldNames[f])
 	}
 	c := s.peek()
 	if f == fTest {
@@ -355,7 +348,7 @@ func (s *scanner) known(f int, sp *span, ev *Event) error {
 		if err := s.value(); err != nil {
 			return err
 		}
-		return fail(ReasonPayloadWrongType, "test is not a boolean")
+		return Fail(ReasonPayloadWrongType, "test is not a boolean")
 	}
 	switch c {
 	case '"':
@@ -374,7 +367,7 @@ func (s *scanner) known(f int, sp *span, ev *Event) error {
 	if err := s.value(); err != nil {
 		return err
 	}
-	return fail(ReasonPayloadWrongType, "%s is not a string", fieldNames[f])
+	return Fail(ReasonPayloadWrongType, "%s is not a string", fieldNames[f])
 }
 
 func (s *scanner) literal(lit string) error {
@@ -416,16 +409,16 @@ func (s *scanner) str() (span, error) {
 			case 'u':
 				if i+6 > len(b) || !isHex(string(b[i+2:i+6])) {
 					s.i = i
-					return sp, fail(ReasonPayloadInvalidJSON, "bad \\u escape at offset %d", i)
+					return sp, Fail(ReasonPayloadInvalidJSON, "bad \\u escape at offset %d", i)
 				}
 				i += 6
 			default:
 				s.i = i
-				return sp, fail(ReasonPayloadInvalidJSON, "bad escape at offset %d", i)
+				return sp, Fail(ReasonPayloadInvalidJSON, "bad escape at offset %d", i)
 			}
 		case c < 0x20:
 			s.i = i
-			return sp, fail(ReasonPayloadInvalidJSON, "raw control character %U in string at offset %d", rune(c), i)
+			return sp, Fail(ReasonPayloadInvalidJSON, "raw control character %U in string at offset %d", rune(c), i)
 		default:
 			i++
 		}
@@ -477,7 +470,7 @@ func (s *scanner) value() error {
 func (s *scanner) container(open byte) error {
 	s.depth++
 	if s.depth > maxDepth {
-		return fail(ReasonPayloadInvalidJSON, "nesting deeper than %d levels", maxDepth)
+		return Fail(ReasonPayloadInvalidJSON, "nesting deeper than %d levels", maxDepth)
 	}
 	close := byte('}')
 	if open == '[' {

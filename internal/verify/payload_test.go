@@ -1,4 +1,4 @@
-package rereadyverify
+package verify
 
 import (
 	"encoding/binary"
@@ -120,7 +120,7 @@ func TestParsePayload(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ev, err := ParsePayload([]byte(tc.body))
-			if got := reasonOf(err); got != tc.reason {
+			if got := ReasonOf(err); got != tc.reason {
 				t.Fatalf("reason = %q (%v), want %q", got, err, tc.reason)
 			}
 			if tc.reason == "" && ev != tc.want {

@@ -1,24 +1,26 @@
-package rereadyverify
+// Package verify is the pure core of reready_verify, shared by the Caddy
+// handler and the `caddy reready` command: the X-ReReady-Signature-512
+// header parser, HMAC-SHA512 signing and checking, the ?token= check and
+// the payload scanner. It has no Caddy types (the compiler keeps Caddy
+// out: nothing here imports it), so a signature the command makes is by
+// construction one the handler accepts.
+package verify
 
 import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/sha512"
-	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 )
 
-// This file is the pure core shared by the HTTP handler and the `caddy
-// reready` command: signature-header parsing, HMAC signing and checking,
-// and the ?token= check. It has no Caddy types.
+// This file is the signature: its header, signing, and checking it.
 
 // SignatureHeader is the header ReReady signs each delivery with.
 const SignatureHeader = "X-ReReady-Signature-512"
@@ -26,22 +28,20 @@ const SignatureHeader = "X-ReReady-Signature-512"
 // SecretPrefix starts every ReReady signing secret key.
 const SecretPrefix = "ssk_"
 
-// macSize is the length of an HMAC-SHA512 in bytes; its hex form is twice that.
-const macSize = sha512.Size
+// MACSize is the length of an HMAC-SHA512 in bytes; its hex form is twice
+// that.
+const MACSize = sha512.Size
 
-// maxTimestampDigits bounds t: 1 to 10 ASCII digits of unix seconds.
-const maxTimestampDigits = 10
+// MaxTimestampDigits bounds t: 1 to 10 ASCII digits of unix seconds.
+const MaxTimestampDigits = 10
 
-// Reason is a stable code naming why a request was rejected. The same code
-// appears in the error, the log line and (later) the metric label.
+// Reason is a stable code naming why a delivery was rejected. The same code
+// appears in the error, the log line, the journal and the metric label.
 type Reason string
 
-// Rejection reasons. They are part of the module's public contract.
+// The reasons this package finds. They are part of the module's public
+// contract (the handler adds its own, for the method and the body).
 const (
-	ReasonMethod             Reason = "method_not_allowed"
-	ReasonBodyTooLarge       Reason = "body_too_large"
-	ReasonBodyTimeout        Reason = "body_timeout"
-	ReasonBodyRead           Reason = "body_read_failed"
 	ReasonSignatureMissing   Reason = "signature_missing"
 	ReasonSignatureDuplicate Reason = "signature_duplicated"
 	ReasonSignatureMalformed Reason = "signature_malformed"
@@ -68,8 +68,17 @@ type Failure struct {
 
 func (f *Failure) Error() string { return string(f.Reason) + ": " + f.Msg }
 
-func fail(r Reason, format string, args ...any) *Failure {
+// Fail makes a Failure; quote client-sent text in it through Clip.
+func Fail(r Reason, format string, args ...any) *Failure {
 	return &Failure{Reason: r, Msg: fmt.Sprintf(format, args...)}
+}
+
+// ReasonOf is err's reason code when it is a *Failure, else "".
+func ReasonOf(err error) Reason {
+	if f, ok := err.(*Failure); ok {
+		return f.Reason
+	}
+	return ""
 }
 
 // Signature is a parsed X-ReReady-Signature-512 header value.
@@ -136,26 +145,26 @@ func (it *sigItems) parse(h string) error {
 		eq := strings.IndexByte(item, '=')
 		if eq < 0 {
 			if item == "" {
-				return fail(ReasonSignatureMalformed, "item %d is empty", i+1)
+				return Fail(ReasonSignatureMalformed, "item %d is empty", i+1)
 			}
-			return fail(ReasonSignatureMalformed, "item %d has no '='", i+1)
+			return Fail(ReasonSignatureMalformed, "item %d has no '='", i+1)
 		}
 		key, val := trimSpaces(item[:eq]), trimSpaces(item[eq+1:])
 		switch key {
 		case "":
-			return fail(ReasonSignatureMalformed, "item %d has an empty key", i+1)
+			return Fail(ReasonSignatureMalformed, "item %d has an empty key", i+1)
 		case "t":
 			if haveT {
-				return fail(ReasonSignatureMalformed, "more than one t")
+				return Fail(ReasonSignatureMalformed, "more than one t")
 			}
-			ts, ok := parseTimestamp(val)
+			ts, ok := ParseTimestamp(val)
 			if !ok {
-				return fail(ReasonSignatureMalformed, "t %q is not 1-%d digits", clip(val), maxTimestampDigits)
+				return Fail(ReasonSignatureMalformed, "t %q is not 1-%d digits", clip(val), MaxTimestampDigits)
 			}
 			haveT, it.t, it.ts = true, val, ts
 		case "v":
-			if len(val) != 2*macSize || !isHex(val) {
-				return fail(ReasonSignatureMalformed, "v %q is not %d hex characters", clip(val), 2*macSize)
+			if len(val) != 2*MACSize || !isHex(val) {
+				return Fail(ReasonSignatureMalformed, "v %q is not %d hex characters", clip(val), 2*MACSize)
 			}
 			if it.n < len(it.v) {
 				it.v[it.n] = val
@@ -169,10 +178,10 @@ func (it *sigItems) parse(h string) error {
 		}
 	}
 	if !haveT {
-		return fail(ReasonSignatureMalformed, "no t")
+		return Fail(ReasonSignatureMalformed, "no t")
 	}
 	if it.numV() == 0 {
-		return fail(ReasonSignatureMalformed, "no v")
+		return Fail(ReasonSignatureMalformed, "no v")
 	}
 	return nil
 }
@@ -199,8 +208,9 @@ func trimSpaces(s string) string {
 	return s
 }
 
-func parseTimestamp(s string) (int64, bool) {
-	if len(s) == 0 || len(s) > maxTimestampDigits {
+// ParseTimestamp reads t: 1 to MaxTimestampDigits ASCII digits.
+func ParseTimestamp(s string) (int64, bool) {
+	if len(s) == 0 || len(s) > MaxTimestampDigits {
 		return 0, false
 	}
 	var n int64
@@ -215,8 +225,8 @@ func parseTimestamp(s string) (int64, bool) {
 }
 
 // decodeMAC decodes a 128-character hex v into out without allocating.
-func decodeMAC(out *[macSize]byte, s string) bool {
-	if len(s) != 2*macSize {
+func decodeMAC(out *[MACSize]byte, s string) bool {
+	if len(s) != 2*MACSize {
 		return false
 	}
 	for i := range out {
@@ -252,14 +262,21 @@ func isHex(s string) bool {
 	return true
 }
 
-// clip shortens attacker-supplied text quoted in messages.
-func clip(s string) string {
-	const max = 24
-	if len(s) > max {
-		return s[:max] + "…"
+// Clip shortens s to at most n bytes, on a UTF-8 boundary, marking the
+// cut with "…": client-sent text quoted in messages, logs and the journal.
+func Clip(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	return s
+	i := n
+	for i > 0 && s[i]&0xC0 == 0x80 {
+		i--
+	}
+	return s[:i] + "…"
 }
+
+// clip is Clip for text quoted in a rejection's message.
+func clip(s string) string { return Clip(s, 24) }
 
 // MAC returns hex(HMAC-SHA512(secret, t + "." + body)), the value ReReady
 // sends as v. The key is the secret string's exact bytes, ssk_ included.
@@ -292,8 +309,8 @@ type hmacKey struct{ pool sync.Pool }
 // escapes to the heap per request (arguments of interface calls do).
 type macState struct {
 	h   hash.Hash
-	pre [maxTimestampDigits + 1]byte
-	out [macSize]byte
+	pre [MaxTimestampDigits + 1]byte
+	out [MACSize]byte
 }
 
 func newHMACKey(secret string) *hmacKey {
@@ -304,7 +321,7 @@ func newHMACKey(secret string) *hmacKey {
 }
 
 // sum writes HMAC(t + "." + body) into out.
-func (k *hmacKey) sum(out *[macSize]byte, t string, body []byte) {
+func (k *hmacKey) sum(out *[MACSize]byte, t string, body []byte) {
 	m := k.pool.Get().(*macState)
 	n := copy(m.pre[:], t)
 	m.pre[n] = '.'
@@ -316,10 +333,10 @@ func (k *hmacKey) sum(out *[macSize]byte, t string, body []byte) {
 	k.pool.Put(m)
 }
 
-// NewVerifier returns a Verifier for the given secrets (any may match; none
+// New returns a Verifier for the given secrets (any may match; none
 // disables the signature check) and token ("" disables the token check).
 // Tolerance is the largest accepted |now - t|, counted in whole seconds.
-func NewVerifier(secrets []string, token string, tolerance time.Duration) (*Verifier, error) {
+func New(secrets []string, token string, tolerance time.Duration) (*Verifier, error) {
 	if len(secrets) == 0 && token == "" {
 		return nil, errors.New("at least one secret or a token is required")
 	}
@@ -345,31 +362,54 @@ func (v *Verifier) ChecksSignature() bool { return len(v.keys) > 0 }
 // ChecksToken reports whether a ?token= is required.
 func (v *Verifier) ChecksToken() bool { return v.hasToken }
 
+// Result is what a signature check established. The handler keeps one per
+// request: Verify fills it without allocating.
+type Result struct {
+	// T is the signed timestamp exactly as sent; TS is it as unix seconds.
+	T  string
+	TS int64
+	// Key is the index of the configured secret that matched, V the index
+	// of the v value that matched.
+	Key, V int
+	// MAC is the MAC that matched (with T, it names the delivery).
+	MAC [MACSize]byte
+
+	items sigItems
+}
+
+// Verify checks a header value against body at time now and fills res.
+// The error is a *Failure.
+func (v *Verifier) Verify(header string, body []byte, now time.Time, res *Result) error {
+	it := &res.items
+	*it = sigItems{}
+	if err := it.parse(header); err != nil {
+		*it = sigItems{}
+		return err
+	}
+	res.T, res.TS = it.t, it.ts
+	if err := v.CheckTimestamp(it.ts, now); err != nil {
+		return err
+	}
+	i := v.match(it, body, &res.MAC)
+	if i < 0 {
+		return Fail(ReasonSignatureMismatch, "no v matched under any configured secret")
+	}
+	res.Key, res.V = it.key, i
+	return nil
+}
+
 // VerifySignature checks a header value against body at time now. It
 // returns the parsed signature and the index of the v that matched.
 func (v *Verifier) VerifySignature(header string, body []byte, now time.Time) (Signature, int, error) {
-	var it sigItems
-	i, err := v.verify(&it, header, body, now, nil)
-	if it.t == "" {
-		return Signature{}, i, err
+	var res Result
+	err := v.Verify(header, body, now, &res)
+	if res.items.t == "" {
+		return Signature{}, -1, err
 	}
-	return it.signature(), i, err
-}
-
-// verify parses header into it and checks it. When mac is not nil it
-// receives the MAC that matched.
-func (v *Verifier) verify(it *sigItems, header string, body []byte, now time.Time, mac *[macSize]byte) (int, error) {
-	if err := it.parse(header); err != nil {
-		*it = sigItems{}
-		return -1, err
+	if err != nil {
+		return res.items.signature(), -1, err
 	}
-	if err := v.CheckTimestamp(it.ts, now); err != nil {
-		return -1, err
-	}
-	if i := v.match(it, body, mac); i >= 0 {
-		return i, nil
-	}
-	return -1, fail(ReasonSignatureMismatch, "no v matched under any configured secret")
+	return res.items.signature(), res.V, nil
 }
 
 // CheckTimestamp rejects a t further than the tolerance from now.
@@ -377,9 +417,9 @@ func (v *Verifier) CheckTimestamp(ts int64, now time.Time) error {
 	d := now.Unix() - ts
 	switch {
 	case d > v.tolerance:
-		return fail(ReasonTimestampStale, "t %d is %s old; tolerance is %s", ts, humanSeconds(d), humanSeconds(v.tolerance))
+		return Fail(ReasonTimestampStale, "t %d is %s old; tolerance is %s", ts, HumanSeconds(d), HumanSeconds(v.tolerance))
 	case -d > v.tolerance:
-		return fail(ReasonTimestampFuture, "t %d is %s in the future; tolerance is %s", ts, humanSeconds(-d), humanSeconds(v.tolerance))
+		return Fail(ReasonTimestampFuture, "t %d is %s in the future; tolerance is %s", ts, HumanSeconds(-d), HumanSeconds(v.tolerance))
 	}
 	return nil
 }
@@ -387,7 +427,9 @@ func (v *Verifier) CheckTimestamp(ts int64, now time.Time) error {
 // humanSeconds writes a non-negative number of seconds the way Go writes
 // durations (4m59s, 14h12m5s), with whole days in front from one day on
 // (591d19h58m20s), a form caddy.ParseDuration reads back.
-func humanSeconds(sec int64) string {
+// HumanSeconds writes a whole number of seconds the way the verifier's
+// messages do: "5m0s", "1d", "1d2h0m0s".
+func HumanSeconds(sec int64) string {
 	days, rest := sec/86400, time.Duration(sec%86400)*time.Second
 	switch {
 	case days == 0:
@@ -406,8 +448,8 @@ func (v *Verifier) Match(sig Signature, body []byte) int {
 	return v.match(&it, body, nil)
 }
 
-func (v *Verifier) match(it *sigItems, body []byte, mac *[macSize]byte) int {
-	var want, got [macSize]byte
+func (v *Verifier) match(it *sigItems, body []byte, mac *[MACSize]byte) int {
+	var want, got [MACSize]byte
 	for ki, k := range v.keys {
 		k.sum(&want, it.t, body)
 		for i := 0; i < it.numV(); i++ {
@@ -424,51 +466,4 @@ func (v *Verifier) match(it *sigItems, body []byte, mac *[macSize]byte) int {
 		}
 	}
 	return -1
-}
-
-// CheckToken checks the token query parameter of rawQuery. It returns the
-// query with every token parameter removed and the other parameters kept in
-// order, byte for byte. Exactly one token is accepted; it is compared
-// through SHA-256 digests in constant time, so its length does not leak.
-func (v *Verifier) CheckToken(rawQuery string) (string, error) {
-	var (
-		found int
-		got   string
-		kept  strings.Builder
-	)
-	rest := rawQuery
-	for rest != "" {
-		param := rest
-		if i := strings.IndexByte(rest, '&'); i >= 0 {
-			param, rest = rest[:i], rest[i+1:]
-		} else {
-			rest = ""
-		}
-		key, val, _ := strings.Cut(param, "=")
-		if k, err := url.QueryUnescape(key); err == nil && k == "token" {
-			found++
-			got = val
-			continue
-		}
-		if kept.Len() > 0 {
-			kept.WriteByte('&')
-		}
-		kept.WriteString(param)
-	}
-	stripped := kept.String()
-	switch {
-	case found == 0:
-		return stripped, fail(ReasonTokenMissing, "no token query parameter")
-	case found > 1:
-		return stripped, fail(ReasonTokenDuplicate, "%d token query parameters", found)
-	}
-	tok, err := url.QueryUnescape(got)
-	if err != nil {
-		return stripped, fail(ReasonTokenMismatch, "token is not valid query encoding")
-	}
-	sum := sha256.Sum256([]byte(tok))
-	if !v.hasToken || subtle.ConstantTimeCompare(sum[:], v.token[:]) != 1 {
-		return stripped, fail(ReasonTokenMismatch, "token does not match")
-	}
-	return stripped, nil
 }
