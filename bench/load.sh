@@ -1,32 +1,44 @@
 #!/usr/bin/env bash
 # Side-by-side load harness: Caddy's reverse_proxy alone (A) against
 # reready_verify + reverse_proxy (B), same binary, same process, same
-# upstream, alternating A B A B, and the median per-round ratio B/A of
-# requests per second.
+# upstream, in rounds, and the median per-round ratio B/A of requests per
+# second.
 #
-#   bench/load.sh [rounds] [seconds-per-round] [body-bytes]   # default 5 4 256
+#   bench/load.sh [rounds] [seconds-per-round] [body-bytes]   # default 11 4 256
 #
 # B runs with `replay off`: wrk replays one pre-signed request, which replay
 # suppression would (rightly) answer without forwarding. A's client sends
 # the same X-ReReady-* headers B's gateway adds (the delivery id included),
 # so both proxies forward the same request and the ratio is the cost of
-# verification alone ("verify ratio"). A second ratio, with A's client sending only the signature
-# header, includes the cost of forwarding the added headers ("header ratio").
+# verification alone ("verify ratio"). A second ratio, with A's client
+# sending only the signature header, includes the cost of forwarding the
+# added headers ("header ratio").
 # C is B with `queue` on (store-and-forward, in a file_system storage): the
 # app is up, so nothing is queued, and C/B ("queue ratio") is what the queue
 # costs a healthy gateway (a storage lookup of the return's line per
-# delivery, and staging the app's answer headers).
+# delivery). D is C on Redis (bin/caddy-test's reready_test_redis storage,
+# a redis-server of its own), in a second gateway process: D/B is the queue
+# ratio on Redis (a network round trip per delivery), reported, not judged.
+#
+# On a shared machine the speed drifts by ±10% between runs of a few
+# seconds, which swamps a 1-2% cost. So A, B, C and D take turns being
+# first in a round, and every ratio is also given speed-corrected: the
+# upstream does the same work for every request in every run, so its CPU
+# time per request measures the machine's speed during that run, and
+# rps x upstream-CPU-per-request is the throughput at a common speed
+# (columns "corr").
 # The request is signed with openssl, not with the module's code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=${1:-5}
+ROUNDS=${1:-11}
 SECS=${2:-4}
 SIZE=${3:-256}
 SECRET=ssk_bench_5d2e8a71c9f04b36
 
 scripts/deps.sh --bench
 scripts/build-caddy.sh
+scripts/build-caddy.sh test
 
 work=$(mktemp -d)
 pids=()
@@ -38,7 +50,8 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); PA=$(free_port); PB=$(free_port); PC=$(free_port); ADMIN=$(free_port); ADMIN_UP=$(free_port)
+UP=$(free_port); PA=$(free_port); PB=$(free_port); PC=$(free_port); PD=$(free_port)
+ADMIN=$(free_port); ADMIN_UP=$(free_port); ADMIN_D=$(free_port); REDIS=$(free_port)
 
 cat >"$work/upstream.caddyfile" <<CF
 {
@@ -74,11 +87,37 @@ http://127.0.0.1:$PC {
 	reverse_proxy 127.0.0.1:$UP
 }
 CF
-bin/caddy run --config "$work/upstream.caddyfile" --adapter caddyfile >"$work/upstream.log" 2>&1 &
+cat >"$work/redis.caddyfile" <<CF
+{
+	admin 127.0.0.1:$ADMIN_D
+	default_bind 127.0.0.1
+	storage reready_test_redis {
+		address 127.0.0.1:$REDIS
+	}
+}
+http://127.0.0.1:$PD {
+	reready_verify {
+		secret $SECRET
+		replay off
+		queue
+	}
+	reverse_proxy 127.0.0.1:$UP
+}
+CF
+export XDG_DATA_HOME=$work/data XDG_CONFIG_HOME=$work/config
+redis-server --port "$REDIS" --bind 127.0.0.1 --dir "$work" --save "" --appendonly no >"$work/redis.log" 2>&1 &
 pids+=($!)
+bin/caddy run --config "$work/upstream.caddyfile" --adapter caddyfile >"$work/upstream.log" 2>&1 &
+UPPID=$!
+pids+=($UPPID)
 bin/caddy run --config "$work/gateway.caddyfile" --adapter caddyfile >"$work/gateway.log" 2>&1 &
 pids+=($!)
-for port in $UP $PA $PB $PC; do
+for port in $REDIS; do
+	for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+done
+bin/caddy-test run --config "$work/redis.caddyfile" --adapter caddyfile >"$work/redis-gateway.log" 2>&1 &
+pids+=($!)
+for port in $UP $PA $PB $PC $PD; do
 	for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -92,13 +131,13 @@ t=$(date +%s)
 mac=$( (printf '%s.' "$t"; cat "$work/body.json") | openssl dgst -sha512 -hmac "$SECRET" -r | cut -d' ' -f1)
 sig="t=$t,v=$mac"
 
-# Check once that B and C verify and forward (200 from the upstream).
-for port in $PB $PC; do
+# Check once that B, C and D verify and forward (200 from the upstream).
+for port in $PB $PC $PD; do
 	code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Content-Type: application/json" \
 		-H "X-ReReady-Signature-512: $sig" --data-binary @"$work/body.json" "http://127.0.0.1:$port/")
 	if [ "$code" != 200 ]; then
 		echo "load: gateway on port $port answered $code to a valid request" >&2
-		cat "$work/gateway.log" >&2
+		cat "$work/gateway.log" "$work/redis-gateway.log" >&2
 		exit 1
 	fi
 done
@@ -126,41 +165,57 @@ LUA
 lua 1 >"$work/same.lua"
 lua 0 >"$work/plain.lua"
 
-rps() { # $1 port, $2 script
+upcpu() { awk '{print $14+$15}' "/proc/$UPPID/stat"; } # clock ticks
+# run port script -> "rps upstream-ticks-per-1e6-requests"
+run() {
+	local c0 c1 out
+	c0=$(upcpu)
 	out=$(wrk -t2 -c32 -d"${SECS}s" -s "$2" "http://127.0.0.1:$1/" 2>&1)
+	c1=$(upcpu)
 	if grep -q "non-200" <<<"$out"; then echo "load: $out" >&2; exit 1; fi
-	awk '/^Requests\/sec:/ {print $2}' <<<"$out"
+	awk -v c0="$c0" -v c1="$c1" '/^Requests\/sec:/ {r=$2} /requests in/ {n=$1} END {printf "%s %.1f\n", r, (c1-c0)*1e6/n}' <<<"$out"
 }
-
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", b/a}'; }
+# corrected ratio of y over x: (rps_y * up_y) / (rps_x * up_x)
+corr() { awk -v rx="$1" -v ux="$2" -v ry="$3" -v uy="$4" 'BEGIN {printf "%.3f", (ry*uy)/(rx*ux)}'; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 echo "load: ${ROUNDS} rounds of ${SECS}s each, ${SIZE}-byte body, wrk -t2 -c32, replay off, $(nproc) cores"
-printf '%-6s %12s %12s %12s %12s %8s %8s %8s\n' round A-same A-plain B C B/A-same B/A-plain C/B
-verify=(); header=(); queue=()
-rps "$PA" "$work/same.lua" >/dev/null # warm-up
-rps "$PB" "$work/plain.lua" >/dev/null
-rps "$PC" "$work/plain.lua" >/dev/null
+printf '%-5s %9s %9s %9s %9s %9s %7s %7s %7s %7s %7s %7s %7s\n' round A-same A-plain B C D \
+	B/A corr B/A-pl C/B corr D/B corr
+verify=(); verifyc=(); header=(); queue=(); queuec=(); redis=(); redisc=()
+run "$PA" "$work/same.lua" >/dev/null # warm-up
+run "$PB" "$work/plain.lua" >/dev/null
+run "$PC" "$work/plain.lua" >/dev/null
+run "$PD" "$work/plain.lua" >/dev/null
 for r in $(seq "$ROUNDS"); do
-	# C and B swap places every round, so neither always runs second.
-	if [ $((r % 2)) = 1 ]; then
-		a=$(rps "$PA" "$work/same.lua"); b=$(rps "$PB" "$work/plain.lua"); c=$(rps "$PC" "$work/plain.lua")
-	else
-		a=$(rps "$PA" "$work/same.lua"); c=$(rps "$PC" "$work/plain.lua"); b=$(rps "$PB" "$work/plain.lua")
-	fi
-	ap=$(rps "$PA" "$work/plain.lua")
-	v=$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.3f", b/a}')
-	hh=$(awk -v a="$ap" -v b="$b" 'BEGIN {printf "%.3f", b/a}')
-	q=$(awk -v b="$b" -v c="$c" 'BEGIN {printf "%.3f", c/b}')
-	verify+=("$v"); header+=("$hh"); queue+=("$q")
-	printf '%-6s %12s %12s %12s %12s %8s %8s %8s\n' "$r" "$a" "$ap" "$b" "$c" "$v" "$hh" "$q"
+	# A, B, C and D take turns being first.
+	order=(a b c d)
+	k=$(((r - 1) % 4))
+	order=("${order[@]:$k}" "${order[@]:0:$k}")
+	for v in "${order[@]}"; do
+		case $v in
+		a) read -r a ua <<<"$(run "$PA" "$work/same.lua")" ;;
+		b) read -r b ub <<<"$(run "$PB" "$work/plain.lua")" ;;
+		c) read -r c uc <<<"$(run "$PC" "$work/plain.lua")" ;;
+		d) read -r d ud <<<"$(run "$PD" "$work/plain.lua")" ;;
+		esac
+	done
+	read -r ap uap <<<"$(run "$PA" "$work/plain.lua")"
+	v=$(ratio "$a" "$b"); vc=$(corr "$a" "$ua" "$b" "$ub")
+	hh=$(ratio "$ap" "$b")
+	q=$(ratio "$b" "$c"); qc=$(corr "$b" "$ub" "$c" "$uc")
+	dq=$(ratio "$b" "$d"); dqc=$(corr "$b" "$ub" "$d" "$ud")
+	verify+=("$v"); verifyc+=("$vc"); header+=("$hh"); queue+=("$q"); queuec+=("$qc"); redis+=("$dq"); redisc+=("$dqc")
+	printf '%-5s %9s %9s %9s %9s %9s %7s %7s %7s %7s %7s %7s %7s\n' "$r" "$a" "$ap" "$b" "$c" "$d" \
+		"$v" "$vc" "$hh" "$q" "$qc" "$dq" "$dqc"
 done
 if [ -n "$(find "$work/storage" -path '*reready_verify/queue/items/*' -type f 2>/dev/null)" ]; then
 	echo "load: C queued deliveries although the app was up" >&2
 	exit 1
 fi
-mv=$(printf '%s\n' "${verify[@]}" | median)
-mh=$(printf '%s\n' "${header[@]}" | median)
-mq=$(printf '%s\n' "${queue[@]}" | median)
-echo "load: median verify ratio B/A (A sends B's headers) = $mv   (target >= 0.98)"
-echo "load: median header ratio B/A (A sends only the signature) = $mh"
-echo "load: median queue ratio C/B (queue on vs off, app up) = $mq   (target >= 0.97)"
+m() { printf '%s\n' "$@" | median; }
+echo "load: median verify ratio B/A (A sends B's headers) = $(m "${verify[@]}"), speed-corrected $(m "${verifyc[@]}")   (target >= 0.99)"
+echo "load: median header ratio B/A (A sends only the signature) = $(m "${header[@]}")"
+echo "load: median queue ratio C/B (queue on vs off, file_system, app up) = $(m "${queue[@]}"), speed-corrected $(m "${queuec[@]}")"
+echo "load: median queue ratio D/B (queue on vs off, Redis, app up) = $(m "${redis[@]}"), speed-corrected $(m "${redisc[@]}")   (a figure, not a target)"
