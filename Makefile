@@ -1,5 +1,9 @@
 # make run   - build Caddy with this module and run Caddyfile.example in
-#              front of the demo upstream app (Python) on 127.0.0.1
+#              front of the demo upstream app (Python) on 127.0.0.1, with
+#              the deliveries page; ports: make run PORT=8080 PAGE_PORT=8081
+#              APP_PORT=9000 ADMIN_PORT=2019; state in DEMO_DIR (.demo)
+# make app-down / app-up / send-events - drive the running demo from a
+#              second terminal (scripts/demo.sh)
 # make test  - install test dependencies, then run every test (the browser
 #              tests of the deliveries page too), then fuzz each fuzz target
 #              for FUZZTIME seconds
@@ -16,10 +20,19 @@ BROWSER_DIR = integration/browser
 # built into bin/caddy-test, never into bin/caddy.
 TESTSTORAGE_DIR = integration/teststorage
 
-.PHONY: run test caddy vet fmt-check fuzz browser-test screenshot
+.PHONY: run app-down app-up send-events test caddy vet fmt-check fuzz browser-test screenshot
 
 run: caddy
 	scripts/run-demo.sh
+
+app-down:
+	@scripts/demo.sh down
+
+app-up:
+	@scripts/demo.sh up
+
+send-events:
+	@scripts/demo.sh events
 
 caddy:
 	scripts/build-caddy.sh

@@ -2,6 +2,7 @@ package realbin
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -11,8 +12,9 @@ import (
 
 // Caddyfile.example, as `make run` serves it, in front of the Python demo
 // app: a real event arrives (and the app prints it), a test event is
-// acknowledged at the gateway, anything else is refused. Only its ports are
-// changed, to free ones on 127.0.0.1.
+// acknowledged at the gateway, anything else is refused, and the page
+// answers behind basic_auth. The file runs unchanged: its ports come from
+// the environment, as make run sets them, here free ones on 127.0.0.1.
 func TestCaddyfileExample(t *testing.T) {
 	const secret = "ssk_demo_0123456789abcdef" // scripts/run-demo.sh's default
 	src, err := os.ReadFile(filepath.Join(root, "Caddyfile.example"))
@@ -20,20 +22,53 @@ func TestCaddyfileExample(t *testing.T) {
 		t.Fatal(err)
 	}
 	adminPort, port := sitePorts(t)
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	caddyfile := string(src)
-	for _, r := range []struct{ old, new string }{
-		{"admin localhost:2019", fmt.Sprintf("admin 127.0.0.1:%d\n\tpersist_config off\n\tdefault_bind 127.0.0.1", adminPort)},
-		{"http://127.0.0.1:8080", base},
-		{"127.0.0.1:9000", python.addr},
-	} {
-		if !strings.Contains(caddyfile, r.old) {
-			t.Fatalf("Caddyfile.example no longer contains %q; update this test and scripts/run-demo.sh", r.old)
-		}
-		caddyfile = strings.ReplaceAll(caddyfile, r.old, r.new)
+	pagePort, err := freePort()
+	if err != nil {
+		t.Fatal(err)
 	}
-	g := runCaddyfile(t, caddyfile, base, []string{"REREADY_SIGNING_SECRET=" + secret}, secret)
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	_, appPort, _ := strings.Cut(python.addr, ":")
+	for _, v := range []string{"{$REREADY_ADMIN_PORT:2019}", "{$REREADY_PORT:8080}", "{$REREADY_APP_PORT:9000}", "{$REREADY_PAGE_PORT:8081}", "{$REREADY_UI_HASH}"} {
+		if !strings.Contains(string(src), v) {
+			t.Fatalf("Caddyfile.example no longer reads %s; update this test and scripts/run-demo.sh", v)
+		}
+	}
+	const pagePassword = "demo page password"
+	hash := caddyCmd(t, nil, "hash-password", "--plaintext", pagePassword)
+	if hash.code != 0 {
+		t.Fatalf("caddy hash-password: exit %d\n%s", hash.code, hash.output)
+	}
+	g := runCaddyfile(t, string(src), base, []string{
+		"REREADY_SIGNING_SECRET=" + secret,
+		fmt.Sprintf("REREADY_ADMIN_PORT=%d", adminPort),
+		fmt.Sprintf("REREADY_PORT=%d", port),
+		"REREADY_APP_PORT=" + appPort,
+		fmt.Sprintf("REREADY_PAGE_PORT=%d", pagePort),
+		"REREADY_UI_USER=demo",
+		"REREADY_UI_HASH=" + strings.TrimSpace(hash.output),
+	}, secret, pagePassword)
 
+	t.Run("page behind basic_auth", func(t *testing.T) {
+		page := fmt.Sprintf("http://127.0.0.1:%d/", pagePort)
+		for _, c := range []struct {
+			user, password string
+			want           int
+		}{{"", "", http.StatusUnauthorized}, {"demo", "wrong", http.StatusUnauthorized}, {"demo", pagePassword, http.StatusOK}} {
+			req, _ := http.NewRequest(http.MethodGet, page+"api/queue", nil)
+			if c.user != "" {
+				req.SetBasicAuth(c.user, c.password)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != c.want {
+				t.Errorf("GET %sapi/queue as %q: %d %s, want %d", page, c.user, resp.StatusCode, body, c.want)
+			}
+		}
+	})
 	t.Run("real event", func(t *testing.T) {
 		ev := newEvent("complete")
 		ev.Serial = "C02DEMO12345"

@@ -6,15 +6,22 @@ and replaced every X-ReReady-* header with trusted values, so this app only
 reads those headers and never does crypto itself. Listen where nothing but
 Caddy can reach it (127.0.0.1 here).
 
-    PORT=9000 [RECORD=events.jsonl] python3 app.py
+    PORT=9000 [RECORD=events.jsonl] [DEMO_CONTROL=1] python3 app.py
 
 Prints one line per event; with RECORD set, also appends what it received to
 that file as one JSON line (the integration tests read it).
+
+With DEMO_CONTROL=1 (what `make run` sets), POST /demo/down makes the app
+fail every webhook with 503 and Retry-After: 3, as an app down for
+maintenance would, and POST /demo/up makes it answer 200 again
+(`make app-down`, `make app-up`). Caddy routes only the webhook path here,
+so only someone on this machine can reach those two.
 """
 import base64
 import json
 import os
 import re
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -43,19 +50,62 @@ MEANING = {
 RECORD = os.environ.get("RECORD")
 record_lock = threading.Lock()
 
+DEMO_CONTROL = os.environ.get("DEMO_CONTROL") == "1"
+print_lock = threading.Lock()
+
+
+def say(line):
+    """Prints one whole line: print() from two threads can interleave."""
+    with print_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+demo = {"down": False, "received": 0}
+demo_lock = threading.Lock()
+
 
 class Webhook(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        event = {key: self.headers.get(name) for key, name in FIELDS.items()}
+        if DEMO_CONTROL and self.path in ("/demo/down", "/demo/up"):
+            with demo_lock:
+                demo["down"] = self.path == "/demo/down"
+            if demo["down"]:
+                say("demo app: DOWN: every webhook is answered 503 now "
+                    "(make app-up brings it back)")
+            else:
+                say("demo app: UP: answering 200 again; the gateway "
+                    "redelivers what it queued, in order")
+            return self.reply(200, b'{"ok":true}')
 
+        event = {key: self.headers.get(name) for key, name in FIELDS.items()}
         test = " (test)" if event["test"] == "true" else ""
         meaning = MEANING.get(event["state"], "unknown state")
-        print(f"ReReady{test}: device return {event['device_return_id']} is "
-              f"{event['state']}: {meaning} [verified by {event['verified']}]",
-              flush=True)
+        with demo_lock:
+            down = demo["down"]
+            if not down:
+                demo["received"] += 1
+                n = demo["received"]
+        if down:
+            say(f"demo app: DOWN, answered 503 to device return "
+                f"{event['device_return_id']} {event['state']}")
+            self.send_response(503)
+            self.send_header("Retry-After", "3")
+            self.send_header("Content-Type", "application/json")
+            reply = b'{"error":"down for maintenance"}'
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+            return
+        redelivery = ""
+        if self.headers.get("X-ReReady-Attempt"):  # set on redeliveries only
+            redelivery = " (redelivered from the gateway's queue)"
+        prefix = f"#{n} " if DEMO_CONTROL else ""
+        say(f"{prefix}ReReady{test}: device return {event['device_return_id']} is "
+            f"{event['state']}: {meaning} [verified by {event['verified']}]{redelivery}")
 
         if RECORD:
             path, _, query = self.path.partition("?")
@@ -75,12 +125,14 @@ class Webhook(BaseHTTPRequestHandler):
             with record_lock, open(RECORD, "a") as f:
                 f.write(line + "\n")
 
-        reply = b'{"ok":true}'
-        self.send_response(200)
+        self.reply(200, b'{"ok":true}')
+
+    def reply(self, status, body):
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(reply)
+        self.wfile.write(body)
 
     def log_message(self, format, *args):
         pass  # the line printed per event is enough
@@ -88,5 +140,5 @@ class Webhook(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     port = int(os.environ.get("PORT", "9000"))
-    print(f"demo app: listening on http://127.0.0.1:{port}", flush=True)
+    say(f"demo app: listening on http://127.0.0.1:{port}")
     ThreadingHTTPServer(("127.0.0.1", port), Webhook).serve_forever()
