@@ -26,7 +26,6 @@ const (
 	secretA = "ssk_e2e_primary_7f3a"
 	secretB = "ssk_e2e_rotated_19c4"
 	token   = "tok-e2e-5b1d"
-	site    = "http://localhost:9080"
 )
 
 // received is one request as the upstream saw it.
@@ -117,10 +116,10 @@ func server(t *testing.T) (*caddytest.Tester, *recorder) {
 		rec.srv = httptest.NewServer(rec)
 	})
 	tester := caddytest.NewTester(t)
-	tester.InitServer(fmt.Sprintf(`{
-		admin localhost:2999
-		http_port 9080
-		https_port 9443
+	tester.InitServer(withPorts(fmt.Sprintf(`{
+		admin localhost:{{admin}}
+		http_port {{http}}
+		https_port {{https}}
 		grace_period 1ns
 		skip_install_trust
 	}
@@ -152,7 +151,7 @@ func server(t *testing.T) (*caddytest.Tester, *recorder) {
 		handle_errors {
 			respond "{err.status_code} {err.message}"
 		}
-	}`, site, secretA, secretB, token, rec.addr()), "caddyfile")
+	}`, site, secretA, secretB, token, rec.addr())), "caddyfile")
 	rec.take()
 	return tester, rec
 }
@@ -424,7 +423,7 @@ func TestE2ERejections(t *testing.T) {
 // first response's status line and whether it closes the connection.
 func rawRequest(t *testing.T, head string, body []byte) (status string, closed bool, took time.Duration) {
 	t.Helper()
-	conn, err := net.Dial("tcp", "127.0.0.1:9080")
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", httpPort))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -448,7 +447,7 @@ func rawRequest(t *testing.T, head string, body []byte) (status string, closed b
 
 func TestE2EOversizedExpectContinueNotRead(t *testing.T) {
 	server(t)
-	status, closed, _ := rawRequest(t, "POST /hook HTTP/1.1\r\nHost: localhost:9080\r\nContent-Type: application/json\r\n"+
+	status, closed, _ := rawRequest(t, "POST /hook HTTP/1.1\r\nHost: "+siteHost+"\r\nContent-Type: application/json\r\n"+
 		"Content-Length: 5000000\r\nExpect: 100-continue\r\n\r\n", nil)
 	if !strings.HasPrefix(status, "413") {
 		t.Fatalf("first response %q, want 413 without 100 Continue", status)
@@ -461,7 +460,7 @@ func TestE2EOversizedExpectContinueNotRead(t *testing.T) {
 func TestE2EBodyTimeout(t *testing.T) {
 	server(t)
 	// Headers promise 500 bytes; only 10 arrive. body_timeout is 1s.
-	status, closed, took := rawRequest(t, "POST /hook HTTP/1.1\r\nHost: localhost:9080\r\nContent-Type: application/json\r\n"+
+	status, closed, took := rawRequest(t, "POST /hook HTTP/1.1\r\nHost: "+siteHost+"\r\nContent-Type: application/json\r\n"+
 		"Content-Length: 500\r\nX-Reready-Signature-512: t=1,v=00\r\n\r\n", []byte(`{"device_r`))
 	if !strings.HasPrefix(status, "408") || !closed {
 		t.Fatalf("got %q (close %v), want 408 and close", status, closed)
@@ -495,7 +494,7 @@ func TestE2ETrailersAndConnectionTokens(t *testing.T) {
 	sig := opensslSign(t, secretA, time.Now().Unix(), body)
 
 	// Chunked with declared trailers, on a raw connection.
-	head := "POST /hook HTTP/1.1\r\nHost: localhost:9080\r\nContent-Type: application/json\r\n" +
+	head := "POST /hook HTTP/1.1\r\nHost: " + siteHost + "\r\nContent-Type: application/json\r\n" +
 		"Transfer-Encoding: chunked\r\nTrailer: X-ReReady-Verified, X-ReReady-State\r\n" +
 		"X-ReReady-Signature-512: " + sig + "\r\n\r\n"
 	chunked := fmt.Sprintf("%x\r\n%s\r\n0\r\nX-ReReady-Verified: hmac,token\r\nX-ReReady-State: failed\r\n\r\n", len(body), body)

@@ -86,10 +86,10 @@ func TestE2EQueueEvents(t *testing.T) {
 	defer app.Close()
 
 	tester := caddytest.NewTester(t)
-	tester.InitServer(fmt.Sprintf(`{
-		admin localhost:2999
-		http_port 9080
-		https_port 9443
+	tester.InitServer(withPorts(fmt.Sprintf(`{
+		admin localhost:{{admin}}
+		http_port {{http}}
+		https_port {{https}}
 		grace_period 1ns
 		skip_install_trust
 		storage file_system %[1]s
@@ -107,7 +107,7 @@ func TestE2EQueueEvents(t *testing.T) {
 			}
 		}
 		reverse_proxy /q %[4]s
-	}`, t.TempDir(), site, secretA, strings.TrimPrefix(app.URL, "http://")), "caddyfile")
+	}`, t.TempDir(), site, secretA, strings.TrimPrefix(app.URL, "http://"))), "caddyfile")
 
 	send := func(body []byte) string {
 		t.Helper()
@@ -145,7 +145,7 @@ func TestE2EQueueEvents(t *testing.T) {
 	}
 
 	// The journal on the admin endpoint tells the same story.
-	resp, err := http.Get("http://localhost:2999/reready/deliveries?limit=20")
+	resp, err := http.Get(fmt.Sprintf("http://localhost:%d/reready/deliveries?limit=20", caddytest.Default.AdminPort))
 	if err != nil {
 		t.Fatal(err)
 	}
