@@ -1,6 +1,3 @@
-// Package rereadyverify is a Caddy HTTP handler that verifies ReReady
-// webhooks (HMAC-SHA512 signatures and/or a ?token= parameter) before they
-// reach the app behind it.
 package rereadyverify
 
 import (
