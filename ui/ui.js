@@ -1,7 +1,7 @@
-// The ReReady deliveries page. It polls the JSON API beneath the page (all
-// URLs relative, so any route prefix works) and builds every element with
-// createElement and text nodes: no value that came from the API is ever
-// parsed as HTML.
+// The ReReady deliveries page. It polls the JSON API beneath the page (at
+// the page's own path, so any route prefix works) and builds every element
+// with createElement and text nodes: no value that came from the API is
+// ever parsed as HTML.
 (function () {
 	'use strict';
 
@@ -120,8 +120,16 @@
 
 	// ---- talking to the API ----------------------------------------------------
 
+	// API is where the API is: beneath the page's path, on its origin. Not
+	// relative to the document: a page opened as http://user:pass@host/...
+	// (behind basic_auth) keeps the credentials in its URL (document.URL;
+	// location.href hides them), a relative URL inherits them, and fetch
+	// refuses a URL that holds credentials. The browser sends the ones it
+	// signed in with anyway.
+	const API = new URL('api/', location.origin + location.pathname).href;
+
 	async function api(path, opts) {
-		const res = await fetch('api/' + path, Object.assign({
+		const res = await fetch(API + path, Object.assign({
 			credentials: 'same-origin', cache: 'no-store', headers: { Accept: 'application/json' },
 		}, opts || {}));
 		let body = null;

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -373,4 +374,53 @@ func TestPagePhoneWidth(t *testing.T) {
 	}
 	a.up(t)
 	noViolations(t, ctx)
+}
+
+// Opened with the operator's credentials in its URL
+// (http://user:pass@host/ops/, as a bookmark of a page behind basic_auth
+// may be), the page fills and its buttons work: the browser refuses a
+// fetch of a URL that holds credentials, which a URL relative to such a
+// page does.
+func TestPageCredentialsInURL(t *testing.T) {
+	const secret = "ssk_browser_creds_4b3a2918"
+	a := startApp(t)
+	g := startGatewayMaxAge(t, a, secret, "1h")
+	ctx := newBareBrowser(t, 1280, 1000) // no Authorization header of its own
+
+	fwd := event{ID: uuid(), State: "complete"}
+	if status, _ := g.send(t, pythonSigner, secret, fwd); status != http.StatusOK {
+		t.Fatalf("event: status %d, want 200", status)
+	}
+	a.down(t)
+	status, id := g.send(t, rubySigner, secret, event{ID: uuid(), State: "failed"})
+	if status != http.StatusAccepted {
+		t.Fatalf("event while the app is down: status %d, want 202", status)
+	}
+
+	u, err := url.Parse(g.base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(opsUser, opsPass)
+	for _, path := range []string{"/ops/", "/strip/"} {
+		t.Run(path, func(t *testing.T) {
+			open(t, ctx, u.String()+path)
+			// The precondition: the document's URL holds the credentials
+			// (location.href hides them), so a relative URL is refused.
+			var refused string
+			evalJS(t, ctx, `(() => { try { new Request('api/queue'); return ''; } catch (e) { return e.message; } })()`, &refused)
+			if !strings.Contains(refused, "credentials") {
+				t.Fatalf("a relative Request was not refused (%q): the test shows nothing", refused)
+			}
+			waitJS(t, ctx, "the forwarded row", rowWhere("#deliveries", map[string]string{"outcome": "forwarded", "Return id": fwd.ID}))
+			waitJS(t, ctx, "the queued item", rowWhere("#queue", map[string]string{"Delivery id": id}))
+			waitJS(t, ctx, "the counters", `document.getElementById('c-verified').textContent === '2'`)
+			noViolations(t, ctx)
+		})
+	}
+
+	// A POST from the page too.
+	click(t, ctx, buttonJS("#queue", id, "Retry"))
+	waitJS(t, ctx, "the retry's message", `document.getElementById('action-msg').textContent.startsWith('Retry asked for delivery `+id+`')`)
+	a.up(t)
 }
