@@ -19,6 +19,12 @@
 	const STATES = Array.from($('states').options).map((o) => ({ name: o.value, rank: Number(o.dataset.rank) }));
 	const RANK = new Map(STATES.map((s) => [s.name, s.rank]));
 	const FINAL_RANK = Math.max(...STATES.map((s) => s.rank));
+	// What the chart counts under an outcome, where the outcome's name alone
+	// would say less: a queued entry is a delivery queued as it arrived or
+	// a failed attempt to redeliver one (the counter "queued on arrival"
+	// counts only the first).
+	const CHART_LABEL = { queued: 'queued or redelivery failed' };
+	const chartLabel = (o) => CHART_LABEL[o] || o;
 	// Chart stacking order, bottom up.
 	const CHART_ORDER = ['forwarded', 'redelivered', 'replayed', 'observed', 'queued', 'rejected', 'dead']
 		.filter((o) => OUTCOMES.includes(o)).concat(OUTCOMES.filter((o) => !['forwarded', 'redelivered', 'replayed', 'observed', 'queued', 'rejected', 'dead'].includes(o)));
@@ -380,7 +386,7 @@
 		const bw = (W - L - R) / Math.max(1, minutes.length);
 		const all = CHART_ORDER.reduce((a, o) => a + total[o], 0);
 		const summary = all === 0 ? 'No deliveries in the last hour.'
-			: all + ' in the last hour: ' + CHART_ORDER.filter((o) => total[o]).map((o) => total[o] + ' ' + o).join(', ') +
+			: all + ' in the last hour: ' + CHART_ORDER.filter((o) => total[o]).map((o) => total[o] + ' ' + chartLabel(o)).join(', ') +
 				'. Busiest minute ' + hhmm(busiest.start) + ' with ' + busiest.n + '.';
 
 		const svg = s('svg', { viewBox: '0 0 ' + W + ' ' + H, width: W, height: H, role: 'img', 'aria-labelledby': 'chart-t chart-d' }, [
@@ -393,7 +399,7 @@
 		}
 		minutes.forEach((m, i) => {
 			if (!sums[i]) return;
-			const parts = CHART_ORDER.filter((o) => m.counts[o]).map((o) => m.counts[o] + ' ' + o);
+			const parts = CHART_ORDER.filter((o) => m.counts[o]).map((o) => m.counts[o] + ' ' + chartLabel(o));
 			const g = s('g', { class: 'bar' }, s('title', { text: hhmm(m.start) + ': ' + parts.join(', ') }));
 			let acc = 0;
 			for (const o of CHART_ORDER) {
@@ -415,7 +421,7 @@
 		}
 		$('chart').replaceChildren(svg);
 		$('legend').replaceChildren(...CHART_ORDER.map((o) => h('li', null, [
-			h('span', { class: 'swatch o-' + cls(o), 'aria-hidden': 'true' }), o + ' ' + total[o],
+			h('span', { class: 'swatch o-' + cls(o), 'aria-hidden': 'true' }), chartLabel(o) + ' ' + total[o],
 		])));
 	}
 

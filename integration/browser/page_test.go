@@ -90,7 +90,9 @@ func TestPageLive(t *testing.T) {
 	waitJS(t, ctx, "the counters", `['verified', 'rejected', 'queued'].map((k) => document.getElementById('c-' + k).textContent).join() === '4,1,1'`)
 	waitJS(t, ctx, "the chart", `document.querySelectorAll('#chart svg rect.o-forwarded').length > 0 &&
 		document.getElementById('legend').textContent.includes('forwarded 2') &&
-		document.getElementById('legend').textContent.includes('rejected 1')`)
+		document.getElementById('legend').textContent.includes('rejected 1') &&
+		/queued or redelivery failed [1-9]/.test(document.getElementById('legend').textContent) &&
+		document.querySelector('#c-queued + .lbl').textContent === 'queued on arrival'`)
 
 	// Filter by outcome: only rejected rows; the filter is in the URL and
 	// survives a reload.
