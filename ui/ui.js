@@ -31,6 +31,7 @@
 
 	const st = {
 		filters: { return_id: '', state: '', outcome: '' },
+		hideTest: false, // test events left out of the deliveries table (client-side)
 		timeline: '',
 		rows: [], // newest first
 		lastSeq: 0,
@@ -115,6 +116,15 @@
 		return String(d.status);
 	}
 
+	// testBadge marks a test event (test: true in its payload).
+	const testBadge = (test) => test
+		? h('span', { class: 'badge flag', text: 'test', title: 'A test event ("test": true in its payload, as ReReady\'s Test button sends), not a real return' })
+		: '—';
+
+	// rowData is a row's data attributes; data-test only on a test event,
+	// which the style marks.
+	const rowData = (data, test) => (test ? Object.assign(data, { test: 'true' }) : data);
+
 	function returnButton(id) {
 		if (!id) return '—';
 		return h('button', {
@@ -164,13 +174,15 @@
 		const q = new URLSearchParams(location.search);
 		st.filters = { return_id: q.get('return_id') || '', state: q.get('state') || '', outcome: q.get('outcome') || '' };
 		st.timeline = q.get('timeline') || '';
+		st.hideTest = q.get('hide_test') === '1';
+		$('f-hide-test').checked = st.hideTest;
 		$('f-return').value = st.filters.return_id;
 		$('f-state').value = st.filters.state;
 		$('f-outcome').value = st.filters.outcome;
 	}
 
 	function writeURL(push) {
-		const q = query(Object.assign({}, st.filters, { timeline: st.timeline }));
+		const q = query(Object.assign({}, st.filters, { hide_test: st.hideTest ? '1' : '', timeline: st.timeline }));
 		const url = location.pathname + (q ? '?' + q : '');
 		if (url !== location.pathname + location.search) history[push ? 'pushState' : 'replaceState'](null, '', url);
 	}
@@ -206,12 +218,12 @@
 	}
 
 	function deliveryRow(d, fresh) {
-		return h('tr', { class: fresh ? 'fresh' : null, data: { seq: d.seq, outcome: cls(d.outcome) } }, [
+		return h('tr', { class: fresh ? 'fresh' : null, data: rowData({ seq: d.seq, outcome: cls(d.outcome) }, d.test) }, [
 			td('Time', timeEl(d.time)),
 			td('Outcome', [badge(d.outcome), d.reason ? h('span', { class: 'reason', text: d.reason }) : null]),
 			td('Status', status(d), { class: 'num' }),
 			td('State', d.state || '—'),
-			td('Test', d.test ? h('span', { class: 'badge flag', text: 'test' }) : '—'),
+			td('Test', testBadge(d.test)),
 			td('Return id', returnButton(d.device_return_id)),
 			td('Attempt', d.attempt || '—', { class: 'num' }),
 			td('Latency', ms(d.duration_ms), { class: 'num' }),
@@ -222,27 +234,36 @@
 		return h('tr', { class: 'empty' }, h('td', { colspan: cols, text }));
 	}
 
+	// shown: the row is in the table (test events may be hidden).
+	const shown = (d) => !(st.hideTest && d.test);
+
 	// renderDeliveries adds the new rows on top (keeping focus where it is),
 	// or, with added null, redraws all; fresh lists rows to highlight.
 	function renderDeliveries(added, fresh) {
 		const tbody = $('deliveries').tBodies[0];
 		st.rendered = true;
+		const rows = st.rows.filter(shown);
 		if (added === null) {
 			const freshSeqs = new Set((fresh || []).map((d) => d.seq));
-			tbody.replaceChildren(...st.rows.map((d) => deliveryRow(d, freshSeqs.has(d.seq))));
-		} else {
+			tbody.replaceChildren(...rows.map((d) => deliveryRow(d, freshSeqs.has(d.seq))));
+		} else if (added.some(shown)) {
 			const empty = tbody.querySelector('tr.empty');
 			if (empty) empty.remove();
 			const frag = document.createDocumentFragment();
-			for (const d of added) frag.append(deliveryRow(d, true));
+			for (const d of added.filter(shown)) frag.append(deliveryRow(d, true));
 			tbody.prepend(frag);
 			while (tbody.rows.length > MAX_ROWS) tbody.lastElementChild.remove();
 		}
-		if (st.rows.length === 0) {
+		const hidden = st.rows.length - rows.length;
+		if (rows.length === 0) {
 			const filtered = st.filters.return_id || st.filters.state || st.filters.outcome;
-			tbody.replaceChildren(emptyRow(8, filtered ? 'No deliveries match these filters.' : 'No deliveries yet.'));
+			tbody.replaceChildren(emptyRow(8, hidden ? 'Only test events, hidden (untick Hide test events to see them).'
+				: filtered ? 'No deliveries match these filters.' : 'No deliveries yet.'));
 		}
-		$('deliveries-count').textContent = st.rows.length ? '(' + st.rows.length + (st.rows.length >= MAX_ROWS ? ' newest' : '') + ')' : '';
+		const newest = st.rows.length >= MAX_ROWS ? ' newest' : '';
+		$('deliveries-count').textContent = !st.rows.length ? ''
+			: hidden ? '(' + rows.length + ' shown, ' + hidden + ' test hidden' + (newest ? ', of the ' + MAX_ROWS + ' newest' : '') + ')'
+				: '(' + rows.length + newest + ')';
 	}
 
 	function resetRows() {
@@ -277,12 +298,12 @@
 	function queueRow(it) {
 		const rb = returnButton(it.device_return_id);
 		if (rb instanceof Node) rb.dataset.key = 'return ' + it.id; // keeps the focus across redraws
-		return h('tr', { data: { id: it.id, status: cls(it.status) } }, [
+		return h('tr', { data: rowData({ id: it.id, status: cls(it.status) }, it.test) }, [
 			td('Received', timeEl(it.received_at)),
 			td('Status', h('span', { class: 'badge s-' + cls(it.status), text: it.status })),
 			td('Return id', rb),
 			td('State', it.state || '—'),
-			td('Test', it.test ? h('span', { class: 'badge flag', text: 'test' }) : '—'),
+			td('Test', testBadge(it.test)),
 			td('Attempts', String(it.attempts), { class: 'num' }),
 			td('Next attempt', it.next_attempt_at ? timeEl(it.next_attempt_at) : (it.status === 'dead' ? 'none: retry by hand' : '—')),
 			td('Last status', it.last_status ? String(it.last_status) : '—', { class: 'num' }),
@@ -488,7 +509,7 @@
 		$('timeline-id').textContent = id;
 		$('timeline-path').replaceChildren(...path);
 		const tbody = $('timeline-table').tBodies[0];
-		tbody.replaceChildren(...entries.map((e) => h('tr', { data: { seq: e.seq, outcome: cls(e.outcome) } }, [
+		tbody.replaceChildren(...entries.map((e) => h('tr', { data: rowData({ seq: e.seq, outcome: cls(e.outcome) }, e.test) }, [
 			td('Time', timeEl(e.time)),
 			td('State', [e.state || '—', flags.has(e.seq) ? [' ', h('span', { class: 'badge warn', text: flags.get(e.seq) })] : null].flat()),
 			td('Outcome', [badge(e.outcome), e.reason ? h('span', { class: 'reason', text: e.reason }) : null]),
@@ -582,7 +603,15 @@
 		$('f-return').value = '';
 		$('f-state').value = '';
 		$('f-outcome').value = '';
+		$('f-hide-test').checked = false;
+		st.hideTest = false;
 		$('filters').requestSubmit();
+	});
+	// Hiding test events needs no request: the rows are on the page.
+	$('f-hide-test').addEventListener('change', () => {
+		st.hideTest = $('f-hide-test').checked;
+		writeURL(false);
+		renderDeliveries(null);
 	});
 	$('timeline-close').addEventListener('click', closeTimeline);
 	$('timeline').addEventListener('keydown', (ev) => {
