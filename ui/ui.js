@@ -295,6 +295,27 @@
 		$('queue-count').textContent = '(' + pending + ' pending, ' + (items.length - pending) + ' dead)';
 	}
 
+	// shortId is a delivery id's first 8 hex digits after its time
+	// (1796354632-8f80b9fb... is 8f80b9fb), as the Delivery id column
+	// begins with them.
+	const shortId = (id) => {
+		const m = /^[0-9]+-([0-9a-f]{8})/i.exec(String(id));
+		return m ? m[1] : String(id);
+	};
+
+	// nextAttempt: a dead item waits for a hand; one held behind an earlier
+	// delivery of its return (held_behind, absent from older gateways'
+	// listings) goes after that one, whatever its next_attempt_at says.
+	function nextAttempt(it) {
+		if (it.status === 'dead') return 'none: retry by hand';
+		if (it.held_behind) return ['held behind ', h('span', { class: 'id held', title: 'Delivery ' + it.held_behind, text: shortId(it.held_behind) })];
+		return it.next_attempt_at ? timeEl(it.next_attempt_at) : '—';
+	}
+
+	// lastStatus: what the gateway answered for the last attempt; none
+	// before the first (null, or 0 from older gateways).
+	const lastStatus = (it) => (typeof it.last_status === 'number' && it.last_status > 0 ? String(it.last_status) : '—');
+
 	function queueRow(it) {
 		const rb = returnButton(it.device_return_id);
 		if (rb instanceof Node) rb.dataset.key = 'return ' + it.id; // keeps the focus across redraws
@@ -305,8 +326,8 @@
 			td('State', it.state || '—'),
 			td('Test', testBadge(it.test)),
 			td('Attempts', String(it.attempts), { class: 'num' }),
-			td('Next attempt', it.next_attempt_at ? timeEl(it.next_attempt_at) : (it.status === 'dead' ? 'none: retry by hand' : '—')),
-			td('Last status', it.last_status ? String(it.last_status) : '—', { class: 'num' }),
+			td('Next attempt', nextAttempt(it)),
+			td('Last status', lastStatus(it), { class: 'num' }),
 			td('Last error', it.last_error || '—'),
 			td('Delivery id', h('span', { class: 'id', text: it.id })),
 			td('Actions', [
