@@ -422,3 +422,38 @@ func TestUIUnmarshalCaddyfile(t *testing.T) {
 		})
 	}
 }
+
+// Each figure says what it counts: the hour's counters are what happened
+// during the hour (Summary), the queue's heading is what is stored now,
+// and the chart's queued series, journal entries of outcome queued,
+// includes failed redelivery attempts, which the counter does not.
+func TestUILabels(t *testing.T) {
+	u := newTestUI(t)
+	w, _ := serveUI(t, u, "GET", "/ops/")
+	page := w.Body.String()
+	counters := map[string]string{}
+	for _, m := range regexp.MustCompile(`<span class="num" id="c-([a-z]+)">[^<]*</span> <span class="lbl">([^<]*)</span>`).FindAllStringSubmatch(page, -1) {
+		counters[m[1]] = m[2]
+	}
+	want := map[string]string{
+		"verified": "verified",
+		"rejected": "rejected",
+		"queued":   "queued on arrival", // Summary.Queued: queued as they arrived, not failed redeliveries
+		"dead":     "given up (dead)",
+	}
+	for k, v := range want {
+		if counters[k] != v {
+			t.Errorf("counter c-%s labelled %q, want %q", k, counters[k], v)
+		}
+	}
+	if !strings.Contains(page, `<h2 id="hour-h">Last hour</h2>`) {
+		t.Error("the counters' section is not headed Last hour")
+	}
+	if !strings.Contains(page, `<h2 id="queue-h" tabindex="-1">In the queue now <span id="queue-count"`) {
+		t.Error("the queue's heading does not say it is the queue now")
+	}
+	w, _ = serveUI(t, u, "GET", "/ops/ui.js")
+	if !strings.Contains(w.Body.String(), `const CHART_LABEL = { queued: 'queued or redelivery failed' };`) {
+		t.Error("ui.js does not label the chart's queued series as queued or redelivery failed")
+	}
+}

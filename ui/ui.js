@@ -1,7 +1,7 @@
-// The ReReady deliveries page. It polls the JSON API beneath the page (all
-// URLs relative, so any route prefix works) and builds every element with
-// createElement and text nodes: no value that came from the API is ever
-// parsed as HTML.
+// The ReReady deliveries page. It polls the JSON API beneath the page (at
+// the page's own path, so any route prefix works) and builds every element
+// with createElement and text nodes: no value that came from the API is
+// ever parsed as HTML.
 (function () {
 	'use strict';
 
@@ -19,12 +19,19 @@
 	const STATES = Array.from($('states').options).map((o) => ({ name: o.value, rank: Number(o.dataset.rank) }));
 	const RANK = new Map(STATES.map((s) => [s.name, s.rank]));
 	const FINAL_RANK = Math.max(...STATES.map((s) => s.rank));
+	// What the chart counts under an outcome, where the outcome's name alone
+	// would say less: a queued entry is a delivery queued as it arrived or
+	// a failed attempt to redeliver one (the counter "queued on arrival"
+	// counts only the first).
+	const CHART_LABEL = { queued: 'queued or redelivery failed' };
+	const chartLabel = (o) => CHART_LABEL[o] || o;
 	// Chart stacking order, bottom up.
 	const CHART_ORDER = ['forwarded', 'redelivered', 'replayed', 'observed', 'queued', 'rejected', 'dead']
 		.filter((o) => OUTCOMES.includes(o)).concat(OUTCOMES.filter((o) => !['forwarded', 'redelivered', 'replayed', 'observed', 'queued', 'rejected', 'dead'].includes(o)));
 
 	const st = {
 		filters: { return_id: '', state: '', outcome: '' },
+		hideTest: false, // test events left out of the deliveries table (client-side)
 		timeline: '',
 		rows: [], // newest first
 		lastSeq: 0,
@@ -109,6 +116,15 @@
 		return String(d.status);
 	}
 
+	// testBadge marks a test event (test: true in its payload).
+	const testBadge = (test) => test
+		? h('span', { class: 'badge flag', text: 'test', title: 'A test event ("test": true in its payload, as ReReady\'s Test button sends), not a real return' })
+		: '—';
+
+	// rowData is a row's data attributes; data-test only on a test event,
+	// which the style marks.
+	const rowData = (data, test) => (test ? Object.assign(data, { test: 'true' }) : data);
+
 	function returnButton(id) {
 		if (!id) return '—';
 		return h('button', {
@@ -120,8 +136,16 @@
 
 	// ---- talking to the API ----------------------------------------------------
 
+	// API is where the API is: beneath the page's path, on its origin. Not
+	// relative to the document: a page opened as http://user:pass@host/...
+	// (behind basic_auth) keeps the credentials in its URL (document.URL;
+	// location.href hides them), a relative URL inherits them, and fetch
+	// refuses a URL that holds credentials. The browser sends the ones it
+	// signed in with anyway.
+	const API = new URL('api/', location.origin + location.pathname).href;
+
 	async function api(path, opts) {
-		const res = await fetch('api/' + path, Object.assign({
+		const res = await fetch(API + path, Object.assign({
 			credentials: 'same-origin', cache: 'no-store', headers: { Accept: 'application/json' },
 		}, opts || {}));
 		let body = null;
@@ -150,13 +174,15 @@
 		const q = new URLSearchParams(location.search);
 		st.filters = { return_id: q.get('return_id') || '', state: q.get('state') || '', outcome: q.get('outcome') || '' };
 		st.timeline = q.get('timeline') || '';
+		st.hideTest = q.get('hide_test') === '1';
+		$('f-hide-test').checked = st.hideTest;
 		$('f-return').value = st.filters.return_id;
 		$('f-state').value = st.filters.state;
 		$('f-outcome').value = st.filters.outcome;
 	}
 
 	function writeURL(push) {
-		const q = query(Object.assign({}, st.filters, { timeline: st.timeline }));
+		const q = query(Object.assign({}, st.filters, { hide_test: st.hideTest ? '1' : '', timeline: st.timeline }));
 		const url = location.pathname + (q ? '?' + q : '');
 		if (url !== location.pathname + location.search) history[push ? 'pushState' : 'replaceState'](null, '', url);
 	}
@@ -192,12 +218,12 @@
 	}
 
 	function deliveryRow(d, fresh) {
-		return h('tr', { class: fresh ? 'fresh' : null, data: { seq: d.seq, outcome: cls(d.outcome) } }, [
+		return h('tr', { class: fresh ? 'fresh' : null, data: rowData({ seq: d.seq, outcome: cls(d.outcome) }, d.test) }, [
 			td('Time', timeEl(d.time)),
 			td('Outcome', [badge(d.outcome), d.reason ? h('span', { class: 'reason', text: d.reason }) : null]),
 			td('Status', status(d), { class: 'num' }),
 			td('State', d.state || '—'),
-			td('Test', d.test ? h('span', { class: 'badge flag', text: 'test' }) : '—'),
+			td('Test', testBadge(d.test)),
 			td('Return id', returnButton(d.device_return_id)),
 			td('Attempt', d.attempt || '—', { class: 'num' }),
 			td('Latency', ms(d.duration_ms), { class: 'num' }),
@@ -208,27 +234,36 @@
 		return h('tr', { class: 'empty' }, h('td', { colspan: cols, text }));
 	}
 
+	// shown: the row is in the table (test events may be hidden).
+	const shown = (d) => !(st.hideTest && d.test);
+
 	// renderDeliveries adds the new rows on top (keeping focus where it is),
 	// or, with added null, redraws all; fresh lists rows to highlight.
 	function renderDeliveries(added, fresh) {
 		const tbody = $('deliveries').tBodies[0];
 		st.rendered = true;
+		const rows = st.rows.filter(shown);
 		if (added === null) {
 			const freshSeqs = new Set((fresh || []).map((d) => d.seq));
-			tbody.replaceChildren(...st.rows.map((d) => deliveryRow(d, freshSeqs.has(d.seq))));
-		} else {
+			tbody.replaceChildren(...rows.map((d) => deliveryRow(d, freshSeqs.has(d.seq))));
+		} else if (added.some(shown)) {
 			const empty = tbody.querySelector('tr.empty');
 			if (empty) empty.remove();
 			const frag = document.createDocumentFragment();
-			for (const d of added) frag.append(deliveryRow(d, true));
+			for (const d of added.filter(shown)) frag.append(deliveryRow(d, true));
 			tbody.prepend(frag);
 			while (tbody.rows.length > MAX_ROWS) tbody.lastElementChild.remove();
 		}
-		if (st.rows.length === 0) {
+		const hidden = st.rows.length - rows.length;
+		if (rows.length === 0) {
 			const filtered = st.filters.return_id || st.filters.state || st.filters.outcome;
-			tbody.replaceChildren(emptyRow(8, filtered ? 'No deliveries match these filters.' : 'No deliveries yet.'));
+			tbody.replaceChildren(emptyRow(8, hidden ? 'Only test events, hidden (untick Hide test events to see them).'
+				: filtered ? 'No deliveries match these filters.' : 'No deliveries yet.'));
 		}
-		$('deliveries-count').textContent = st.rows.length ? '(' + st.rows.length + (st.rows.length >= MAX_ROWS ? ' newest' : '') + ')' : '';
+		const newest = st.rows.length >= MAX_ROWS ? ' newest' : '';
+		$('deliveries-count').textContent = !st.rows.length ? ''
+			: hidden ? '(' + rows.length + ' shown, ' + hidden + ' test hidden' + (newest ? ', of the ' + MAX_ROWS + ' newest' : '') + ')'
+				: '(' + rows.length + newest + ')';
 	}
 
 	function resetRows() {
@@ -260,18 +295,39 @@
 		$('queue-count').textContent = '(' + pending + ' pending, ' + (items.length - pending) + ' dead)';
 	}
 
+	// shortId is a delivery id's first 8 hex digits after its time
+	// (1796354632-8f80b9fb... is 8f80b9fb), as the Delivery id column
+	// begins with them.
+	const shortId = (id) => {
+		const m = /^[0-9]+-([0-9a-f]{8})/i.exec(String(id));
+		return m ? m[1] : String(id);
+	};
+
+	// nextAttempt: a dead item waits for a hand; one held behind an earlier
+	// delivery of its return (held_behind, absent from older gateways'
+	// listings) goes after that one, whatever its next_attempt_at says.
+	function nextAttempt(it) {
+		if (it.status === 'dead') return 'none: retry by hand';
+		if (it.held_behind) return ['held behind ', h('span', { class: 'id held', title: 'Delivery ' + it.held_behind, text: shortId(it.held_behind) })];
+		return it.next_attempt_at ? timeEl(it.next_attempt_at) : '—';
+	}
+
+	// lastStatus: what the gateway answered for the last attempt; none
+	// before the first (null, or 0 from older gateways).
+	const lastStatus = (it) => (typeof it.last_status === 'number' && it.last_status > 0 ? String(it.last_status) : '—');
+
 	function queueRow(it) {
 		const rb = returnButton(it.device_return_id);
 		if (rb instanceof Node) rb.dataset.key = 'return ' + it.id; // keeps the focus across redraws
-		return h('tr', { data: { id: it.id, status: cls(it.status) } }, [
+		return h('tr', { data: rowData({ id: it.id, status: cls(it.status) }, it.test) }, [
 			td('Received', timeEl(it.received_at)),
 			td('Status', h('span', { class: 'badge s-' + cls(it.status), text: it.status })),
 			td('Return id', rb),
 			td('State', it.state || '—'),
-			td('Test', it.test ? h('span', { class: 'badge flag', text: 'test' }) : '—'),
+			td('Test', testBadge(it.test)),
 			td('Attempts', String(it.attempts), { class: 'num' }),
-			td('Next attempt', it.next_attempt_at ? timeEl(it.next_attempt_at) : (it.status === 'dead' ? 'none: retry by hand' : '—')),
-			td('Last status', it.last_status ? String(it.last_status) : '—', { class: 'num' }),
+			td('Next attempt', nextAttempt(it)),
+			td('Last status', lastStatus(it), { class: 'num' }),
 			td('Last error', it.last_error || '—'),
 			td('Delivery id', h('span', { class: 'id', text: it.id })),
 			td('Actions', [
@@ -372,7 +428,7 @@
 		const bw = (W - L - R) / Math.max(1, minutes.length);
 		const all = CHART_ORDER.reduce((a, o) => a + total[o], 0);
 		const summary = all === 0 ? 'No deliveries in the last hour.'
-			: all + ' in the last hour: ' + CHART_ORDER.filter((o) => total[o]).map((o) => total[o] + ' ' + o).join(', ') +
+			: all + ' in the last hour: ' + CHART_ORDER.filter((o) => total[o]).map((o) => total[o] + ' ' + chartLabel(o)).join(', ') +
 				'. Busiest minute ' + hhmm(busiest.start) + ' with ' + busiest.n + '.';
 
 		const svg = s('svg', { viewBox: '0 0 ' + W + ' ' + H, width: W, height: H, role: 'img', 'aria-labelledby': 'chart-t chart-d' }, [
@@ -385,7 +441,7 @@
 		}
 		minutes.forEach((m, i) => {
 			if (!sums[i]) return;
-			const parts = CHART_ORDER.filter((o) => m.counts[o]).map((o) => m.counts[o] + ' ' + o);
+			const parts = CHART_ORDER.filter((o) => m.counts[o]).map((o) => m.counts[o] + ' ' + chartLabel(o));
 			const g = s('g', { class: 'bar' }, s('title', { text: hhmm(m.start) + ': ' + parts.join(', ') }));
 			let acc = 0;
 			for (const o of CHART_ORDER) {
@@ -407,7 +463,7 @@
 		}
 		$('chart').replaceChildren(svg);
 		$('legend').replaceChildren(...CHART_ORDER.map((o) => h('li', null, [
-			h('span', { class: 'swatch o-' + cls(o), 'aria-hidden': 'true' }), o + ' ' + total[o],
+			h('span', { class: 'swatch o-' + cls(o), 'aria-hidden': 'true' }), chartLabel(o) + ' ' + total[o],
 		])));
 	}
 
@@ -474,7 +530,7 @@
 		$('timeline-id').textContent = id;
 		$('timeline-path').replaceChildren(...path);
 		const tbody = $('timeline-table').tBodies[0];
-		tbody.replaceChildren(...entries.map((e) => h('tr', { data: { seq: e.seq, outcome: cls(e.outcome) } }, [
+		tbody.replaceChildren(...entries.map((e) => h('tr', { data: rowData({ seq: e.seq, outcome: cls(e.outcome) }, e.test) }, [
 			td('Time', timeEl(e.time)),
 			td('State', [e.state || '—', flags.has(e.seq) ? [' ', h('span', { class: 'badge warn', text: flags.get(e.seq) })] : null].flat()),
 			td('Outcome', [badge(e.outcome), e.reason ? h('span', { class: 'reason', text: e.reason }) : null]),
@@ -568,7 +624,15 @@
 		$('f-return').value = '';
 		$('f-state').value = '';
 		$('f-outcome').value = '';
+		$('f-hide-test').checked = false;
+		st.hideTest = false;
 		$('filters').requestSubmit();
+	});
+	// Hiding test events needs no request: the rows are on the page.
+	$('f-hide-test').addEventListener('change', () => {
+		st.hideTest = $('f-hide-test').checked;
+		writeURL(false);
+		renderDeliveries(null);
 	});
 	$('timeline-close').addEventListener('click', closeTimeline);
 	$('timeline').addEventListener('keydown', (ev) => {

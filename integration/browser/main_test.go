@@ -458,6 +458,20 @@ func (g *gateway) queue(t *testing.T) map[string]string {
 // signed in does). It fails the test on any script error the pages report.
 func newBrowser(t *testing.T, width, height int) context.Context {
 	t.Helper()
+	ctx := newBareBrowser(t, width, height)
+	auth := base64.StdEncoding.EncodeToString([]byte(opsUser + ":" + opsPass))
+	if _, err := chromedp.Call(ctx, network.SetExtraHTTPHeaders, network.SetExtraHTTPHeadersParams{
+		Headers: network.Headers{"Authorization": "Basic " + auth},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return ctx
+}
+
+// newBareBrowser is newBrowser without the credentials: the page must get
+// them some other way (in its URL).
+func newBareBrowser(t *testing.T, width, height int) context.Context {
+	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chrome),
 		chromedp.NoSandbox,
@@ -510,13 +524,7 @@ func newBrowser(t *testing.T, width, height int) context.Context {
 	if err := chromedp.Do(ctx); err != nil {
 		t.Fatalf("starting Chromium (%s): %v", chrome, err)
 	}
-	auth := base64.StdEncoding.EncodeToString([]byte(opsUser + ":" + opsPass))
 	if _, err := chromedp.Call(ctx, network.Enable, network.EnableParams{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := chromedp.Call(ctx, network.SetExtraHTTPHeaders, network.SetExtraHTTPHeadersParams{
-		Headers: network.Headers{"Authorization": "Basic " + auth},
-	}); err != nil {
 		t.Fatal(err)
 	}
 	return ctx

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -89,7 +90,9 @@ func TestPageLive(t *testing.T) {
 	waitJS(t, ctx, "the counters", `['verified', 'rejected', 'queued'].map((k) => document.getElementById('c-' + k).textContent).join() === '4,1,1'`)
 	waitJS(t, ctx, "the chart", `document.querySelectorAll('#chart svg rect.o-forwarded').length > 0 &&
 		document.getElementById('legend').textContent.includes('forwarded 2') &&
-		document.getElementById('legend').textContent.includes('rejected 1')`)
+		document.getElementById('legend').textContent.includes('rejected 1') &&
+		/queued or redelivery failed [1-9]/.test(document.getElementById('legend').textContent) &&
+		document.querySelector('#c-queued + .lbl').textContent === 'queued on arrival'`)
 
 	// Filter by outcome: only rejected rows; the filter is in the URL and
 	// survives a reload.
@@ -371,6 +374,117 @@ func TestPagePhoneWidth(t *testing.T) {
 	if layout.Buttons != 3 { // Retry, Drop and the return id
 		t.Errorf("%d queue buttons visible within the width, want 3", layout.Buttons)
 	}
+	a.up(t)
+	noViolations(t, ctx)
+}
+
+// Opened with the operator's credentials in its URL
+// (http://user:pass@host/ops/, as a bookmark of a page behind basic_auth
+// may be), the page fills and its buttons work: the browser refuses a
+// fetch of a URL that holds credentials, which a URL relative to such a
+// page does.
+func TestPageCredentialsInURL(t *testing.T) {
+	const secret = "ssk_browser_creds_4b3a2918"
+	a := startApp(t)
+	g := startGatewayMaxAge(t, a, secret, "1h")
+	ctx := newBareBrowser(t, 1280, 1000) // no Authorization header of its own
+
+	fwd := event{ID: uuid(), State: "complete"}
+	if status, _ := g.send(t, pythonSigner, secret, fwd); status != http.StatusOK {
+		t.Fatalf("event: status %d, want 200", status)
+	}
+	a.down(t)
+	status, id := g.send(t, rubySigner, secret, event{ID: uuid(), State: "failed"})
+	if status != http.StatusAccepted {
+		t.Fatalf("event while the app is down: status %d, want 202", status)
+	}
+
+	u, err := url.Parse(g.base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(opsUser, opsPass)
+	for _, path := range []string{"/ops/", "/strip/"} {
+		t.Run(path, func(t *testing.T) {
+			open(t, ctx, u.String()+path)
+			// The precondition: the document's URL holds the credentials
+			// (location.href hides them), so a relative URL is refused.
+			var refused string
+			evalJS(t, ctx, `(() => { try { new Request('api/queue'); return ''; } catch (e) { return e.message; } })()`, &refused)
+			if !strings.Contains(refused, "credentials") {
+				t.Fatalf("a relative Request was not refused (%q): the test shows nothing", refused)
+			}
+			waitJS(t, ctx, "the forwarded row", rowWhere("#deliveries", map[string]string{"outcome": "forwarded", "Return id": fwd.ID}))
+			waitJS(t, ctx, "the queued item", rowWhere("#queue", map[string]string{"Delivery id": id}))
+			waitJS(t, ctx, "the counters", `document.getElementById('c-verified').textContent === '2'`)
+			noViolations(t, ctx)
+		})
+	}
+
+	// A POST from the page too.
+	click(t, ctx, buttonJS("#queue", id, "Retry"))
+	waitJS(t, ctx, "the retry's message", `document.getElementById('action-msg').textContent.startsWith('Retry asked for delivery `+id+`')`)
+	a.up(t)
+}
+
+// Test events (test: true in the payload, as ReReady's Test button sends)
+// are marked in the deliveries table and in the queue. "Hide test events"
+// (off by default) hides them from the table, those that arrive later
+// too; it lives in the URL.
+func TestPageTestEvents(t *testing.T) {
+	const secret = "ssk_browser_tests_6c5d4e3f"
+	a := startApp(t)
+	g := startGatewayMaxAge(t, a, secret, "1h")
+	ctx := newBrowser(t, 1280, 1000)
+	open(t, ctx, g.base+"/ops/")
+
+	send := func(ev event, want int) {
+		t.Helper()
+		if status, _ := g.send(t, pythonSigner, secret, ev); status != want {
+			t.Fatalf("%+v: status %d, want %d", ev, status, want)
+		}
+	}
+	real, test := event{ID: uuid(), State: "complete"}, event{ID: uuid(), State: "complete", Test: true}
+	send(real, http.StatusOK)
+	send(test, http.StatusOK)
+	marked := func(table, id string) string { // a row of this return marked as a test
+		return rowWhere(table, map[string]string{"Return id": id, "test": "true", "Test": "test"})
+	}
+	unmarked := func(table, id string) string { // a row of this return, not marked
+		return `(` + rowsJS + `(` + jsString(table) + `)).some((r) => r['Return id'] === ` + jsString(id) + ` && r.test === undefined && r.Test === '—')`
+	}
+	waitJS(t, ctx, "the test event marked", marked("#deliveries", test.ID))
+	waitJS(t, ctx, "the real event unmarked", unmarked("#deliveries", real.ID))
+	var hidden bool
+	evalJS(t, ctx, `document.getElementById('f-hide-test').checked`, &hidden)
+	if hidden {
+		t.Fatal("test events are hidden by default")
+	}
+
+	// Hide them: the real row stays, the count says how many are hidden.
+	click(t, ctx, `document.getElementById('f-hide-test')`)
+	shown := func(id string) string { return rowWhere("#deliveries", map[string]string{"Return id": id}) }
+	waitJS(t, ctx, "the test row hidden", `!`+shown(test.ID)+` && `+shown(real.ID)+` && location.search === '?hide_test=1' &&
+		document.getElementById('deliveries-count').textContent === '(1 shown, 1 test hidden)'`)
+
+	// One that arrives meanwhile stays hidden; a real one after it shows.
+	later, real2 := event{ID: uuid(), State: "failed", Test: true}, event{ID: uuid(), State: "failed"}
+	send(later, http.StatusOK)
+	send(real2, http.StatusOK)
+	waitJS(t, ctx, "the later real row", shown(real2.ID))
+	waitJS(t, ctx, "the later test row hidden", `!`+shown(later.ID)+` && document.getElementById('deliveries-count').textContent === '(2 shown, 2 test hidden)'`)
+
+	// Kept across a reload; shown again when unticked.
+	reload(t, ctx)
+	waitJS(t, ctx, "still hidden after a reload", `document.getElementById('f-hide-test').checked && `+shown(real2.ID)+` && !`+shown(test.ID)+` && !`+shown(later.ID))
+	click(t, ctx, `document.getElementById('f-hide-test')`)
+	waitJS(t, ctx, "test rows back", marked("#deliveries", test.ID)+` && `+marked("#deliveries", later.ID)+` && location.search === ''`)
+
+	// A test event in the queue is marked there too.
+	a.down(t)
+	queued := event{ID: uuid(), State: "pending_return_shipment", Test: true}
+	send(queued, http.StatusAccepted)
+	waitJS(t, ctx, "the queued test event marked", marked("#queue", queued.ID))
 	a.up(t)
 	noViolations(t, ctx)
 }
