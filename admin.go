@@ -147,7 +147,11 @@ func changeItem(w http.ResponseWriter, r *http.Request, id string, retry bool) *
 			zap.String("device_return_id", clip(it.DeviceReturnID)), zap.String("state", clip(it.State)))
 	}
 	a.changed(id)
-	return writeJSON(w, it.view())
+	v := it.view()
+	if head := a.queue.heldBehind(r.Context(), it); retry && head != "" {
+		v.HeldBehind, v.NextAttemptAt = &head, nil
+	}
+	return writeJSON(w, v)
 }
 
 // deliveryFilter reads the query parameters of /deliveries.

@@ -141,7 +141,14 @@ func (h *Handler) enqueue(w http.ResponseWriter, r *http.Request, st *requestSta
 			return
 		}
 		it.Attempts++
-		it.LastAttemptAt, it.LastStatus, it.LastError = &start, upstream, ""
+		it.LastAttemptAt, it.LastUpstream, it.LastError = &start, upstream, ""
+		it.LastStatus = upstream // what the sender would have had without the queue
+		if it.LastStatus == 0 {
+			it.LastStatus = http.StatusBadGateway
+			if failure != nil {
+				it.LastStatus = statusOf(failure)
+			}
+		}
 		if upstream != 0 {
 			it.LastError = fmt.Sprintf("the app answered %d", upstream)
 		} else if failure != nil {

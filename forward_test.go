@@ -1,7 +1,9 @@
 package rereadyverify
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -55,29 +57,30 @@ func TestQueueTakesOverFailures(t *testing.T) {
 		upstream   int
 		lastError  string
 		retryAfter time.Duration // 0: the 1s backoff step
+		status     int           // the item's last_status: what the gateway answered; 0: upstream
 	}{
 		{"upstream down (502 error)", func(w http.ResponseWriter, r *http.Request) error {
 			return caddyhttp.Error(http.StatusBadGateway, errors.New("dial tcp: connection refused"))
-		}, true, 0, "HTTP 502: dial tcp: connection refused", 0},
+		}, true, 0, "HTTP 502: dial tcp: connection refused", 0, 502},
 		{"timeout (504 error)", func(w http.ResponseWriter, r *http.Request) error {
 			return caddyhttp.Error(http.StatusGatewayTimeout, errors.New("timeout awaiting response headers"))
-		}, true, 0, "HTTP 504", 0},
+		}, true, 0, "HTTP 504", 0, 504},
 		{"app answers 503 with Retry-After", func(w http.ResponseWriter, r *http.Request) error {
 			w.Header().Set("Retry-After", "120")
 			w.Header().Set("X-App-Secret-Detail", "internal")
 			w.WriteHeader(http.StatusServiceUnavailable)
 			io.WriteString(w, "app failure body")
 			return nil
-		}, true, 503, "the app answered 503", 2 * time.Minute},
+		}, true, 503, "the app answered 503", 2 * time.Minute, 0},
 		{"app answers 429 via ReadFrom", func(w http.ResponseWriter, r *http.Request) error {
 			w.WriteHeader(http.StatusTooManyRequests)
 			_, err := w.(io.ReaderFrom).ReadFrom(strings.NewReader("slow down"))
 			return err
-		}, true, 429, "the app answered 429", 0},
+		}, true, 429, "the app answered 429", 0, 0},
 		{"app answers 408", func(w http.ResponseWriter, r *http.Request) error {
 			w.WriteHeader(http.StatusRequestTimeout)
 			return nil
-		}, true, 408, "the app answered 408", 0},
+		}, true, 408, "the app answered 408", 0, 0},
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -101,8 +104,14 @@ func TestQueueTakesOverFailures(t *testing.T) {
 			if resp.Header().Get("X-Reready-Delivery-Id") != it.ID || string(it.Body) != string(body) {
 				t.Fatalf("stored %s %q; answered id %q", it.ID, it.Body, resp.Header().Get("X-Reready-Delivery-Id"))
 			}
-			if it.Attempts != 1 || it.LastStatus != tc.upstream || !strings.HasPrefix(it.LastError, tc.lastError) {
-				t.Fatalf("item attempts %d, last %d %q; want 1, %d %q", it.Attempts, it.LastStatus, it.LastError, tc.upstream, tc.lastError)
+			status := cmp.Or(tc.status, tc.upstream)
+			if it.Attempts != 1 || it.LastStatus != status || it.LastUpstream != tc.upstream || !strings.HasPrefix(it.LastError, tc.lastError) {
+				t.Fatalf("item attempts %d, last %d (app %d) %q; want 1, %d (app %d) %q",
+					it.Attempts, it.LastStatus, it.LastUpstream, it.LastError, status, tc.upstream, tc.lastError)
+			}
+			// The API shows the same status as the error it goes with.
+			if v := it.view(); v.LastStatus == nil || *v.LastStatus != status || v.HeldBehind != nil {
+				t.Fatalf("view: last_status %v, held_behind %v; want %d, null", v.LastStatus, v.HeldBehind, status)
 			}
 			wait := it.NextAttemptAt.Sub(rig.now)
 			if tc.retryAfter != 0 && wait != tc.retryAfter || tc.retryAfter == 0 && (wait < 800*time.Millisecond || wait > 1200*time.Millisecond) {
@@ -185,6 +194,53 @@ func TestQueueHoldsLaterDeliveriesOfAReturn(t *testing.T) {
 	if len(got) != 2 || got[0].Reason != string(ReasonHeld) || got[0].Attempt != 0 {
 		t.Fatalf("journal: %+v", got)
 	}
+
+	// The views say what is true: the tried one has its status and next
+	// attempt; the ones behind it (all arrived in the same second, so
+	// the stored line decides) say which delivery they wait for, and
+	// have no attempt and no status yet.
+	if resp, _ := rig.serve(eventBody("A", verify.StateFailed), rig.now.Unix(), up); resp.Code != 202 || calls != 1 {
+		t.Fatalf("A's third delivery: %d", resp.Code)
+	}
+	line = lineOf(t, rig.h.app.queue, "A")
+	view, err := rig.h.app.queue.view(context.Background())
+	if err != nil || len(view) != 3 || len(line) != 3 {
+		t.Fatalf("view %+v, %v; line %v", view, err, line)
+	}
+	byID := map[string]QueueItem{}
+	for _, v := range view {
+		byID[v.ID] = v
+	}
+	head := byID[line[0]]
+	if head.HeldBehind != nil || head.NextAttemptAt == nil || head.LastStatus == nil || *head.LastStatus != 502 || head.Attempts != 1 {
+		t.Fatalf("the tried one: %+v", head)
+	}
+	for _, id := range line[1:] {
+		v := byID[id]
+		if v.HeldBehind == nil || *v.HeldBehind != line[0] || v.NextAttemptAt != nil || v.LastStatus != nil || v.Attempts != 0 {
+			t.Fatalf("a held one: %+v; want held behind %s, no next attempt, no status", v, line[0])
+		}
+	}
+	raw, _ := json.Marshal(byID[line[2]])
+	if !strings.Contains(string(raw), `"held_behind":"`+line[0]+`"`) || !strings.Contains(string(raw), `"last_status":null`) ||
+		!strings.Contains(string(raw), `"next_attempt_at":null`) {
+		t.Fatalf("JSON %s", raw)
+	}
+	if held := rig.h.app.queue.heldBehind(context.Background(), mustLoad(t, rig.h.app.queue, line[1])); held != line[0] {
+		t.Fatalf("heldBehind %q, want %s", held, line[0])
+	}
+	if held := rig.h.app.queue.heldBehind(context.Background(), mustLoad(t, rig.h.app.queue, line[0])); held != "" {
+		t.Fatalf("the head is held behind %q", held)
+	}
+}
+
+func mustLoad(t *testing.T, q *queue, id string) *queueItem {
+	t.Helper()
+	it, err := q.loadItem(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return it
 }
 
 func TestQueueFullAndStorageFailure(t *testing.T) {

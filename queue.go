@@ -78,7 +78,8 @@ type queueItem struct {
 	Attempts       int        `json:"attempts"`
 	LastAttemptAt  *time.Time `json:"last_attempt_at,omitempty"`
 	NextAttemptAt  *time.Time `json:"next_attempt_at"`
-	LastStatus     int        `json:"last_status"`
+	LastStatus     int        `json:"last_status"`             // what the gateway answered for the last attempt; 0 before one
+	LastUpstream   int        `json:"last_upstream,omitempty"` // what the app answered then; 0 when it did not
 	LastError      string     `json:"last_error"`
 	MaxAge         int64      `json:"max_age"` // nanoseconds
 
@@ -120,8 +121,9 @@ type QueueItem struct {
 	Test            bool    `json:"test"`
 	ReceivedAt      string  `json:"received_at"`
 	Attempts        int     `json:"attempts"`
-	NextAttemptAt   *string `json:"next_attempt_at"`
-	LastStatus      int     `json:"last_status"`
+	NextAttemptAt   *string `json:"next_attempt_at"` // null while held, and once dead
+	HeldBehind      *string `json:"held_behind"`     // the delivery of its return that goes first; null when it goes next
+	LastStatus      *int    `json:"last_status"`     // what the gateway answered for the last attempt; null before one
 	LastError       string  `json:"last_error"`
 	Path            string  `json:"path"`              // the request path it is delivered to (its route)
 	AppFailingSince *string `json:"app_failing_since"` // while its route's app fails (as this gateway saw), since when
@@ -135,9 +137,12 @@ func (it *queueItem) view() QueueItem {
 		State:          it.State,
 		Test:           it.Test,
 		Attempts:       it.Attempts,
-		LastStatus:     it.LastStatus,
 		LastError:      it.LastError,
 		Path:           it.path(),
+	}
+	if it.Attempts > 0 && it.LastStatus != 0 {
+		st := it.LastStatus
+		v.LastStatus = &st
 	}
 	if !it.ReceivedAt.IsZero() {
 		v.ReceivedAt = it.ReceivedAt.UTC().Format(time.RFC3339)
@@ -535,11 +540,57 @@ func (q *queue) view(ctx context.Context) ([]QueueItem, error) {
 		return nil, err
 	}
 	slices.SortStableFunc(items, func(a, b *queueItem) int { return a.ReceivedAt.Compare(b.ReceivedAt) })
+	pending := map[string]int{} // return id -> its pending items listed
+	for _, it := range items {
+		if it.Status == ItemPending {
+			pending[it.DeviceReturnID]++
+		}
+	}
+	heads := map[string]string{} // return id -> the delivery that goes first
+	for _, it := range items {
+		if it.Status != ItemPending || pending[it.DeviceReturnID] < 2 {
+			continue
+		}
+		if _, ok := heads[it.DeviceReturnID]; !ok {
+			heads[it.DeviceReturnID] = q.head(ctx, it.DeviceReturnID, it.ID)
+		}
+	}
 	out := make([]QueueItem, 0, len(items))
 	for _, it := range items {
-		out = append(out, it.view())
+		v := it.view()
+		if head, ok := heads[it.DeviceReturnID]; ok && it.Status == ItemPending && head != it.ID {
+			v.HeldBehind, v.NextAttemptAt = &head, nil
+		}
+		out = append(out, v)
 	}
 	return out, nil
+}
+
+// head is the delivery of returnID's line the worker tries first: the
+// first pending one of the stored line, or, when the line cannot be read
+// or lacks it (the worker puts it back), the earliest one listed
+// (earliest).
+func (q *queue) head(ctx context.Context, returnID, earliest string) string {
+	rec, err := q.loadReturn(ctx, returnID)
+	if err != nil {
+		return earliest
+	}
+	head, _, err := q.firstPending(ctx, rec.IDs)
+	if err != nil || head == "" {
+		return earliest
+	}
+	return head
+}
+
+// heldBehind is the delivery it waits for in its return's line, or "".
+func (q *queue) heldBehind(ctx context.Context, it *queueItem) string {
+	if it.Status != ItemPending {
+		return ""
+	}
+	if head := q.head(ctx, it.DeviceReturnID, it.ID); head != it.ID {
+		return head
+	}
+	return ""
 }
 
 // itemVersion is what an attempt or an operator changes in an item.

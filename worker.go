@@ -659,7 +659,7 @@ func (w *worker) attempt(c candidate) {
 	res.probe = probe
 	store := context.WithoutCancel(ctx)
 	it.Attempts, it.LastAttemptAt = n, &started
-	it.LastStatus, it.LastError = res.upstream, res.errText
+	it.LastStatus, it.LastUpstream, it.LastError = res.status, res.upstream, res.errText
 	now := w.now()
 	switch {
 	case res.delivered:
@@ -734,7 +734,7 @@ func (w *worker) expire(ctx context.Context, it *queueItem) {
 	if err == nil {
 		err = w.q.leaveLine(store, it.DeviceReturnID, it.ID)
 	}
-	res := attemptResult{status: it.LastStatus, upstream: it.LastStatus, errText: it.LastError}
+	res := attemptResult{status: it.LastStatus, upstream: it.LastUpstream, errText: it.LastError}
 	w.app.recordItem(it, OutcomeDead, ReasonMaxAge, res)
 	w.app.metrics.redelivery(redeliveryDead, false)
 	w.logger.Error("queued delivery given up on (dead) while its route's app was failing; retry it by hand",

@@ -125,6 +125,14 @@ func TestQueueAppDownThenUp(t *testing.T) {
 		if it.str("status") != "pending" || it.str("device_return_id") != ev.ID || it.str("state") != ev.State {
 			t.Errorf("queue item %v, want pending %s %s", it, ev.ID, ev.State)
 		}
+		// The status goes with the error: the gateway's 502 for the
+		// refused connection, or the app's 503 once the worker tried.
+		switch ls, le := it.num("last_status"), it.str("last_error"); {
+		case ls == 502 && strings.Contains(le, "HTTP 502") && strings.Contains(le, "connection refused"):
+		case ls == 503 && le == "the app answered 503":
+		default:
+			t.Errorf("queue item last_status %d with last_error %q: want 502 for a refused connection or 503 from the app", ls, le)
+		}
 		e := waitJournal(t, g, id, "queued", logTimeout)
 		if e.str("reason") != "upstream_failed" || e.num("status") != 202 || e.num("upstream_status") != 0 || e.num("attempt") != 1 {
 			t.Errorf("journal entry %v, want queued upstream_failed 202, upstream 0, attempt 1", e)
@@ -307,6 +315,17 @@ func TestQueueOrderPerReturn(t *testing.T) {
 		if e.str("reason") != c.reason || e.num("status") != 202 || e.str("device_return_id") != c.d.ev.ID {
 			t.Errorf("%s: journal entry %v, want queued %s 202", c.d.ev.State, e, c.reason)
 		}
+	}
+	// The queue says what is true while the app is down: A1 was tried and
+	// the gateway answered 502 for it (connection refused); A2 waits
+	// behind A1, with no attempt, no status and no next attempt of its own.
+	if it := queueItem(t, g, a1.id); it == nil || it.num("last_status") != 502 || !strings.Contains(it.str("last_error"), "502") ||
+		it["held_behind"] != nil || it["next_attempt_at"] == nil {
+		t.Errorf("A1 in the queue: %v; want last_status 502 with its error, not held, a next attempt", it)
+	}
+	if it := queueItem(t, g, a2.id); it == nil || it.str("held_behind") != a1.id || it["last_status"] != nil ||
+		it["next_attempt_at"] != nil || it.num("attempts") != 0 {
+		t.Errorf("A2 in the queue: %v; want held_behind %s, last_status and next_attempt_at null, 0 attempts", it, a1.id)
 	}
 
 	// Up, but failing return A for now.
@@ -572,7 +591,7 @@ func TestQueueDeadRetryDrop(t *testing.T) {
 		if err := json.Unmarshal([]byte(res.output), &items); err != nil {
 			t.Fatalf("queue --json: %v\n%s", err, res.output)
 		}
-		want := []string{"id", "status", "device_return_id", "state", "test", "received_at", "attempts", "next_attempt_at", "last_status", "last_error", "path", "app_failing_since"}
+		want := []string{"id", "status", "device_return_id", "state", "test", "received_at", "attempts", "next_attempt_at", "held_behind", "last_status", "last_error", "path", "app_failing_since"}
 		for _, it := range items {
 			if got := sortedKeys(it); strings.Join(got, ",") != strings.Join(sorted(want), ",") {
 				t.Errorf("queue --json item fields %v, want %v", got, sorted(want))
