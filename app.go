@@ -257,9 +257,7 @@ func (a *App) recordItem(it *queueItem, outcome string, reason Reason, res attem
 	case OutcomeDead:
 		a.emit("reready.dead", it, res)
 	case OutcomeQueued:
-		if reason == ReasonUpstreamFailed || reason == ReasonHeld || reason == ReasonResentDead { // not a failed redelivery
-			a.emit("reready.queued", it, res)
-		}
+		a.emit("reready.queued", it, res)
 	}
 }
 

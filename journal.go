@@ -33,14 +33,15 @@ const (
 	OutcomeRejected    = "rejected"    // refused by a check, or the queue was full
 	OutcomeReplayed    = "replayed"    // a repeat, stopped by the replay gate
 	OutcomeObserved    = "observed"    // failed a check, passed on in observe mode
-	OutcomeQueued      = "queued"      // stored for redelivery (or a redelivery attempt failed)
+	OutcomeQueued      = "queued"      // stored for redelivery as it arrived (the app failed it, or it is held)
+	OutcomeRetrying    = "retrying"    // a redelivery attempt failed; the delivery stays queued and is tried again
 	OutcomeRedelivered = "redelivered" // a queued delivery the app took
 	OutcomeDead        = "dead"        // a queued delivery given up on
 )
 
 // Outcomes lists the journal outcomes, for validating filters.
 var Outcomes = []string{OutcomeForwarded, OutcomeRejected, OutcomeReplayed, OutcomeObserved,
-	OutcomeQueued, OutcomeRedelivered, OutcomeDead}
+	OutcomeQueued, OutcomeRetrying, OutcomeRedelivered, OutcomeDead}
 
 // journalEntry is one record. Strings in it are owned by the journal
 // (cloned or constants), so it keeps no request memory alive.
@@ -321,10 +322,8 @@ type MinuteSummary struct {
 // redelivery attempt of a queued one.
 func (e *journalEntry) live() bool {
 	switch e.outcome {
-	case OutcomeRedelivered, OutcomeDead:
+	case OutcomeRetrying, OutcomeRedelivered, OutcomeDead:
 		return false
-	case OutcomeQueued:
-		return e.reason == ReasonUpstreamFailed || e.reason == ReasonHeld || e.reason == ReasonResentDead
 	}
 	return true
 }
@@ -356,7 +355,7 @@ func (j *journal) summary(now time.Time) Summary {
 			s.Rejected++
 		case e.outcome == OutcomeDead:
 			s.Dead++
-		case e.outcome == OutcomeQueued && e.live():
+		case e.outcome == OutcomeQueued:
 			s.Queued++
 		}
 		// Passed every check: a request refused after its signature was

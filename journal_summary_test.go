@@ -18,7 +18,7 @@ func TestJournalSummary(t *testing.T) {
 	add(30*time.Minute, OutcomeObserved, ReasonSignatureMismatch, "none")
 	add(2*time.Minute, OutcomeQueued, ReasonUpstreamFailed, "hmac")
 	add(2*time.Minute, OutcomeQueued, ReasonHeld, "token")
-	add(time.Minute, OutcomeQueued, ReasonRedeliveryFailed, "hmac") // an attempt, not an arrival
+	add(time.Minute, OutcomeRetrying, ReasonRedeliveryFailed, "hmac") // an attempt, not an arrival
 	add(time.Minute, OutcomeDead, ReasonMaxAge, "hmac")
 	add(30*time.Second, OutcomeRedelivered, "", "hmac")
 	add(10*time.Second, OutcomeReplayed, ReasonReplayDelivered, "hmac")
@@ -42,7 +42,7 @@ func TestJournalSummary(t *testing.T) {
 		29: {OutcomeRejected: 1, OutcomeObserved: 1},
 		30: {OutcomeRejected: 1},
 		57: {OutcomeQueued: 2}, // 12:28:45
-		58: {OutcomeQueued: 1, OutcomeDead: 1},
+		58: {OutcomeRetrying: 1, OutcomeDead: 1},
 		59: {OutcomeRedelivered: 1, OutcomeReplayed: 1, OutcomeForwarded: 1},
 	}
 	for i, m := range s.Minutes {

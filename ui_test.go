@@ -453,7 +453,7 @@ func TestUILabels(t *testing.T) {
 		t.Error("the queue's heading does not say it is the queue now")
 	}
 	w, _ = serveUI(t, u, "GET", "/ops/ui.js")
-	if !strings.Contains(w.Body.String(), `const CHART_LABEL = { queued: 'queued or redelivery failed' };`) {
-		t.Error("ui.js does not label the chart's queued series as queued or redelivery failed")
+	if !strings.Contains(w.Body.String(), `const CHART_LABEL = { queued: 'queued on arrival', retrying: 'redelivery failed, retrying' };`) {
+		t.Error("ui.js does not label the chart's queued and retrying series by what they count")
 	}
 }

@@ -698,7 +698,7 @@ func (w *worker) attempt(c candidate) {
 		if stored, err = w.q.storeIfUnchanged(store, it, was); !stored && err == nil {
 			w.lostLock(id, nil)
 		}
-		w.app.recordItem(it, OutcomeQueued, res.reason, res)
+		w.app.recordItem(it, OutcomeRetrying, res.reason, res)
 		w.app.metrics.redelivery(redeliveryFailed, probe)
 		w.logger.Warn("redelivery attempt failed; will try again", zap.String("id", id), zap.Int("attempt", n),
 			zap.Bool("probe", probe), zap.String("error", res.errText), zap.Time("next_attempt_at", next))

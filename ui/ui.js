@@ -20,14 +20,13 @@
 	const RANK = new Map(STATES.map((s) => [s.name, s.rank]));
 	const FINAL_RANK = Math.max(...STATES.map((s) => s.rank));
 	// What the chart counts under an outcome, where the outcome's name alone
-	// would say less: a queued entry is a delivery queued as it arrived or
-	// a failed attempt to redeliver one (the counter "queued on arrival"
-	// counts only the first).
-	const CHART_LABEL = { queued: 'queued or redelivery failed' };
+	// would say less: queued is a delivery stored as it arrived; retrying,
+	// a failed attempt to redeliver a queued one.
+	const CHART_LABEL = { queued: 'queued on arrival', retrying: 'redelivery failed, retrying' };
 	const chartLabel = (o) => CHART_LABEL[o] || o;
 	// Chart stacking order, bottom up.
-	const CHART_ORDER = ['forwarded', 'redelivered', 'replayed', 'observed', 'queued', 'rejected', 'dead']
-		.filter((o) => OUTCOMES.includes(o)).concat(OUTCOMES.filter((o) => !['forwarded', 'redelivered', 'replayed', 'observed', 'queued', 'rejected', 'dead'].includes(o)));
+	const STACK = ['forwarded', 'redelivered', 'replayed', 'observed', 'queued', 'retrying', 'rejected', 'dead'];
+	const CHART_ORDER = STACK.filter((o) => OUTCOMES.includes(o)).concat(OUTCOMES.filter((o) => !STACK.includes(o)));
 
 	const st = {
 		filters: { return_id: '', state: '', outcome: '' },

@@ -91,7 +91,7 @@ func TestPageLive(t *testing.T) {
 	waitJS(t, ctx, "the chart", `document.querySelectorAll('#chart svg rect.o-forwarded').length > 0 &&
 		document.getElementById('legend').textContent.includes('forwarded 2') &&
 		document.getElementById('legend').textContent.includes('rejected 1') &&
-		/queued or redelivery failed [1-9]/.test(document.getElementById('legend').textContent) &&
+		/queued on arrival [1-9]/.test(document.getElementById('legend').textContent) &&
 		document.querySelector('#c-queued + .lbl').textContent === 'queued on arrival'`)
 
 	// Filter by outcome: only rejected rows; the filter is in the URL and

@@ -162,6 +162,24 @@ func TestQueueAppDownThenUp(t *testing.T) {
 				t.Errorf("attempt %d carried X-ReReady-Attempt %q, want %d", i+1, rec.header.Get("X-Reready-Attempt"), first+i)
 			}
 		}
+		// Each failed attempt is journaled as retrying (not as queued,
+		// which is the delivery stored as it arrived).
+		var retrying []obj
+		for _, e := range journalFor(t, g, id) {
+			if e.str("outcome") == "retrying" {
+				retrying = append(retrying, e)
+			} else if e.str("outcome") == "queued" && e.str("reason") != "upstream_failed" {
+				t.Errorf("journal entry %v: a redelivery attempt journaled as queued", e)
+			}
+		}
+		if len(retrying) < 2 {
+			t.Errorf("%d retrying entries in the journal, want one per failed attempt (2 or more)", len(retrying))
+		}
+		for _, e := range retrying {
+			if e.str("reason") != "redelivery_failed" || e.num("status") != 503 && e.num("status") != 502 {
+				t.Errorf("retrying entry %v, want reason redelivery_failed with 503 (or 502 while still down)", e)
+			}
+		}
 		last := recs[len(recs)-1]
 		if last.status != 200 || recs[len(recs)-2].status != 503 || recs[len(recs)-3].status != 503 {
 			t.Errorf("answers %d, %d, %d; want 503, 503, 200", recs[len(recs)-3].status, recs[len(recs)-2].status, last.status)
