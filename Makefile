@@ -40,7 +40,7 @@ caddy:
 test: fmt-check vet
 	scripts/deps.sh
 	scripts/build-caddy.sh
-	$(GO) test -count=1 -timeout 30m ./...
+	$(GO) test -tags fullsuite -count=1 -timeout 30m ./...
 	cd $(BROWSER_DIR) && $(GO) test -count=1 -timeout 15m .
 	scripts/fuzz.sh $(FUZZTIME)
 
@@ -56,7 +56,7 @@ fuzz:
 	scripts/fuzz.sh $(FUZZTIME)
 
 vet:
-	$(GO) vet ./...
+	$(GO) vet -tags fullsuite ./...
 	cd $(BROWSER_DIR) && $(GO) vet .
 	cd $(TESTSTORAGE_DIR) && $(GO) vet .
 

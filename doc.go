@@ -44,7 +44,8 @@
 //
 // Tests sit beside the file they test; integration/ holds the in-process
 // end-to-end tests (caddytest), integration/realbin the tests of a real
-// Caddy binary built with xcaddy, integration/browser the page in headless
+// Caddy binary built with xcaddy (build tag fullsuite: `go test ./...`
+// alone runs the fast suites), integration/browser the page in headless
 // Chromium, and bench/ the load harnesses. The README's contributor section
 // draws the same picture.
 package rereadyverify

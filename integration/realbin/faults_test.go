@@ -1,3 +1,5 @@
+//go:build fullsuite
+
 package realbin
 
 // Faults on the real binary: the upstream down, failing or slow; request

@@ -1,3 +1,5 @@
+//go:build fullsuite
+
 package realbin
 
 import (
