@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -280,4 +281,100 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// columnStarts returns the rune offsets where a table line's columns
+// begin: its first rune, and each non-space after two spaces.
+func columnStarts(line string) []int {
+	r := []rune(line)
+	var starts []int
+	for i := range r {
+		if r[i] != ' ' && (i == 0 || i >= 2 && r[i-1] == ' ' && r[i-2] == ' ') {
+			starts = append(starts, i)
+		}
+	}
+	return starts
+}
+
+// followLines runs `deliveries --follow` while record adds entries between
+// polls, and returns the lines printed once want appears.
+func followLines(t *testing.T, a *App, addr string, polls []func(), want []string) []string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out, errOut := &lockedBuffer{}, &lockedBuffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- runDeliveries(ctx, deliveriesOptions{adminOptions: adminOptions{Address: addr}, Limit: 10, Follow: true,
+			Poll: 20 * time.Millisecond}, out, errOut)
+	}()
+	for i, poll := range polls {
+		poll()
+		deadline := time.Now().Add(5 * time.Second)
+		for !strings.Contains(out.String(), want[i]) {
+			if time.Now().After(deadline) {
+				t.Fatalf("waiting for %q: stdout:\n%s\nstderr:\n%s", want[i], out.String(), errOut.String())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+}
+
+func TestCommandDeliveriesColumnsAligned(t *testing.T) {
+	a := testApp(t)
+	addr, _, _ := fakeAdmin(t, a)
+	longID := strings.Repeat("very-long-return-id-", 4) + "END"
+	polls := []func(){
+		func() {
+			a.record(journalEntry{at: queueT0, outcome: OutcomeForwarded, state: verify.StateComplete, returnID: rid("r1"), status: 200})
+		},
+		// The second poll's rows are wider in every column: a follower
+		// that sized columns per poll would shift them.
+		func() {
+			a.record(journalEntry{at: queueT0, outcome: OutcomeRedelivered, state: verify.StatePendingOutboundShipmentDelivery,
+				returnID: rid(longID), status: 200, attempt: 12, duration: 12345 * time.Millisecond, reason: ReasonRedeliveryTimeout})
+			a.record(journalEntry{at: queueT0, outcome: OutcomeRejected, state: "an-unknown-state-" + strings.Repeat("x", 40),
+				returnID: rid("r2\x1b[2J"), status: 401, reason: Reason("a_reason_far_longer_than_any_known_one")})
+		},
+	}
+	lines := followLines(t, a, addr, polls, []string{"r1", "r2"})
+	if len(lines) != 4 {
+		t.Fatalf("%d lines, want a header and 3 rows:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+	header := columnStarts(lines[0])
+	if len(header) != 8 {
+		t.Fatalf("header %q has columns at %v, want 8", lines[0], header)
+	}
+	for _, row := range lines[1:] {
+		if got := columnStarts(row); fmt.Sprint(got) != fmt.Sprint(header) {
+			t.Errorf("columns of\n%s\nstart at %v, the header's\n%s\nat %v", row, got, lines[0], header)
+		}
+	}
+	all := strings.Join(lines, "\n")
+	if strings.Contains(all, longID) || !strings.Contains(all, longID[:20]) || !strings.Contains(all, "…") {
+		t.Errorf("the long return id is not clipped with an ellipsis:\n%s", all)
+	}
+	if strings.Contains(all, "\x1b") {
+		t.Errorf("a control character reached the terminal:\n%s", all)
+	}
+
+	// A listing without --follow has the same columns.
+	var out bytes.Buffer
+	if err := runDeliveries(context.Background(), deliveriesOptions{adminOptions: adminOptions{Address: addr}, Limit: 10}, &out, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	listed := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	if len(listed) != 4 || listed[0] != lines[0] {
+		t.Fatalf("listing:\n%s\nfollow:\n%s", out.String(), all)
+	}
+	for _, row := range listed[1:] {
+		if got := columnStarts(row); fmt.Sprint(got) != fmt.Sprint(header) {
+			t.Errorf("listed row\n%s\nhas columns at %v, want %v", row, got, header)
+		}
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/reready-verify/caddy-reready-verify/internal/verify"
@@ -202,6 +203,29 @@ func newDeliveryTable(out io.Writer, jsonLines bool) *deliveryTable {
 	return &deliveryTable{out: out, jsonLines: jsonLines}
 }
 
+// deliveryColumns are the table's columns and their widths in runes. They
+// are fixed, not sized to the rows, so that rows printed poll after poll
+// by --follow line up with the header printed first; a longer value is
+// clipped with an ellipsis. The widths fit the longest documented value
+// (a UUID return id, pending_outbound_shipment_delivery,
+// replay_store_unavailable).
+var deliveryColumns = []struct {
+	name  string
+	width int
+}{
+	{"TIME", len("2006-01-02 15:04:05Z")},
+	{"OUTCOME", len("redelivered")},
+	{"STATUS", len("STATUS")},
+	{"STATE", len("pending_outbound_shipment_delivery")},
+	{"RETURN ID", len("9f86d081-884c-4d65-9a2f-eaa0c55ad015")},
+	{"ATTEMPT", len("ATTEMPT")},
+	{"MS", len("123456.7")}, // up to 16 minutes
+	{"REASON", len("replay_store_unavailable")},
+}
+
+// columnGap separates the table's columns.
+const columnGap = "  "
+
 func (t *deliveryTable) rows(ds []Delivery) {
 	if len(ds) == 0 {
 		return
@@ -213,9 +237,13 @@ func (t *deliveryTable) rows(ds []Delivery) {
 		}
 		return
 	}
-	tw := tabwriter.NewWriter(t.out, 0, 4, 2, ' ', 0)
+	var b strings.Builder
 	if !t.header {
-		fmt.Fprintln(tw, "TIME\tOUTCOME\tSTATUS\tSTATE\tRETURN ID\tATTEMPT\tMS\tREASON")
+		names := make([]string, len(deliveryColumns))
+		for i, c := range deliveryColumns {
+			names[i] = c.name
+		}
+		writeColumns(&b, names)
 		t.header = true
 	}
 	for _, d := range ds {
@@ -223,10 +251,36 @@ func (t *deliveryTable) rows(ds []Delivery) {
 		if ts, err := time.Parse(time.RFC3339Nano, d.Time); err == nil {
 			when = ts.UTC().Format("2006-01-02 15:04:05Z")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%.1f\t%s\n", when, d.Outcome, d.Status,
-			orDash(terminalSafe(d.State)), orDash(terminalSafe(d.DeviceReturnID)), d.Attempt, d.DurationMS, orDash(d.Reason))
+		writeColumns(&b, []string{terminalSafe(when), terminalSafe(d.Outcome), strconv.Itoa(d.Status),
+			orDash(terminalSafe(d.State)), orDash(terminalSafe(d.DeviceReturnID)), strconv.Itoa(d.Attempt),
+			strconv.FormatFloat(d.DurationMS, 'f', 1, 64), orDash(terminalSafe(d.Reason))})
 	}
-	tw.Flush()
+	_, _ = io.WriteString(t.out, b.String())
+}
+
+// writeColumns writes one line of the deliveries table: each cell clipped
+// to its column's width and padded to it, the last one not padded.
+func writeColumns(b *strings.Builder, cells []string) {
+	for i, cell := range cells {
+		w := deliveryColumns[i].width
+		cell = fitWidth(cell, w)
+		b.WriteString(cell)
+		if i < len(cells)-1 {
+			b.WriteString(strings.Repeat(" ", w-utf8.RuneCountInString(cell)))
+			b.WriteString(columnGap)
+		}
+	}
+	b.WriteByte('\n')
+}
+
+// fitWidth clips s to at most w runes, the last of a clipped one an
+// ellipsis. (verify.Clip counts bytes; a column counts runes.)
+func fitWidth(s string, w int) string {
+	if utf8.RuneCountInString(s) <= w {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:w-1]) + "…"
 }
 
 // ---------------------------------------------------------------------
