@@ -72,6 +72,7 @@ func TestAdminAPI(t *testing.T) {
 	for i, o := range []string{OutcomeForwarded, OutcomeRejected, OutcomeQueued} {
 		a.record(journalEntry{at: queueT0, outcome: o, returnID: rid("ret-adm"), state: verify.StateComplete, status: 200 + i})
 	}
+	a.record(journalEntry{at: queueT0, outcome: OutcomeForwarded, returnID: rid("ret-test"), state: verify.StateComplete, status: 202, test: true})
 
 	tests := []struct {
 		name, method, target string
@@ -81,8 +82,13 @@ func TestAdminAPI(t *testing.T) {
 	}{
 		{"deliveries", "GET", "/reready/deliveries", 200, []string{`"outcome":"queued"`, `"outcome":"forwarded"`}, nil},
 		{"deliveries filtered", "GET", "/reready/deliveries?outcome=rejected&return_id=ret-adm", 200, []string{`"status":201`}, []string{`"queued"`}},
-		{"deliveries limit", "GET", "/reready/deliveries?limit=1", 200, []string{`"seq":3`}, []string{`"seq":2`}},
-		{"deliveries after", "GET", "/reready/deliveries?after=2", 200, []string{`"seq":3`}, []string{`"seq":2`}},
+		{"deliveries limit", "GET", "/reready/deliveries?limit=1", 200, []string{`"seq":4`}, []string{`"seq":3`}},
+		{"deliveries after", "GET", "/reready/deliveries?after=2", 200, []string{`"seq":3`, `"seq":4`}, []string{`"seq":2`}},
+		{"only test events", "GET", "/reready/deliveries?test=true", 200, []string{`"seq":4`, `"test":true`}, []string{`"seq":3`, `"test":false`}},
+		{"no test events", "GET", "/reready/deliveries?test=false", 200, []string{`"seq":1`, `"seq":3`}, []string{`"seq":4`, `"test":true`}},
+		{"test and another filter", "GET", "/reready/deliveries?test=false&outcome=forwarded", 200, []string{`"seq":1`}, []string{`"seq":4`, `"seq":2`}},
+		{"bad test", "GET", "/reready/deliveries?test=maybe", 400, []string{`invalid test \"maybe\"`, "true or false"}, nil},
+		{"empty test: no filter", "GET", "/reready/deliveries?test=", 200, []string{`"seq":4`, `"seq":3`}, nil},
 		{"bad outcome", "GET", "/reready/deliveries?outcome=lost", 400, []string{"invalid outcome", "forwarded"}, nil},
 		{"bad limit", "GET", "/reready/deliveries?limit=0", 400, []string{"invalid limit"}, nil},
 		{"bad after", "GET", "/reready/deliveries?after=x", 400, []string{"invalid after"}, nil},
@@ -377,4 +383,78 @@ func TestCommandDeliveriesColumnsAligned(t *testing.T) {
 			t.Errorf("listed row\n%s\nhas columns at %v, want %v", row, got, header)
 		}
 	}
+}
+
+func TestCommandDeliveriesTestEvents(t *testing.T) {
+	a := testApp(t)
+	addr, _, _ := fakeAdmin(t, a)
+	a.record(journalEntry{at: queueT0, outcome: OutcomeForwarded, state: verify.StateComplete, returnID: rid("real-1"), status: 202})
+	a.record(journalEntry{at: queueT0, outcome: OutcomeForwarded, state: verify.StateComplete, returnID: rid("test-1"), status: 202, test: true})
+	a.record(journalEntry{at: queueT0, outcome: OutcomeRedelivered, state: verify.StateComplete, returnID: rid("test-2"), status: 200, test: true})
+	list := func(t *testing.T, o deliveriesOptions) ([]string, error) {
+		t.Helper()
+		o.adminOptions, o.Limit = adminOptions{Address: addr}, 10
+		var out bytes.Buffer
+		err := runDeliveries(context.Background(), o, &out, &bytes.Buffer{})
+		return strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n"), err
+	}
+	// rowOf finds the row of a return id, and checks its columns.
+	rowOf := func(t *testing.T, lines []string, id string) string {
+		t.Helper()
+		for _, l := range lines[1:] {
+			if strings.Contains(l, id) {
+				if fmt.Sprint(columnStarts(l)) != fmt.Sprint(columnStarts(lines[0])) {
+					t.Errorf("row\n%s\nis not aligned with\n%s", l, lines[0])
+				}
+				return l
+			}
+		}
+		return ""
+	}
+
+	t.Run("marked", func(t *testing.T) {
+		lines, err := list(t, deliveriesOptions{})
+		if err != nil || len(lines) != 4 {
+			t.Fatalf("%v:\n%s", err, strings.Join(lines, "\n"))
+		}
+		if r := rowOf(t, lines, "real-1"); !strings.Contains(r, "forwarded ") || strings.Contains(r, "test)") {
+			t.Errorf("a real delivery: %q", r)
+		}
+		if r := rowOf(t, lines, "test-1"); !strings.Contains(r, "forwarded (test)") {
+			t.Errorf("a test event not marked: %q", r)
+		}
+		if r := rowOf(t, lines, "test-2"); !strings.Contains(r, "redelivered (test)") {
+			t.Errorf("a redelivered test event not marked: %q", r)
+		}
+	})
+	t.Run("--test", func(t *testing.T) {
+		lines, err := list(t, deliveriesOptions{Test: true})
+		all := strings.Join(lines, "\n")
+		if err != nil || len(lines) != 3 || strings.Contains(all, "real-1") || rowOf(t, lines, "test-1") == "" || rowOf(t, lines, "test-2") == "" {
+			t.Fatalf("%v:\n%s", err, all)
+		}
+	})
+	t.Run("--no-test", func(t *testing.T) {
+		lines, err := list(t, deliveriesOptions{NoTest: true})
+		all := strings.Join(lines, "\n")
+		if err != nil || len(lines) != 2 || rowOf(t, lines, "real-1") == "" || strings.Contains(all, "test") {
+			t.Fatalf("%v:\n%s", err, all)
+		}
+	})
+	t.Run("both", func(t *testing.T) {
+		_, err := list(t, deliveriesOptions{Test: true, NoTest: true})
+		if err == nil || !strings.Contains(err.Error(), "--test") || !strings.Contains(err.Error(), "--no-test") {
+			t.Fatalf("--test --no-test: %v", err)
+		}
+	})
+	t.Run("cobra flags", func(t *testing.T) {
+		out, err := cmdCobra(t, []string{"deliveries", "--address", addr, "--no-test"}, "")
+		if err != nil || !strings.Contains(out, "real-1") || strings.Contains(out, "test-1") {
+			t.Fatalf("--no-test: %v\n%s", err, out)
+		}
+		out, err = cmdCobra(t, []string{"deliveries", "--address", addr, "--test", "--no-test"}, "")
+		if err == nil {
+			t.Fatalf("--test --no-test: no error\n%s", out)
+		}
+	})
 }

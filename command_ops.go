@@ -3,6 +3,7 @@ package rereadyverify
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -93,6 +94,8 @@ type deliveriesOptions struct {
 	ReturnID string
 	State    string
 	Outcome  string
+	Test     bool // only test events
+	NoTest   bool // no test events
 	Limit    int
 	JSON     bool
 	Follow   bool
@@ -112,6 +115,9 @@ func (o deliveriesOptions) query(after uint64, follow bool) string {
 	if o.Outcome != "" {
 		q.Set("outcome", o.Outcome)
 	}
+	if o.Test || o.NoTest {
+		q.Set("test", strconv.FormatBool(o.Test))
+	}
 	if follow {
 		q.Set("limit", strconv.Itoa(maxDeliveryLimit))
 		q.Set("after", strconv.FormatUint(after, 10))
@@ -130,11 +136,15 @@ func runDeliveries(ctx context.Context, o deliveriesOptions, stdout, stderr io.W
 	if o.Limit < 1 || o.Limit > maxDeliveryLimit {
 		return fmt.Errorf("invalid --limit %d: want 1 to %d", o.Limit, maxDeliveryLimit)
 	}
+	if o.Test && o.NoTest {
+		return errors.New("--test and --no-test exclude each other: --test shows only test events, --no-test hides them")
+	}
 	var got []Delivery
 	epoch, err := adminJSON(o.adminOptions, http.MethodGet, o.query(0, false), &got)
 	if err != nil {
 		return err
 	}
+	got = o.keepTest(got)
 	slices.Reverse(got)
 	tw := newDeliveryTable(stdout, o.JSON && o.Follow)
 	if o.JSON && !o.Follow {
@@ -181,14 +191,23 @@ func runDeliveries(ctx context.Context, o deliveriesOptions, stdout, stderr io.W
 			continue
 		}
 		slices.Reverse(fresh)
-		if len(fresh) > 0 && last > 0 && fresh[0].Seq > last+1 && o.ReturnID == "" && o.State == "" && o.Outcome == "" {
+		if len(fresh) > 0 && last > 0 && fresh[0].Seq > last+1 && o.ReturnID == "" && o.State == "" && o.Outcome == "" && !o.Test && !o.NoTest {
 			fmt.Fprintf(stderr, "(%d entries were dropped from the journal before they could be shown)\n", fresh[0].Seq-last-1)
 		}
-		tw.rows(fresh)
 		if len(fresh) > 0 {
 			last = fresh[len(fresh)-1].Seq
 		}
+		tw.rows(o.keepTest(fresh))
 	}
+}
+
+// keepTest applies --test and --no-test to what the gateway answered as
+// well: a gateway older than the test= filter ignores it.
+func (o deliveriesOptions) keepTest(ds []Delivery) []Delivery {
+	if !o.Test && !o.NoTest {
+		return ds
+	}
+	return slices.DeleteFunc(ds, func(d Delivery) bool { return d.Test != o.Test })
 }
 
 // deliveryTable prints journal entries as an aligned table, or as JSON
@@ -214,7 +233,7 @@ var deliveryColumns = []struct {
 	width int
 }{
 	{"TIME", len("2006-01-02 15:04:05Z")},
-	{"OUTCOME", len("redelivered")},
+	{"OUTCOME", len("redelivered (test)")},
 	{"STATUS", len("STATUS")},
 	{"STATE", len("pending_outbound_shipment_delivery")},
 	{"RETURN ID", len("9f86d081-884c-4d65-9a2f-eaa0c55ad015")},
@@ -222,6 +241,10 @@ var deliveryColumns = []struct {
 	{"MS", len("123456.7")}, // up to 16 minutes
 	{"REASON", len("replay_store_unavailable")},
 }
+
+// testMark follows the outcome of a test event ("test": true in its
+// payload), which is otherwise listed just like a real delivery.
+const testMark = " (test)"
 
 // columnGap separates the table's columns.
 const columnGap = "  "
@@ -251,7 +274,11 @@ func (t *deliveryTable) rows(ds []Delivery) {
 		if ts, err := time.Parse(time.RFC3339Nano, d.Time); err == nil {
 			when = ts.UTC().Format("2006-01-02 15:04:05Z")
 		}
-		writeColumns(&b, []string{terminalSafe(when), terminalSafe(d.Outcome), strconv.Itoa(d.Status),
+		outcome := terminalSafe(d.Outcome)
+		if d.Test {
+			outcome += testMark
+		}
+		writeColumns(&b, []string{terminalSafe(when), outcome, strconv.Itoa(d.Status),
 			orDash(terminalSafe(d.State)), orDash(terminalSafe(d.DeviceReturnID)), strconv.Itoa(d.Attempt),
 			strconv.FormatFloat(d.DurationMS, 'f', 1, 64), orDash(terminalSafe(d.Reason))})
 	}
@@ -393,14 +420,17 @@ func adminFlags(fl caddycmd.Flags) adminOptions {
 // opsCommands are the deliveries and queue subcommands.
 func opsCommands() []*cobra.Command {
 	deliveries := &cobra.Command{
-		Use:   "deliveries [--return-id <id>] [--state <state>] [--outcome <outcome>] [--limit <n>] [--json] [--follow] [--address <admin>]",
+		Use:   "deliveries [--return-id <id>] [--state <state>] [--outcome <outcome>] [--test | --no-test] [--limit <n>] [--json] [--follow] [--address <admin>]",
 		Short: "Shows the delivery journal of a running gateway",
 		Long: `
 Prints the journal of a running gateway: every request its reready_verify
 handlers saw and every redelivery attempt, oldest first, as a table of time,
 outcome, status (what the sender got; for a redelivery, the app's answer),
 state, return id, attempt, milliseconds and reason code. Outcomes:
-forwarded, rejected, replayed, observed, queued, redelivered, dead.
+forwarded, rejected, replayed, observed, queued, redelivered, dead. A test
+event ("test": true in its payload, as caddy reready send --test sends)
+reads "forwarded (test)"; --test shows only test events, --no-test hides
+them. Longer values are cut short with "…" so the columns stay aligned.
 
 The journal is kept in memory by each Caddy process (10,000 entries by
 default; see the reready global option) and survives caddy reload.
@@ -422,6 +452,8 @@ localhost:2019.
 				ReturnID:     fl.String("return-id"),
 				State:        fl.String("state"),
 				Outcome:      fl.String("outcome"),
+				Test:         fl.Bool("test"),
+				NoTest:       fl.Bool("no-test"),
 				Limit:        fl.Int("limit"),
 				JSON:         fl.Bool("json"),
 				Follow:       fl.Bool("follow"),
@@ -431,6 +463,8 @@ localhost:2019.
 	deliveries.Flags().String("return-id", "", "Only this device_return_id")
 	deliveries.Flags().String("state", "", "Only this state")
 	deliveries.Flags().String("outcome", "", "Only this outcome: "+strings.Join(Outcomes, ", "))
+	deliveries.Flags().Bool("test", false, "Only test events (\"test\": true)")
+	deliveries.Flags().Bool("no-test", false, "No test events")
 	deliveries.Flags().Int("limit", DefaultDeliveryLimit, "Show at most this many (the newest)")
 	deliveries.Flags().Bool("json", false, "Print JSON")
 	deliveries.Flags().BoolP("follow", "f", false, "Keep printing new entries")
