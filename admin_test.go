@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -457,4 +459,113 @@ func TestCommandDeliveriesTestEvents(t *testing.T) {
 			t.Fatalf("--test --no-test: no error\n%s", out)
 		}
 	})
+}
+
+// stubAdmin answers GET /reready/queue with fixed JSON, as a gateway of
+// another version would.
+func stubAdmin(t *testing.T, queueJSON string) adminOptions {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/reready/queue" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, queueJSON)
+	}))
+	t.Cleanup(srv.Close)
+	return adminOptions{Address: strings.TrimPrefix(srv.URL, "http://")}
+}
+
+// tableCells splits a table's rows into cells at the header's column starts.
+func tableCells(t *testing.T, out string) (header []string, rows map[string][]string) {
+	t.Helper()
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	starts := columnStarts(lines[0])
+	cells := func(line string) []string {
+		r := []rune(line)
+		var cs []string
+		for i, s := range starts {
+			end := len(r)
+			if i+1 < len(starts) {
+				end = min(starts[i+1], len(r))
+			}
+			if s > len(r) {
+				cs = append(cs, "")
+				continue
+			}
+			cs = append(cs, strings.TrimSpace(string(r[s:end])))
+		}
+		return cs
+	}
+	header, rows = cells(lines[0]), map[string][]string{}
+	for _, l := range lines[1:] {
+		c := cells(l)
+		rows[c[0]] = c
+	}
+	return header, rows
+}
+
+func TestCommandQueueHeldBehindAndLastStatus(t *testing.T) {
+	const (
+		first = "1796354632-8f80b9fb0c1d2e3f4a5b6c7d8e9f0a1b"
+		held  = "1796354633-0123456789abcdef0123456789abcdef"
+		dead  = "1796354600-fedcba9876543210fedcba9876543210"
+		old   = "1796354500-00000000000000000000000000000001"
+	)
+	tests := []struct {
+		name, json string
+		want       map[string][2]string // id: next attempt, last status
+	}{
+		{"this gateway", `[
+			{"id":"` + first + `","status":"pending","device_return_id":"r1","state":"complete","test":false,"received_at":"2026-11-29T12:00:00Z",
+			 "attempts":2,"next_attempt_at":"2026-11-29T12:01:00Z","last_status":502,"last_error":"connection refused","path":"/h","app_failing_since":null,"held_behind":null},
+			{"id":"` + held + `","status":"pending","device_return_id":"r1","state":"complete","test":false,"received_at":"2026-11-29T12:00:01Z",
+			 "attempts":0,"next_attempt_at":null,"last_status":null,"last_error":"","path":"/h","app_failing_since":null,"held_behind":"` + first + `"},
+			{"id":"` + dead + `","status":"dead","device_return_id":"r2","state":"failed","test":false,"received_at":"2026-11-28T12:00:00Z",
+			 "attempts":9,"next_attempt_at":null,"last_status":503,"last_error":"503 Service Unavailable","path":"/h","app_failing_since":null,"held_behind":null}]`,
+			map[string][2]string{first: {"2026-11-29T12:01:00Z", "502"}, held: {"held behind 8f80b9fb", "-"}, dead: {"-", "503"}}},
+		{"an older gateway", `[
+			{"id":"` + old + `","status":"pending","device_return_id":"r3","state":"complete","test":false,"received_at":"2026-11-29T12:00:00Z",
+			 "attempts":0,"next_attempt_at":"2026-11-29T12:00:00Z","last_status":0,"last_error":""}]`,
+			map[string][2]string{old: {"2026-11-29T12:00:00Z", "-"}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			o := stubAdmin(t, tc.json)
+			var out bytes.Buffer
+			if err := runQueue(queueOptions{adminOptions: o}, &out); err != nil {
+				t.Fatal(err)
+			}
+			header, rows := tableCells(t, out.String())
+			next, last := slices.Index(header, "NEXT ATTEMPT"), slices.Index(header, "LAST STATUS")
+			if next < 0 || last < 0 {
+				t.Fatalf("header %q", header)
+			}
+			if len(rows) != len(tc.want) {
+				t.Fatalf("%d rows, want %d:\n%s", len(rows), len(tc.want), out.String())
+			}
+			for id, want := range tc.want {
+				row, ok := rows[id]
+				if !ok {
+					t.Fatalf("no row for %s:\n%s", id, out.String())
+				}
+				if row[next] != want[0] || row[last] != want[1] {
+					t.Errorf("%s: next attempt %q, last status %q; want %q, %q\n%s", id, row[next], row[last], want[0], want[1], out.String())
+				}
+			}
+			// --json passes the gateway's fields on, those this CLI does not know too.
+			out.Reset()
+			if err := runQueue(queueOptions{adminOptions: o, JSON: true}, &out); err != nil {
+				t.Fatal(err)
+			}
+			var items []map[string]any
+			if err := json.Unmarshal(out.Bytes(), &items); err != nil || len(items) != len(tc.want) {
+				t.Fatalf("--json: %v\n%s", err, out.String())
+			}
+			if strings.Contains(tc.json, "held_behind") && !strings.Contains(out.String(), `"held_behind": "`+first+`"`) {
+				t.Errorf("--json lost held_behind:\n%s", out.String())
+			}
+		})
+	}
 }

@@ -321,16 +321,77 @@ type queueOptions struct {
 	JSON   bool
 }
 
-// runQueue lists the queue, or retries or drops one delivery.
+// queueListItem is a queue item as this command reads it from the admin
+// API: its own type rather than QueueItem, so that it decodes gateways of
+// other versions: held_behind is absent from older ones, and their
+// last_status is 0 rather than null before the first attempt.
+type queueListItem struct {
+	ID             string  `json:"id"`
+	Status         string  `json:"status"`
+	DeviceReturnID string  `json:"device_return_id"`
+	State          string  `json:"state"`
+	ReceivedAt     string  `json:"received_at"`
+	Attempts       int     `json:"attempts"`
+	NextAttemptAt  *string `json:"next_attempt_at"`
+	HeldBehind     *string `json:"held_behind"` // the earlier pending delivery of its return it waits for
+	LastStatus     *int    `json:"last_status"` // what the gateway answered for the last attempt; null before one
+	LastError      string  `json:"last_error"`
+}
+
+// nextAttempt is the NEXT ATTEMPT cell: the time, or for an item held
+// behind an earlier delivery of its return, that delivery's short id.
+func (it queueListItem) nextAttempt() string {
+	switch {
+	case it.Status == ItemDead:
+		return "-"
+	case it.HeldBehind != nil && *it.HeldBehind != "":
+		return "held behind " + shortID(*it.HeldBehind)
+	case it.NextAttemptAt != nil:
+		return orDash(terminalSafe(*it.NextAttemptAt))
+	}
+	return "-"
+}
+
+// lastStatus is the LAST STATUS cell: none before the first attempt
+// (null, or 0 from an older gateway).
+func (it queueListItem) lastStatus() string {
+	if it.LastStatus == nil || *it.LastStatus <= 0 {
+		return "-"
+	}
+	return strconv.Itoa(*it.LastStatus)
+}
+
+// deliveryIDShort matches the part of a delivery id the page shows too:
+// the first 8 hex digits after its time (1796354632-8f80b9fb… is 8f80b9fb).
+var deliveryIDShort = regexp.MustCompile(`^[0-9]+-([0-9a-fA-F]{8})`)
+
+// shortID shortens a delivery id for a table cell; the ID column holds
+// it in full.
+func shortID(id string) string {
+	if m := deliveryIDShort.FindStringSubmatch(id); m != nil {
+		return m[1]
+	}
+	return terminalSafe(fitWidth(id, 20))
+}
+
+// runQueue lists the queue, or retries or drops one delivery. With JSON it
+// prints the gateway's answer as it is, fields this command does not know
+// included.
 func runQueue(o queueOptions, stdout io.Writer) error {
 	switch o.Action {
 	case "", "list":
-		var items []QueueItem
-		if _, err := adminJSON(o.adminOptions, http.MethodGet, "/reready/queue", &items); err != nil {
+		var raw []json.RawMessage
+		if _, err := adminJSON(o.adminOptions, http.MethodGet, "/reready/queue", &raw); err != nil {
 			return err
 		}
 		if o.JSON {
-			return writeIndentedJSON(stdout, items)
+			return writeIndentedJSON(stdout, raw)
+		}
+		items := make([]queueListItem, len(raw))
+		for i, r := range raw {
+			if err := json.Unmarshal(r, &items[i]); err != nil {
+				return fmt.Errorf("the admin endpoint's queue item %d is not what reready expects: %v", i, err)
+			}
 		}
 		if len(items) == 0 {
 			_, err := fmt.Fprintln(stdout, "the queue is empty")
@@ -339,12 +400,8 @@ func runQueue(o queueOptions, stdout io.Writer) error {
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tSTATUS\tSTATE\tRETURN ID\tRECEIVED\tATTEMPTS\tNEXT ATTEMPT\tLAST STATUS\tLAST ERROR")
 		for _, it := range items {
-			next := "-"
-			if it.NextAttemptAt != nil {
-				next = *it.NextAttemptAt
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", it.ID, it.Status, orDash(terminalSafe(it.State)),
-				orDash(terminalSafe(it.DeviceReturnID)), orDash(it.ReceivedAt), it.Attempts, next, it.LastStatus,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", terminalSafe(it.ID), terminalSafe(it.Status), orDash(terminalSafe(it.State)),
+				orDash(terminalSafe(it.DeviceReturnID)), orDash(terminalSafe(it.ReceivedAt)), it.Attempts, it.nextAttempt(), it.lastStatus(),
 				orDash(terminalSafe(verify.Clip(it.LastError, 80))))
 		}
 		return tw.Flush()
@@ -359,20 +416,24 @@ func runQueue(o queueOptions, stdout io.Writer) error {
 		if o.Action == "drop" {
 			method, uri = http.MethodDelete, "/reready/queue/"+o.ID
 		}
-		var it QueueItem
-		if _, err := adminJSON(o.adminOptions, method, uri, &it); err != nil {
+		var raw json.RawMessage
+		if _, err := adminJSON(o.adminOptions, method, uri, &raw); err != nil {
 			return err
 		}
 		if o.JSON {
-			return writeIndentedJSON(stdout, it)
+			return writeIndentedJSON(stdout, raw)
+		}
+		var it queueListItem
+		if err := json.Unmarshal(raw, &it); err != nil {
+			return fmt.Errorf("the admin endpoint's answer to %s is not what reready expects: %v", uri, err)
 		}
 		if o.Action == "retry" {
 			_, err := fmt.Fprintf(stdout, "%s is pending and due now, after any earlier delivery of its return (state %s, return %s, %d attempts so far)\n",
-				it.ID, terminalSafe(it.State), terminalSafe(it.DeviceReturnID), it.Attempts)
+				terminalSafe(it.ID), terminalSafe(it.State), terminalSafe(it.DeviceReturnID), it.Attempts)
 			return err
 		}
 		_, err := fmt.Fprintf(stdout, "dropped %s (%s, state %s, return %s, %d attempts)\n",
-			it.ID, it.Status, terminalSafe(it.State), terminalSafe(it.DeviceReturnID), it.Attempts)
+			terminalSafe(it.ID), terminalSafe(it.Status), terminalSafe(it.State), terminalSafe(it.DeviceReturnID), it.Attempts)
 		return err
 	}
 	return fmt.Errorf("unknown queue action %q: want list, retry <id> or drop <id>", o.Action)
@@ -480,7 +541,10 @@ dead and wait for an operator.
 
   list        (the default) every queued delivery, pending and dead: id,
               status, state, return id, when it arrived, attempts, next
-              attempt, the app's last status and the last error
+              attempt ("held behind <id>" while an earlier delivery of its
+              return is pending: it goes after that one), the status the
+              gateway answered for the last attempt ("-" before the first)
+              and the last error
   retry <id>  attempt it now; a dead delivery goes back to pending
   drop <id>   delete it for good
 
