@@ -20,7 +20,7 @@ func init() {
 
 // AdminAPI serves the journal and the queue on Caddy's admin endpoint:
 //
-//	GET    /reready/deliveries?return_id=&state=&outcome=&limit=&after=
+//	GET    /reready/deliveries?return_id=&state=&outcome=&test=&limit=&after=
 //	GET    /reready/summary   counters and per-minute counts, last hour
 //	GET    /reready/queue
 //	POST   /reready/queue/<id>/retry
@@ -160,6 +160,14 @@ func deliveryFilter(r *http.Request) (DeliveryFilter, *opsError) {
 	f := DeliveryFilter{ReturnID: q.Get("return_id"), State: q.Get("state"), Outcome: q.Get("outcome")}
 	if f.Outcome != "" && !slices.Contains(Outcomes, f.Outcome) {
 		return f, opsErrorf(http.StatusBadRequest, "invalid outcome %q: want one of %s", clip(f.Outcome), strings.Join(Outcomes, ", "))
+	}
+	switch v := q.Get("test"); v {
+	case "":
+	case "true", "false":
+		test := v == "true"
+		f.Test = &test
+	default:
+		return f, opsErrorf(http.StatusBadRequest, "invalid test %q: want true or false", clip(v))
 	}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)

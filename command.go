@@ -223,8 +223,9 @@ func runSend(ctx context.Context, o sendOptions, stdout, stderr io.Writer) error
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	signedAt := cmdNow()
 	if secret != "" {
-		req.Header.Set(verify.SignatureHeader, verify.Sign(secret, cmdNow(), body))
+		req.Header.Set(verify.SignatureHeader, verify.Sign(secret, signedAt, body))
 	}
 	shown := redactURL(target)
 	fmt.Fprintf(stdout, "POST %s\n%s\n\n", shown, body)
@@ -256,12 +257,95 @@ func runSend(ctx context.Context, o sendOptions, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "%s\n", bytes.TrimSuffix(answer, []byte("\n")))
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		if resp.StatusCode >= 400 && resp.StatusCode <= 499 {
+			rejectionHint(stderr, resp, answer, secret != "", o.Token != "", signedAt)
+		}
 		return fmt.Errorf("POST %s: answered %s", shown, resp.Status)
 	}
 	if readErr != nil {
 		return fmt.Errorf("POST %s: reading the answer: %w", shown, readErr)
 	}
 	return nil
+}
+
+// reasonHints says, for each reason code a gateway may answer a refused
+// delivery with, what most likely caused it when `send` built the
+// delivery; "" for a code with nothing to add to the README's table.
+var reasonHints = map[Reason]string{
+	ReasonSignatureMismatch:  "the secret differs from the gateway's (the HMAC key is the whole secret, " + verify.SecretPrefix + " included), or something between changed the body",
+	ReasonTimestampStale:     "this machine's clock and the gateway's differ by more than its tolerance (5m by default)",
+	ReasonTimestampFuture:    "this machine's clock and the gateway's differ by more than its tolerance (5m by default)",
+	ReasonSignatureMissing:   "no signature reached the gateway: sign with --secret (or $" + envSecret + "), or, if you did, something between dropped the header",
+	ReasonSignatureDuplicate: "more than one signature header reached the gateway: something between added one",
+	ReasonSignatureMalformed: "the signature header reached the gateway changed: something between altered it",
+	ReasonTokenMissing:       "the gateway checks a ?token= parameter: pass --token",
+	ReasonTokenDuplicate:     "the URL reached the gateway with more than one token parameter",
+	ReasonTokenMismatch:      "--token differs from the gateway's token",
+	ReasonPayloadEmpty:       "",
+	ReasonPayloadInvalidJSON: "",
+	ReasonPayloadMissing:     "",
+	ReasonPayloadWrongType:   "",
+	ReasonPayloadDuplicate:   "",
+	ReasonPayloadBadString:   "",
+	ReasonMethod:             "",
+	ReasonBodyTooLarge:       "",
+	ReasonBodyTimeout:        "",
+	ReasonBodyRead:           "",
+	ReasonReplayInFlight:     "the same delivery was being delivered at that moment",
+}
+
+// answeredReason is the reason code a refused delivery's answer names, or
+// "": the body, as the README's opt-in handle_errors block answers it (or
+// a reready_verify error message), or an X-ReReady-Reject-Reason header.
+// Only a known code counts, so no other text of the answer is repeated.
+func answeredReason(h http.Header, body []byte) Reason {
+	text := strings.TrimSpace(string(body))
+	if rest, ok := strings.CutPrefix(text, "reready_verify: "); ok {
+		text, _, _ = strings.Cut(rest, ":")
+	}
+	for _, c := range []string{text, strings.TrimSpace(h.Get(hdrRejectReason))} {
+		if _, ok := reasonHints[Reason(c)]; ok {
+			return Reason(c)
+		}
+	}
+	return ""
+}
+
+// rejectionHint explains a 4xx answer to `send` on stderr: the check that
+// failed when the answer names it, else the usual causes of what was
+// sent. It names neither the secret nor the token.
+func rejectionHint(stderr io.Writer, resp *http.Response, answer []byte, signed, withToken bool, signedAt time.Time) {
+	clock := fmt.Sprintf("this machine signed it at %s (t=%d)", signedAt.UTC().Format(time.RFC3339), signedAt.Unix())
+	const readme = "to have the gateway answer which check failed, add the README's handle_errors block (under \"What the handler does\")"
+	if r := answeredReason(resp.Header, answer); r != "" {
+		hint := reasonHints[r]
+		switch {
+		case r == ReasonTimestampStale || r == ReasonTimestampFuture:
+			hint += "; " + clock
+		case hint == "":
+			hint = "the README's table under \"What the handler does\" says which check that is"
+		}
+		fmt.Fprintf(stderr, "hint: the gateway refused it as %s: %s\n", r, hint)
+		return
+	}
+	if resp.StatusCode != http.StatusUnauthorized {
+		fmt.Fprintf(stderr, "hint: the gateway answered %s without a reason code: check that --url is a path reready_verify guards; %s\n",
+			resp.Status, readme)
+		return
+	}
+	fmt.Fprintln(stderr, "hint: the gateway answered 401 and did not say which check failed; the usual causes:")
+	if signed {
+		fmt.Fprintln(stderr, "  - "+reasonHints[ReasonSignatureMismatch])
+		fmt.Fprintln(stderr, "  - "+reasonHints[ReasonTimestampStale]+"; "+clock)
+	} else {
+		fmt.Fprintln(stderr, "  - the gateway checks a signature: pass --secret or set $"+envSecret)
+	}
+	if withToken {
+		fmt.Fprintln(stderr, "  - "+reasonHints[ReasonTokenMismatch])
+	} else {
+		fmt.Fprintln(stderr, "  - the gateway checks a ?token= parameter too: pass --token")
+	}
+	fmt.Fprintln(stderr, "  "+strings.ToUpper(readme[:1])+readme[1:])
 }
 
 // newPayload fills a payload from the send options.
@@ -502,7 +586,10 @@ as ?token=<token>, keeping any other query parameters.
 or --ticket-url sends null.
 
 Redirects are not followed. The command fails on a transport error, after 30s,
-or on an answer other than 2xx.
+or on an answer other than 2xx. On a 4xx answer it prints a hint on stderr:
+what the failed check means when the gateway names it (its reason code, as
+the README's opt-in handle_errors block answers it), else the usual causes:
+a secret or token that differs from the gateway's, or a clock that is off.
 `,
 				Args:                  cobra.NoArgs,
 				DisableFlagsInUseLine: true,

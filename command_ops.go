@@ -3,6 +3,7 @@ package rereadyverify
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/reready-verify/caddy-reready-verify/internal/verify"
@@ -92,6 +94,8 @@ type deliveriesOptions struct {
 	ReturnID string
 	State    string
 	Outcome  string
+	Test     bool // only test events
+	NoTest   bool // no test events
 	Limit    int
 	JSON     bool
 	Follow   bool
@@ -111,6 +115,9 @@ func (o deliveriesOptions) query(after uint64, follow bool) string {
 	if o.Outcome != "" {
 		q.Set("outcome", o.Outcome)
 	}
+	if o.Test || o.NoTest {
+		q.Set("test", strconv.FormatBool(o.Test))
+	}
 	if follow {
 		q.Set("limit", strconv.Itoa(maxDeliveryLimit))
 		q.Set("after", strconv.FormatUint(after, 10))
@@ -129,11 +136,15 @@ func runDeliveries(ctx context.Context, o deliveriesOptions, stdout, stderr io.W
 	if o.Limit < 1 || o.Limit > maxDeliveryLimit {
 		return fmt.Errorf("invalid --limit %d: want 1 to %d", o.Limit, maxDeliveryLimit)
 	}
+	if o.Test && o.NoTest {
+		return errors.New("--test and --no-test exclude each other: --test shows only test events, --no-test hides them")
+	}
 	var got []Delivery
 	epoch, err := adminJSON(o.adminOptions, http.MethodGet, o.query(0, false), &got)
 	if err != nil {
 		return err
 	}
+	got = o.keepTest(got)
 	slices.Reverse(got)
 	tw := newDeliveryTable(stdout, o.JSON && o.Follow)
 	if o.JSON && !o.Follow {
@@ -180,14 +191,23 @@ func runDeliveries(ctx context.Context, o deliveriesOptions, stdout, stderr io.W
 			continue
 		}
 		slices.Reverse(fresh)
-		if len(fresh) > 0 && last > 0 && fresh[0].Seq > last+1 && o.ReturnID == "" && o.State == "" && o.Outcome == "" {
+		if len(fresh) > 0 && last > 0 && fresh[0].Seq > last+1 && o.ReturnID == "" && o.State == "" && o.Outcome == "" && !o.Test && !o.NoTest {
 			fmt.Fprintf(stderr, "(%d entries were dropped from the journal before they could be shown)\n", fresh[0].Seq-last-1)
 		}
-		tw.rows(fresh)
 		if len(fresh) > 0 {
 			last = fresh[len(fresh)-1].Seq
 		}
+		tw.rows(o.keepTest(fresh))
 	}
+}
+
+// keepTest applies --test and --no-test to what the gateway answered as
+// well: a gateway older than the test= filter ignores it.
+func (o deliveriesOptions) keepTest(ds []Delivery) []Delivery {
+	if !o.Test && !o.NoTest {
+		return ds
+	}
+	return slices.DeleteFunc(ds, func(d Delivery) bool { return d.Test != o.Test })
 }
 
 // deliveryTable prints journal entries as an aligned table, or as JSON
@@ -202,6 +222,33 @@ func newDeliveryTable(out io.Writer, jsonLines bool) *deliveryTable {
 	return &deliveryTable{out: out, jsonLines: jsonLines}
 }
 
+// deliveryColumns are the table's columns and their widths in runes. They
+// are fixed, not sized to the rows, so that rows printed poll after poll
+// by --follow line up with the header printed first; a longer value is
+// clipped with an ellipsis. The widths fit the longest documented value
+// (a UUID return id, pending_outbound_shipment_delivery,
+// replay_store_unavailable).
+var deliveryColumns = []struct {
+	name  string
+	width int
+}{
+	{"TIME", len("2006-01-02 15:04:05Z")},
+	{"OUTCOME", len("redelivered (test)")},
+	{"STATUS", len("STATUS")},
+	{"STATE", len("pending_outbound_shipment_delivery")},
+	{"RETURN ID", len("9f86d081-884c-4d65-9a2f-eaa0c55ad015")},
+	{"ATTEMPT", len("ATTEMPT")},
+	{"MS", len("123456.7")}, // up to 16 minutes
+	{"REASON", len("replay_store_unavailable")},
+}
+
+// testMark follows the outcome of a test event ("test": true in its
+// payload), which is otherwise listed just like a real delivery.
+const testMark = " (test)"
+
+// columnGap separates the table's columns.
+const columnGap = "  "
+
 func (t *deliveryTable) rows(ds []Delivery) {
 	if len(ds) == 0 {
 		return
@@ -213,9 +260,13 @@ func (t *deliveryTable) rows(ds []Delivery) {
 		}
 		return
 	}
-	tw := tabwriter.NewWriter(t.out, 0, 4, 2, ' ', 0)
+	var b strings.Builder
 	if !t.header {
-		fmt.Fprintln(tw, "TIME\tOUTCOME\tSTATUS\tSTATE\tRETURN ID\tATTEMPT\tMS\tREASON")
+		names := make([]string, len(deliveryColumns))
+		for i, c := range deliveryColumns {
+			names[i] = c.name
+		}
+		writeColumns(&b, names)
 		t.header = true
 	}
 	for _, d := range ds {
@@ -223,10 +274,40 @@ func (t *deliveryTable) rows(ds []Delivery) {
 		if ts, err := time.Parse(time.RFC3339Nano, d.Time); err == nil {
 			when = ts.UTC().Format("2006-01-02 15:04:05Z")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%.1f\t%s\n", when, d.Outcome, d.Status,
-			orDash(terminalSafe(d.State)), orDash(terminalSafe(d.DeviceReturnID)), d.Attempt, d.DurationMS, orDash(d.Reason))
+		outcome := terminalSafe(d.Outcome)
+		if d.Test {
+			outcome += testMark
+		}
+		writeColumns(&b, []string{terminalSafe(when), outcome, strconv.Itoa(d.Status),
+			orDash(terminalSafe(d.State)), orDash(terminalSafe(d.DeviceReturnID)), strconv.Itoa(d.Attempt),
+			strconv.FormatFloat(d.DurationMS, 'f', 1, 64), orDash(terminalSafe(d.Reason))})
 	}
-	tw.Flush()
+	_, _ = io.WriteString(t.out, b.String())
+}
+
+// writeColumns writes one line of the deliveries table: each cell clipped
+// to its column's width and padded to it, the last one not padded.
+func writeColumns(b *strings.Builder, cells []string) {
+	for i, cell := range cells {
+		w := deliveryColumns[i].width
+		cell = fitWidth(cell, w)
+		b.WriteString(cell)
+		if i < len(cells)-1 {
+			b.WriteString(strings.Repeat(" ", w-utf8.RuneCountInString(cell)))
+			b.WriteString(columnGap)
+		}
+	}
+	b.WriteByte('\n')
+}
+
+// fitWidth clips s to at most w runes, the last of a clipped one an
+// ellipsis. (verify.Clip counts bytes; a column counts runes.)
+func fitWidth(s string, w int) string {
+	if utf8.RuneCountInString(s) <= w {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:w-1]) + "…"
 }
 
 // ---------------------------------------------------------------------
@@ -240,16 +321,77 @@ type queueOptions struct {
 	JSON   bool
 }
 
-// runQueue lists the queue, or retries or drops one delivery.
+// queueListItem is a queue item as this command reads it from the admin
+// API: its own type rather than QueueItem, so that it decodes gateways of
+// other versions: held_behind is absent from older ones, and their
+// last_status is 0 rather than null before the first attempt.
+type queueListItem struct {
+	ID             string  `json:"id"`
+	Status         string  `json:"status"`
+	DeviceReturnID string  `json:"device_return_id"`
+	State          string  `json:"state"`
+	ReceivedAt     string  `json:"received_at"`
+	Attempts       int     `json:"attempts"`
+	NextAttemptAt  *string `json:"next_attempt_at"`
+	HeldBehind     *string `json:"held_behind"` // the earlier pending delivery of its return it waits for
+	LastStatus     *int    `json:"last_status"` // what the gateway answered for the last attempt; null before one
+	LastError      string  `json:"last_error"`
+}
+
+// nextAttempt is the NEXT ATTEMPT cell: the time, or for an item held
+// behind an earlier delivery of its return, that delivery's short id.
+func (it queueListItem) nextAttempt() string {
+	switch {
+	case it.Status == ItemDead:
+		return "-"
+	case it.HeldBehind != nil && *it.HeldBehind != "":
+		return "held behind " + shortID(*it.HeldBehind)
+	case it.NextAttemptAt != nil:
+		return orDash(terminalSafe(*it.NextAttemptAt))
+	}
+	return "-"
+}
+
+// lastStatus is the LAST STATUS cell: none before the first attempt
+// (null, or 0 from an older gateway).
+func (it queueListItem) lastStatus() string {
+	if it.LastStatus == nil || *it.LastStatus <= 0 {
+		return "-"
+	}
+	return strconv.Itoa(*it.LastStatus)
+}
+
+// deliveryIDShort matches the part of a delivery id the page shows too:
+// the first 8 hex digits after its time (1796354632-8f80b9fb… is 8f80b9fb).
+var deliveryIDShort = regexp.MustCompile(`^[0-9]+-([0-9a-fA-F]{8})`)
+
+// shortID shortens a delivery id for a table cell; the ID column holds
+// it in full.
+func shortID(id string) string {
+	if m := deliveryIDShort.FindStringSubmatch(id); m != nil {
+		return m[1]
+	}
+	return terminalSafe(fitWidth(id, 20))
+}
+
+// runQueue lists the queue, or retries or drops one delivery. With JSON it
+// prints the gateway's answer as it is, fields this command does not know
+// included.
 func runQueue(o queueOptions, stdout io.Writer) error {
 	switch o.Action {
 	case "", "list":
-		var items []QueueItem
-		if _, err := adminJSON(o.adminOptions, http.MethodGet, "/reready/queue", &items); err != nil {
+		var raw []json.RawMessage
+		if _, err := adminJSON(o.adminOptions, http.MethodGet, "/reready/queue", &raw); err != nil {
 			return err
 		}
 		if o.JSON {
-			return writeIndentedJSON(stdout, items)
+			return writeIndentedJSON(stdout, raw)
+		}
+		items := make([]queueListItem, len(raw))
+		for i, r := range raw {
+			if err := json.Unmarshal(r, &items[i]); err != nil {
+				return fmt.Errorf("the admin endpoint's queue item %d is not what reready expects: %v", i, err)
+			}
 		}
 		if len(items) == 0 {
 			_, err := fmt.Fprintln(stdout, "the queue is empty")
@@ -258,12 +400,8 @@ func runQueue(o queueOptions, stdout io.Writer) error {
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tSTATUS\tSTATE\tRETURN ID\tRECEIVED\tATTEMPTS\tNEXT ATTEMPT\tLAST STATUS\tLAST ERROR")
 		for _, it := range items {
-			next := "-"
-			if it.NextAttemptAt != nil {
-				next = *it.NextAttemptAt
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", it.ID, it.Status, orDash(terminalSafe(it.State)),
-				orDash(terminalSafe(it.DeviceReturnID)), orDash(it.ReceivedAt), it.Attempts, next, it.LastStatus,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", terminalSafe(it.ID), terminalSafe(it.Status), orDash(terminalSafe(it.State)),
+				orDash(terminalSafe(it.DeviceReturnID)), orDash(terminalSafe(it.ReceivedAt)), it.Attempts, it.nextAttempt(), it.lastStatus(),
 				orDash(terminalSafe(verify.Clip(it.LastError, 80))))
 		}
 		return tw.Flush()
@@ -278,20 +416,24 @@ func runQueue(o queueOptions, stdout io.Writer) error {
 		if o.Action == "drop" {
 			method, uri = http.MethodDelete, "/reready/queue/"+o.ID
 		}
-		var it QueueItem
-		if _, err := adminJSON(o.adminOptions, method, uri, &it); err != nil {
+		var raw json.RawMessage
+		if _, err := adminJSON(o.adminOptions, method, uri, &raw); err != nil {
 			return err
 		}
 		if o.JSON {
-			return writeIndentedJSON(stdout, it)
+			return writeIndentedJSON(stdout, raw)
+		}
+		var it queueListItem
+		if err := json.Unmarshal(raw, &it); err != nil {
+			return fmt.Errorf("the admin endpoint's answer to %s is not what reready expects: %v", uri, err)
 		}
 		if o.Action == "retry" {
 			_, err := fmt.Fprintf(stdout, "%s is pending and due now, after any earlier delivery of its return (state %s, return %s, %d attempts so far)\n",
-				it.ID, terminalSafe(it.State), terminalSafe(it.DeviceReturnID), it.Attempts)
+				terminalSafe(it.ID), terminalSafe(it.State), terminalSafe(it.DeviceReturnID), it.Attempts)
 			return err
 		}
 		_, err := fmt.Fprintf(stdout, "dropped %s (%s, state %s, return %s, %d attempts)\n",
-			it.ID, it.Status, terminalSafe(it.State), terminalSafe(it.DeviceReturnID), it.Attempts)
+			terminalSafe(it.ID), terminalSafe(it.Status), terminalSafe(it.State), terminalSafe(it.DeviceReturnID), it.Attempts)
 		return err
 	}
 	return fmt.Errorf("unknown queue action %q: want list, retry <id> or drop <id>", o.Action)
@@ -339,14 +481,17 @@ func adminFlags(fl caddycmd.Flags) adminOptions {
 // opsCommands are the deliveries and queue subcommands.
 func opsCommands() []*cobra.Command {
 	deliveries := &cobra.Command{
-		Use:   "deliveries [--return-id <id>] [--state <state>] [--outcome <outcome>] [--limit <n>] [--json] [--follow] [--address <admin>]",
+		Use:   "deliveries [--return-id <id>] [--state <state>] [--outcome <outcome>] [--test | --no-test] [--limit <n>] [--json] [--follow] [--address <admin>]",
 		Short: "Shows the delivery journal of a running gateway",
 		Long: `
 Prints the journal of a running gateway: every request its reready_verify
 handlers saw and every redelivery attempt, oldest first, as a table of time,
 outcome, status (what the sender got; for a redelivery, the app's answer),
 state, return id, attempt, milliseconds and reason code. Outcomes:
-forwarded, rejected, replayed, observed, queued, redelivered, dead.
+forwarded, rejected, replayed, observed, queued, redelivered, dead. A test
+event ("test": true in its payload, as caddy reready send --test sends)
+reads "forwarded (test)"; --test shows only test events, --no-test hides
+them. Longer values are cut short with "…" so the columns stay aligned.
 
 The journal is kept in memory by each Caddy process (10,000 entries by
 default; see the reready global option) and survives caddy reload.
@@ -368,6 +513,8 @@ localhost:2019.
 				ReturnID:     fl.String("return-id"),
 				State:        fl.String("state"),
 				Outcome:      fl.String("outcome"),
+				Test:         fl.Bool("test"),
+				NoTest:       fl.Bool("no-test"),
 				Limit:        fl.Int("limit"),
 				JSON:         fl.Bool("json"),
 				Follow:       fl.Bool("follow"),
@@ -377,6 +524,8 @@ localhost:2019.
 	deliveries.Flags().String("return-id", "", "Only this device_return_id")
 	deliveries.Flags().String("state", "", "Only this state")
 	deliveries.Flags().String("outcome", "", "Only this outcome: "+strings.Join(Outcomes, ", "))
+	deliveries.Flags().Bool("test", false, "Only test events (\"test\": true)")
+	deliveries.Flags().Bool("no-test", false, "No test events")
 	deliveries.Flags().Int("limit", DefaultDeliveryLimit, "Show at most this many (the newest)")
 	deliveries.Flags().Bool("json", false, "Print JSON")
 	deliveries.Flags().BoolP("follow", "f", false, "Keep printing new entries")
@@ -392,7 +541,10 @@ dead and wait for an operator.
 
   list        (the default) every queued delivery, pending and dead: id,
               status, state, return id, when it arrived, attempts, next
-              attempt, the app's last status and the last error
+              attempt ("held behind <id>" while an earlier delivery of its
+              return is pending: it goes after that one), the status the
+              gateway answered for the last attempt ("-" before the first)
+              and the last error
   retry <id>  attempt it now; a dead delivery goes back to pending
   drop <id>   delete it for good
 

@@ -1073,3 +1073,65 @@ func TestCommandNewUUIDv4(t *testing.T) {
 		seen[id] = true
 	}
 }
+
+func TestCommandSendRejectionHint(t *testing.T) {
+	t.Setenv(envSecret, "")
+	cmdSetClock(t, time.Unix(1744831201, 0))
+	const token = "tok-Secret-42"
+	tests := []struct {
+		name   string
+		status int
+		answer string
+		header http.Header
+		token  string
+		want   []string // in the hint, on stderr
+		absent []string
+	}{
+		{"401 with the reason (handle_errors)", 401, "signature_mismatch", nil, "",
+			[]string{"hint:", "signature_mismatch", "secret differs"}, []string{"clock"}},
+		{"401 with a stale timestamp", 401, "timestamp_stale\n", nil, "",
+			[]string{"timestamp_stale", "clock", "2025-04-16T19:20:01Z"}, []string{"secret differs"}},
+		{"401 with the reason in a header", 401, "", http.Header{"X-Reready-Reject-Reason": {"token_mismatch"}}, token,
+			[]string{"token_mismatch", "--token differs"}, []string{"secret differs"}},
+		{"401 without a reason", 401, "", nil, "",
+			[]string{"did not say which check failed", "secret differs", "clock", "tolerance", "handle_errors"}, []string{"--token differs"}},
+		{"401 without a reason, with a token", 401, "", nil, token,
+			[]string{"secret differs", "clock", "--token differs"}, nil},
+		{"400 with a payload reason", 400, "payload_wrong_type", nil, "",
+			[]string{"payload_wrong_type"}, []string{"secret differs"}},
+		{"404 without a reason", 404, "", nil, "",
+			[]string{"hint:", "404", "--url"}, []string{"secret differs"}},
+		{"an answer that is not a reason code", 401, "Unauthorized: ssk_nope", nil, "",
+			[]string{"did not say which check failed", "secret differs"}, []string{"ssk_nope\n"}},
+		{"502: no hint", 502, "", nil, "", nil, []string{"hint:"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &cmdRecorder{status: tc.status, answer: tc.answer, header: tc.header}
+			srv := httptest.NewServer(rec)
+			defer srv.Close()
+			var out, errOut bytes.Buffer
+			err := runSend(context.Background(), sendOptions{URL: srv.URL + "/webhooks/reready", Secret: cmdSecret, Token: tc.token,
+				State: verify.StateComplete}, &out, &errOut)
+			if err == nil || !strings.Contains(err.Error(), strconv.Itoa(tc.status)) {
+				t.Fatalf("err = %v, want the %d answer", err, tc.status)
+			}
+			for _, s := range tc.want {
+				if !strings.Contains(errOut.String(), s) {
+					t.Errorf("stderr lacks %q:\n%s", s, errOut.String())
+				}
+			}
+			for _, s := range tc.absent {
+				if strings.Contains(errOut.String(), s) {
+					t.Errorf("stderr holds %q:\n%s", s, errOut.String())
+				}
+			}
+			if strings.Contains(out.String(), "hint:") {
+				t.Errorf("the hint is on stdout:\n%s", out.String())
+			}
+			// Neither the secret nor any part of it past the ssk_ prefix, nor the token.
+			cmdNoLeak(t, map[string]string{"stdout": out.String(), "stderr": errOut.String(), "error": err.Error()},
+				cmdSecret, strings.TrimPrefix(cmdSecret, verify.SecretPrefix), token)
+		})
+	}
+}

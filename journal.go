@@ -239,6 +239,7 @@ type DeliveryFilter struct {
 	ReturnID string // exact device_return_id
 	State    string // exact state
 	Outcome  string // exact outcome
+	Test     *bool  // only test events (true) or only the others (false)
 	After    uint64 // only entries with a larger seq
 	Limit    int    // at most this many, newest first; <= 0: DefaultDeliveryLimit
 }
@@ -266,7 +267,8 @@ func (j *journal) query(f DeliveryFilter) []Delivery {
 		}
 		if f.ReturnID != "" && e.returnID.peek() != f.ReturnID ||
 			f.State != "" && e.state != f.State ||
-			f.Outcome != "" && e.outcome != f.Outcome {
+			f.Outcome != "" && e.outcome != f.Outcome ||
+			f.Test != nil && e.test != *f.Test {
 			continue
 		}
 		out = append(out, e.view())

@@ -88,3 +88,33 @@ func rid(s string) ownedString {
 	o.set(s)
 	return o
 }
+
+func TestJournalFilterTest(t *testing.T) {
+	j := newJournal(10)
+	for i, test := range []bool{false, true, false, true} {
+		j.add(journalEntry{outcome: OutcomeForwarded, returnID: rid(fmt.Sprint("r", i)), state: verify.StateComplete, status: 202, test: test})
+	}
+	yes, no := true, false
+	tests := []struct {
+		name string
+		f    DeliveryFilter
+		want []uint64
+	}{
+		{"both", DeliveryFilter{}, []uint64{4, 3, 2, 1}},
+		{"only test events", DeliveryFilter{Test: &yes}, []uint64{4, 2}},
+		{"no test events", DeliveryFilter{Test: &no}, []uint64{3, 1}},
+		{"with another filter", DeliveryFilter{Test: &yes, ReturnID: "r1"}, []uint64{2}},
+		{"and a limit", DeliveryFilter{Test: &no, Limit: 1}, []uint64{3}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var seqs []uint64
+			for _, d := range j.query(tc.f) {
+				seqs = append(seqs, d.Seq)
+			}
+			if fmt.Sprint(seqs) != fmt.Sprint(tc.want) {
+				t.Fatalf("seqs %v, want %v", seqs, tc.want)
+			}
+		})
+	}
+}
