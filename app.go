@@ -52,6 +52,12 @@ type App struct {
 	worker atomic.Pointer[worker]
 	routes atomic.Pointer[routing]
 	prev   atomic.Pointer[App] // the app that was live before this one
+
+	// Seams for in-process tests of the worker and of redelivery: the
+	// clock (nil: time.Now) and the route an item is sent through (nil:
+	// the running config's server it arrived on, see server).
+	clock    func() time.Time
+	routeFor func(server string, port int) http.Handler
 }
 
 // routing is the running config's HTTP servers, by name and the reverse.
@@ -196,7 +202,25 @@ func (a *App) serverOf(r *http.Request) (name string, port int) {
 }
 
 // now is the app's clock.
-func (a *App) now() time.Time { return time.Now() }
+func (a *App) now() time.Time {
+	if a.clock != nil {
+		return a.clock()
+	}
+	return time.Now()
+}
+
+// route is what a redelivery of an item that arrived through server
+// (on port) is sent through: the running config's server, or nil when no
+// server of it takes the item.
+func (a *App) route(server string, port int) http.Handler {
+	if a.routeFor != nil {
+		return a.routeFor(server, port)
+	}
+	if srv := a.server(server, port); srv != nil {
+		return srv
+	}
+	return nil
+}
 
 // queued tells the worker a delivery was stored here.
 func (a *App) queued() { a.worker.Load().wake() }

@@ -176,7 +176,7 @@ func (a *App) deliver(ctx context.Context, it *queueItem, n int) (res attemptRes
 		}
 		res.duration = time.Since(start)
 	}()
-	srv := a.server(it.Server, it.Port)
+	srv := a.route(it.Server, it.Port)
 	if srv == nil {
 		return attemptResult{status: http.StatusBadGateway, reason: ReasonRouteUnavailable,
 			errText: fmt.Sprintf("no server of the running config listens on port %d (the delivery came through server %q)", it.Port, it.Server)}

@@ -106,7 +106,7 @@ func newWorker(app *App, q *queue, logger *zap.Logger) *worker {
 		app:      app,
 		q:        q,
 		logger:   logger,
-		now:      time.Now,
+		now:      app.now,
 		interval: redeliveryScanInterval,
 		kickCh:   make(chan struct{}, 1),
 		quit:     make(chan struct{}),
