@@ -55,8 +55,12 @@ screenshot: caddy
 fuzz:
 	scripts/fuzz.sh $(FUZZTIME)
 
+# staticcheck (pinned) also finds code that nothing uses.
+STATICCHECK = honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 vet:
 	$(GO) vet -tags fullsuite ./...
+	$(GO) run $(STATICCHECK) -tags fullsuite ./...
 	cd $(BROWSER_DIR) && $(GO) vet .
 	cd $(TESTSTORAGE_DIR) && $(GO) vet .
 

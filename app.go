@@ -231,10 +231,6 @@ func (a *App) failed(path string, now time.Time, ra string) {
 	a.worker.Load().failed(path, now, ra, false)
 }
 
-// wake makes the worker look at the queue now (an item was added, or an
-// operator asked for a retry).
-func (a *App) wake() { a.worker.Load().wake() }
-
 // changed tells the worker an operator changed item id: it reads it
 // afresh, now.
 func (a *App) changed(id string) {

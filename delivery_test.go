@@ -55,7 +55,7 @@ func TestParseDeliveryID(t *testing.T) {
 			t.Errorf("parseDeliveryID(%q) accepted it", bad)
 		}
 	}
-	if randomDeliveryID(1) == randomDeliveryID(1) {
+	if a, b := randomDeliveryID(1), randomDeliveryID(1); a == b {
 		t.Fatal("two random ids are equal")
 	}
 }

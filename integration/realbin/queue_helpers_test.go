@@ -250,20 +250,14 @@ func queueSite(secret, opts, upstream string) string {
 // storageGlobal is the global option putting Caddy's storage in dir.
 func storageGlobal(dir string) string { return "\tstorage file_system " + dir }
 
-// startGatewayOn is startGatewayWith on a given port. A restarted gateway,
+// startGatewayBinOn is startGatewayWith with the Caddy binary bin, on a
+// given port (0 picks a free one). A restarted gateway,
 // or another of a fleet, listens where the first did: a queued delivery is
 // redelivered through a server on the port it arrived on. Caddy binds with
 // SO_REUSEPORT, so two gateways can share the port while both run (the
 // kernel spreads connections between them); the readiness probe may then
 // be answered by the other one, so this waits for the new one's own
 // "serving initial configuration" log line too.
-func startGatewayOn(t *testing.T, port int, global, site string, env []string, secrets ...string) *gateway {
-	t.Helper()
-	return startGatewayBinOn(t, caddyBin, port, global, site, env, secrets...)
-}
-
-// startGatewayBinOn is startGatewayOn with the Caddy binary bin; port 0
-// picks a free one.
 func startGatewayBinOn(t *testing.T, bin string, port int, global, site string, env []string, secrets ...string) *gateway {
 	t.Helper()
 	adminPort, err := freePort()
