@@ -26,6 +26,11 @@ func init() {
 //	POST   /reready/queue/<id>/retry
 //	DELETE /reready/queue/<id>
 //
+// They are routed by opsMux (routes.go), as the page's API is: another
+// method on one of these paths is refused 405 with Allow, and errors are
+// JSON ({"error": "..."}, written by the admin endpoint from the
+// caddy.APIError the handler returns).
+//
 // It holds no state: admin modules are provisioned before the apps on
 // every config load, so it finds the running reready app per request.
 type AdminAPI struct{}
@@ -43,7 +48,7 @@ func (AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{{
 		Pattern: "/reready/",
 		Handler: caddy.AdminHandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-			if err := serveOps(w, r, strings.TrimPrefix(r.URL.Path, "/reready")); err != nil {
+			if err := serveOps(w, beneath(r, "/reready")); err != nil {
 				return caddy.APIError{HTTPStatus: err.status, Err: errors.New(err.msg)}
 			}
 			return nil
@@ -66,57 +71,44 @@ func opsErrorf(status int, format string, args ...any) *opsError {
 	return &opsError{status: status, msg: fmt.Sprintf(format, args...)}
 }
 
-// serveOps answers the operations the admin API and the page share, at
-// sub-path p: /deliveries, /summary, /queue, /queue/<id>/retry and
-// /queue/<id>. Both go through the same queries, so they cannot disagree.
-func serveOps(w http.ResponseWriter, r *http.Request, p string) *opsError {
-	switch {
-	case p == "/deliveries":
-		if r.Method != http.MethodGet {
-			return methodNotAllowed(w, http.MethodGet)
-		}
-		f, err := deliveryFilter(r)
-		if err != nil {
-			return err
-		}
-		w.Header().Set(journalHeader, processJournal.epoch)
-		return writeJSON(w, processJournal.query(f))
-	case p == "/summary":
-		if r.Method != http.MethodGet {
-			return methodNotAllowed(w, http.MethodGet)
-		}
-		return writeJSON(w, processJournal.summary(time.Now()))
-	case p == "/queue":
-		if r.Method != http.MethodGet {
-			return methodNotAllowed(w, http.MethodGet)
-		}
-		a := liveApp.Load()
-		if a == nil {
-			return writeJSON(w, []QueueItem{})
-		}
-		items, err := a.queueView(r.Context())
-		if err != nil {
-			return opsErrorf(http.StatusServiceUnavailable, "reading the queue: %v", err)
-		}
-		return writeJSON(w, items)
-	case strings.HasPrefix(p, "/queue/"):
-		rest := strings.TrimPrefix(p, "/queue/")
-		id, action, _ := strings.Cut(rest, "/")
-		switch {
-		case action == "retry":
-			if r.Method != http.MethodPost {
-				return methodNotAllowed(w, http.MethodPost)
-			}
-		case action == "":
-			if r.Method != http.MethodDelete {
-				return methodNotAllowed(w, http.MethodDelete)
-			}
-		default:
-			return opsErrorf(http.StatusNotFound, "no such operation %q", clip(action))
-		}
-		return changeItem(w, r, id, action == "retry")
+// serveDeliveries answers GET /deliveries: the journal, filtered, with
+// its epoch in journalHeader.
+func serveDeliveries(w http.ResponseWriter, r *http.Request) *opsError {
+	f, err := deliveryFilter(r)
+	if err != nil {
+		return err
 	}
-	return opsErrorf(http.StatusNotFound, "not found: want /deliveries, /summary, /queue, /queue/<id>/retry or /queue/<id>")
+	w.Header().Set(journalHeader, processJournal.epoch)
+	return writeJSON(w, processJournal.query(f))
+}
+
+// serveSummary answers GET /summary.
+func serveSummary(w http.ResponseWriter, _ *http.Request) *opsError {
+	return writeJSON(w, processJournal.summary(time.Now()))
+}
+
+// serveQueue answers GET /queue: the queue's items, none without a
+// running reready app.
+func serveQueue(w http.ResponseWriter, r *http.Request) *opsError {
+	a := liveApp.Load()
+	if a == nil {
+		return writeJSON(w, []QueueItem{})
+	}
+	items, err := a.queueView(r.Context())
+	if err != nil {
+		return opsErrorf(http.StatusServiceUnavailable, "reading the queue: %v", err)
+	}
+	return writeJSON(w, items)
+}
+
+// serveRetry answers POST /queue/{id}/retry.
+func serveRetry(w http.ResponseWriter, r *http.Request) *opsError {
+	return changeItem(w, r, r.PathValue("id"), true)
+}
+
+// serveDrop answers DELETE /queue/{id}.
+func serveDrop(w http.ResponseWriter, r *http.Request) *opsError {
+	return changeItem(w, r, r.PathValue("id"), false)
 }
 
 // changeItem retries or drops a queued delivery.
@@ -184,11 +176,6 @@ func deliveryFilter(r *http.Request) (DeliveryFilter, *opsError) {
 		f.After = n
 	}
 	return f, nil
-}
-
-func methodNotAllowed(w http.ResponseWriter, allow string) *opsError {
-	w.Header().Set("Allow", allow)
-	return opsErrorf(http.StatusMethodNotAllowed, "method not allowed; want %s", allow)
 }
 
 func writeJSON(w http.ResponseWriter, v any) *opsError {

@@ -40,7 +40,7 @@
 // `http.handlers.reready_ui` (ui.go, with the embedded HTML, CSS and
 // JavaScript in ui/), and the `caddy reready` command (command.go: sign,
 // send and verify; command_ops.go: deliveries and queue, through the admin
-// endpoint).
+// endpoint). Both APIs go through the same routes (routes.go: a ServeMux).
 //
 // Tests sit beside the file they test; integration/ holds the in-process
 // end-to-end tests (caddytest), integration/realbin the tests of a real

@@ -23,10 +23,10 @@ import (
 
 // This file is the deliveries page: a handler that serves an HTML page
 // (ui/, embedded) and, beneath it, the same operations as the admin API
-// (serveOps), so an operator can look at the journal and the queue in a
-// browser and retry or drop queued deliveries. The admin endpoint refuses
-// browser requests by design; this handler sits on a route the user
-// protects with their own authentication.
+// (serveOps, through the routes of routes.go), so an operator can look at
+// the journal and the queue in a browser and retry or drop queued
+// deliveries. The admin endpoint refuses browser requests by design; this
+// handler sits on a route the user protects with their own authentication.
 
 func init() {
 	caddy.RegisterModule(UI{})
@@ -61,8 +61,10 @@ var uiFiles embed.FS
 //	POST   api/queue/<id>/retry
 //	DELETE api/queue/<id>
 //
-// The API answers exactly what the admin API's /reready/... answers, from
-// the same function. POST and DELETE are refused (403) unless the request
+// The API answers exactly what the admin API's /reready/... answers,
+// through the same routes (opsMux, routes.go): another method on one of
+// these paths is refused 405 with Allow, an unknown api/<op> 404, both
+// in JSON. POST and DELETE are refused (403) unless the request
 // is same-origin (Sec-Fetch-Site, or else Origin against Host), so another
 // site cannot make an operator's browser, which holds the credentials,
 // change the queue. Every response carries a strict Content-Security-Policy
@@ -108,10 +110,10 @@ func (u *UI) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handl
 	for k, v := range uiHeaders {
 		hdr.Set(k, v)
 	}
-	segs := strings.Split(r.URL.Path, "/")
-	if op, ok := uiOp(segs); ok {
-		return u.serveAPI(w, r, op)
+	if api, ok := uiAPI(r); ok {
+		return u.serveAPI(w, api)
 	}
+	segs := strings.Split(r.URL.Path, "/")
 	assets, err := uiAssets()
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
@@ -144,31 +146,38 @@ func (u *UI) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handl
 	return nil
 }
 
-// uiOp finds an API operation at the end of the path's segments, as the
-// serveOps sub-path: [... api <op>], [... api queue <id>] or
-// [... api queue <id> retry].
-func uiOp(segs []string) (string, bool) {
+// uiAPI finds the page's API in r's path and returns the request beneath
+// its api segment, for opsMux. The page may be mounted under any prefix
+// (`handle /ops/*`, `handle_path`), so the API is found from the end:
+// api/<a>/<b>/<c> or api/<a>/<b> when opsMux has a route for it
+// (api/queue/<id>/retry, api/queue/<id>), else api/<a>, a known operation
+// or a 404 in JSON. Any other path is the page's or one of its files,
+// under a prefix that may hold an api segment of its own (/api/ops/ui.js).
+func uiAPI(r *http.Request) (*http.Request, bool) {
+	segs := strings.Split(r.URL.Path, "/")
 	n := len(segs)
-	switch {
-	case n >= 5 && segs[n-4] == "api" && segs[n-3] == "queue" && segs[n-1] == "retry":
-		return "/queue/" + segs[n-2] + "/retry", true
-	case n >= 4 && segs[n-3] == "api" && segs[n-2] == "queue":
-		return "/queue/" + segs[n-1], true
-	case n >= 3 && segs[n-2] == "api" && segs[n-1] != "":
-		return "/" + segs[n-1], true
+	for k := 3; k >= 1; k-- { // segments after api
+		i := n - 1 - k
+		if i < 1 || segs[i] != "api" {
+			continue
+		}
+		api := beneath(r, strings.Join(segs[:i+1], "/"))
+		if k == 1 && segs[n-1] != "" || opsRouted(api) {
+			return api, true
+		}
 	}
-	return "", false
+	return nil, false
 }
 
 // serveAPI answers an operation with serveOps, refusing cross-origin
 // mutations first. Errors are JSON ({"error": "..."}), as the admin API's,
 // since the page's script reads them.
-func (u *UI) serveAPI(w http.ResponseWriter, r *http.Request, op string) error {
+func (u *UI) serveAPI(w http.ResponseWriter, r *http.Request) error {
 	if err := u.csrf.Check(r); err != nil {
 		writeOpsError(w, opsErrorf(http.StatusForbidden, "refused: this operation must come from the page itself (same origin)"))
 		return nil
 	}
-	if err := serveOps(w, r, op); err != nil {
+	if err := serveOps(w, r); err != nil {
 		writeOpsError(w, err)
 	}
 	return nil

@@ -53,30 +53,42 @@ func handlerStatus(err error) int {
 	return 0
 }
 
-func TestUIOpRouting(t *testing.T) {
+func TestUIAPIRouting(t *testing.T) {
 	tests := []struct {
-		path string
-		op   string // "" when not an API path
+		method, path string
+		op           string // the path beneath api/; "" when not the API
 	}{
-		{"/api/deliveries", "/deliveries"},
-		{"/ops/api/deliveries", "/deliveries"},
-		{"/a/b/api/summary", "/summary"},
-		{"/ops/api/queue", "/queue"},
-		{"/ops/api/queue/1744831201-ab12/retry", "/queue/1744831201-ab12/retry"},
-		{"/ops/api/queue/1744831201-ab12", "/queue/1744831201-ab12"},
-		{"/api/ops/api/deliveries", "/deliveries"}, // a prefix holding "api"
-		{"/ops/api/nothing", "/nothing"},           // serveOps answers 404
-		{"/ops/", ""},
-		{"/ops/api/", ""},
-		{"/ops/ui.js", ""},
-		{"/", ""},
-		{"/api", ""},
+		{"GET", "/api/deliveries", "/deliveries"},
+		{"GET", "/ops/api/deliveries", "/deliveries"},
+		{"GET", "/a/b/api/summary", "/summary"},
+		{"GET", "/ops/api/queue", "/queue"},
+		{"POST", "/ops/api/queue/1744831201-ab12/retry", "/queue/1744831201-ab12/retry"},
+		{"GET", "/ops/api/queue/1744831201-ab12/retry", "/queue/1744831201-ab12/retry"}, // 405
+		{"DELETE", "/ops/api/queue/1744831201-ab12", "/queue/1744831201-ab12"},
+		{"GET", "/ops/api/queue/1744831201-ab12", "/queue/1744831201-ab12"}, // 405
+		{"POST", "/ops/api/queue/api/retry", "/queue/api/retry"},            // an id "api": 404
+		{"GET", "/api/ops/api/deliveries", "/deliveries"},                   // a prefix holding "api"
+		{"GET", "/ops/api/nothing", "/nothing"},                             // serveOps answers 404
+		{"GET", "/ops/", ""},
+		{"GET", "/ops/api/", ""},
+		{"GET", "/ops/ui.js", ""},
+		{"GET", "/", ""},
+		{"GET", "/api", ""},
+		{"GET", "/api/ops/", ""},                // the page mounted under /api/ops/
+		{"GET", "/api/ops/ui.js", ""},           // and its files
+		{"GET", "/api/a/b/", ""},                // three segments after api, unrouted
+		{"GET", "/ops/api/queue/x/explode", ""}, // as before the mux: not an operation
+		{"GET", "/ops/api/a/b/c/d", ""},         // too deep
 	}
 	for _, tc := range tests {
-		t.Run(tc.path, func(t *testing.T) {
-			op, ok := uiOp(strings.Split(tc.path, "/"))
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			api, ok := uiAPI(httptest.NewRequest(tc.method, tc.path, nil))
+			op := ""
+			if ok {
+				op = api.URL.Path
+			}
 			if op != tc.op || ok != (tc.op != "") {
-				t.Fatalf("uiOp(%q) = %q, %v; want %q", tc.path, op, ok, tc.op)
+				t.Fatalf("uiAPI(%q) = %q, %v; want %q", tc.path, op, ok, tc.op)
 			}
 		})
 	}
@@ -252,7 +264,7 @@ func TestUIAPIDeliveriesRawStrings(t *testing.T) {
 	// The same through the admin API's function, byte for byte.
 	r := httptest.NewRequest("GET", "/reready/deliveries?return_id="+url.QueryEscape(returnID), nil)
 	aw := httptest.NewRecorder()
-	if e := serveOps(aw, r, "/deliveries"); e != nil {
+	if e := serveOps(aw, beneath(r, "/reready")); e != nil {
 		t.Fatal(e.msg)
 	}
 	if aw.Body.String() != w.Body.String() {
@@ -285,8 +297,8 @@ func TestUIAPISummary(t *testing.T) {
 		t.Fatalf("%d minutes, want %d", len(s.Minutes), summaryMinutes)
 	}
 	w, _ = serveUI(t, u, "POST", "/ops/api/summary", "Sec-Fetch-Site", "same-origin")
-	if w.Code != http.StatusMethodNotAllowed || w.Header().Get("Allow") != "GET" {
-		t.Errorf("POST summary: status %d, Allow %q; want 405, GET", w.Code, w.Header().Get("Allow"))
+	if w.Code != http.StatusMethodNotAllowed || w.Header().Get("Allow") != "GET, HEAD" {
+		t.Errorf("POST summary: status %d, Allow %q; want 405, GET, HEAD", w.Code, w.Header().Get("Allow"))
 	}
 }
 
