@@ -244,8 +244,8 @@ func TestQueueProbesWhileAppFails(t *testing.T) {
 		}
 	}
 	var probes int
-	for _, e := range journalQuery(t, g, "outcome=queued&limit=10000") {
-		if e.str("reason") != "upstream_failed" && e["probe"] == true {
+	for _, e := range journalQuery(t, g, "outcome=retrying&limit=10000") {
+		if e["probe"] == true {
 			probes++
 		}
 	}
