@@ -29,10 +29,10 @@
 // delivery and one line per return in Caddy's storage, shared by every
 // gateway on that storage; storage.go: the locks, retries and listings it
 // needs from any certmagic.Storage) and answered 202. The worker
-// (worker.go: one per running config) scans the queue, probes a failing
-// app with one delivery at a time, and redelivers each return's deliveries
-// in order through the same route, in process (redeliver.go: the round
-// trip and its backoff). Metrics are in metrics.go.
+// (worker.go: one per running config, with its settings and backoff)
+// scans the queue, probes a failing app with one delivery at a time, and
+// redelivers each return's deliveries in order through the same route, in
+// process (redeliver.go: the round trip). Metrics are in metrics.go.
 //
 // Three views read the journal and the queue through the same functions:
 // the admin API `admin.api.reready` (admin.go: /reready/deliveries,

@@ -5,11 +5,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"sync"
 	"time"
 
@@ -18,10 +16,10 @@ import (
 )
 
 // This file is one redelivery: how a queued delivery is sent through the
-// same route as the live request, as the configuration is now, when it is
-// tried next (backoff), and what counts as done. It re-enters the site's
-// Caddy server in
-// process with the request as it arrived (host, URI without the token,
+// same route as the live request, as the configuration is now, and what
+// counts as done (when it is tried next is the worker's: worker.go). It
+// re-enters the site's Caddy server in process with the request as it
+// arrived (host, URI without the token,
 // remote address, headers, body) and a context marker of an unexported
 // type, which no client can forge: the reready_verify handler on that
 // route recognises the marker and, instead of verifying again (the
@@ -61,77 +59,8 @@ func redeliveryFrom(ctx context.Context) *redelivery {
 	return rd
 }
 
-// Redelivery timing.
-const (
-	// redeliveryScanInterval is how often the storage is looked at for
-	// deliveries that are due (queued by this or another gateway).
-	redeliveryScanInterval = 2 * time.Second
-
-	// restatEvery is how many scans apart the worker re-checks every known
-	// item for changes made by other gateways; in between it reads only
-	// new items (its own changes it knows).
-	restatEvery = 10
-
-	// stopGrace is how long stopping the worker (a reload) waits for the
-	// attempts in flight before it cuts them short.
-	stopGrace = 5 * time.Second
-
-	// redeliveryConcurrency bounds attempts in flight per gateway.
-	redeliveryConcurrency = 4
-
-	// redeliveryAttemptTimeout bounds one attempt.
-	redeliveryAttemptTimeout = 2 * time.Minute
-
-	// maxRetryAfter bounds how long an app's Retry-After may postpone an
-	// attempt.
-	maxRetryAfter = 24 * time.Hour
-)
-
-// backoffSteps are the delays after attempt 1, 2, ...; hourly after them.
-var backoffSteps = []time.Duration{
-	time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second, time.Minute,
-	2 * time.Minute, 5 * time.Minute, 10 * time.Minute, 30 * time.Minute,
-}
-
-// backoff is the delay after the given attempt, with ±20 % jitter.
-func backoff(attempt int) time.Duration {
-	d := time.Hour
-	if attempt >= 1 && attempt <= len(backoffSteps) {
-		d = backoffSteps[attempt-1]
-	}
-	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
-}
-
-// retryAfter parses a Retry-After value (seconds or an HTTP date) relative
-// to now; ok is false when there is none or it does not parse.
-func retryAfter(v string, now time.Time) (time.Duration, bool) {
-	if v == "" {
-		return 0, false
-	}
-	var d time.Duration
-	if secs, err := strconv.ParseUint(v, 10, 32); err == nil {
-		d = time.Duration(secs) * time.Second
-	} else if at, err := http.ParseTime(v); err == nil {
-		d = at.Sub(now)
-	} else {
-		return 0, false
-	}
-	return min(max(d, time.Second), maxRetryAfter), true
-}
-
-// nextAttempt is when to try an item again after attempt failed at now,
-// never after its deadline.
-func nextAttempt(it *queueItem, attempt int, now time.Time, retryAfterValue string) time.Time {
-	d, ok := retryAfter(retryAfterValue, now)
-	if !ok {
-		d = backoff(attempt)
-	}
-	next := now.Add(d)
-	if dl := it.deadline(); next.After(dl) {
-		next = dl
-	}
-	return next
-}
+// redeliveryAttemptTimeout bounds one attempt.
+const redeliveryAttemptTimeout = 2 * time.Minute
 
 // attemptResult is what one attempt came to.
 type attemptResult struct {
