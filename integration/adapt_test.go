@@ -1,5 +1,6 @@
 // Package integration holds golden `caddy adapt` files and in-process
-// end-to-end tests (caddytest, admin localhost:2999; not parallel).
+// end-to-end tests (caddytest, on an admin port and HTTP ports picked free at
+// start, see main_test.go; not parallel).
 package integration
 
 import (
