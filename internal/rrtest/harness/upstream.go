@@ -77,6 +77,14 @@ func (a *Upstream) SetRule(rule func(*Request) Answer) {
 	a.rule = rule
 }
 
+// Locked runs f under the app's lock, as rules run: for changing the
+// state a rule reads.
+func (a *Upstream) Locked(f func()) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f()
+}
+
 // Answer makes the app answer status to every request from now on (0:
 // 200 {"ok":true}).
 func (a *Upstream) Answer(status int) {
