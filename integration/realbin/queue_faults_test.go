@@ -3,7 +3,6 @@
 package realbin
 
 import (
-	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -20,23 +19,6 @@ import (
 // views during a busy drain, max_items under concurrent sends, a resend
 // of a dead delivery, probes while the app fails, the journal's order,
 // and a storage that fails reads or writes or leaves a lock behind.
-
-// scans is the gateway's count of finished queue scans.
-func scans(t *testing.T, g *gateway) float64 {
-	t.Helper()
-	m, _ := scrape(t, adminAddr(t, g))
-	return m["caddy_reready_queue_scans_total{}"]
-}
-
-// waitScans waits until the gateway's worker has finished n more scans
-// than when it was called: what a scan would have done by then is done.
-func waitScans(t *testing.T, g *gateway, n int) {
-	t.Helper()
-	from := scans(t, g)
-	harness.WaitUntil(t, fmt.Sprintf("the worker did not finish %d scans", n), queueTimeout, func() bool {
-		return scans(t, g) >= from+float64(n)
-	})
-}
 
 // queueSends sends one delivery for each of n new returns, conc at a
 // time, and returns them with the status each got.
@@ -228,7 +210,7 @@ func TestQueueProbesWhileAppFails(t *testing.T) {
 	app.Up(t)
 	harness.WaitUntil(t, "no probe reached the app", queueTimeout, func() bool { return len(app.Records()) > 0 })
 	start := time.Now()
-	waitScans(t, g, 6)
+	g.WaitScans(t, 6, queueTimeout)
 	time.Sleep(time.Until(start.Add(8 * time.Second)))
 	window := time.Since(start)
 	tries := len(app.Records())

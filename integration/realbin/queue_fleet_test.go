@@ -53,7 +53,7 @@ func TestQueueSurvivesSIGKILL(t *testing.T) {
 				t.Errorf("X-ReReady-Attempt %d, want 2 or more", attemptOf(rec))
 			}
 			waitItem(t, g2, d.id, "", logTimeout)
-			waitScans(t, g2, 2) // a whole scan since: nothing more goes out
+			g2.WaitScans(t, 2, queueTimeout) // a whole scan since: nothing more goes out
 			if n := len(app.ForID(d.id)); n != 1 {
 				t.Errorf("the app got the delivery %d times, want once", n)
 			}
@@ -143,7 +143,7 @@ func testQueueFleet(t *testing.T, st *backend) {
 		defer app.Down()
 		app.WaitDelivered(t, d.id, queueTimeout)
 		waitItem(t, g2, d.id, "", logTimeout)
-		waitScans(t, g2, 2)
+		g2.WaitScans(t, 2, queueTimeout)
 		if n := len(app.ForID(d.id)); n != 1 {
 			t.Errorf("the app got the delivery %d times, want once", n)
 		}
@@ -192,7 +192,7 @@ func testQueueFleet(t *testing.T, st *backend) {
 		t.Logf("%d deliveries redelivered by two gateways %s after the app came up", n, time.Since(up).Round(100*time.Millisecond))
 		harness.WaitUntil(t, "the queue did not empty", 10*time.Second, func() bool { return len(queueList(t, gs[0])) == 0 })
 		for _, g := range gs { // a whole scan since on each: no straggler
-			waitScans(t, g, 2)
+			g.WaitScans(t, 2, queueTimeout)
 		}
 
 		by := map[string]int{}

@@ -96,7 +96,7 @@ func TestQueueRedisOutage(t *testing.T) {
 	// Recovered without a restart: both take and queue deliveries again.
 	harness.WaitUntil(t, "the queue did not empty", 30*time.Second, func() bool { return len(queueList(t, gs[1])) == 0 })
 	for _, g := range gs {
-		waitScans(t, g, 1)
+		g.WaitScans(t, 1, queueTimeout)
 		ok(t, signEvent(t, harness.OpenSSL, secret, harness.NewEvent("complete")).post(t, g, "/hooks/app"))
 	}
 }

@@ -239,7 +239,7 @@ func TestQueueAppDownThenUp(t *testing.T) {
 		}
 		n := len(app.ForID(id))
 		alreadyDelivered(t, g.post(t, "/hooks/app?src=rr", body, "X-ReReady-Signature-512", sig))
-		waitScans(t, g, 2) // a whole scan since: nothing more goes out
+		g.WaitScans(t, 2, queueTimeout) // a whole scan since: nothing more goes out
 		if len(app.ForID(id)) != n || app.Delivered(id) != 1 {
 			t.Errorf("after delivery the app got %d more request(s) for it", len(app.ForID(id))-n)
 		}
@@ -583,7 +583,7 @@ func TestQueueDeadRetryDrop(t *testing.T) {
 			t.Errorf("journal entry %v, want dead max_age", e)
 		}
 	}
-	waitScans(t, g, 2) // a whole scan since: dead items are not attempted
+	g.WaitScans(t, 2, queueTimeout) // a whole scan since: dead items are not attempted
 	for _, d := range ds {
 		if it := queueItem(t, g, d.id); it.str("status") != "dead" {
 			t.Errorf("%s: %v, want still dead", d.id, it)
@@ -661,7 +661,7 @@ func TestQueueDeadRetryDrop(t *testing.T) {
 		}
 		// A kick (a live success) and a scan: dropped ones stay gone.
 		ok(t, signEvent(t, harness.Ruby, secret, harness.NewEvent("complete")).post(t, g, "/hooks/app"))
-		waitScans(t, g, 2)
+		g.WaitScans(t, 2, queueTimeout)
 		for _, d := range ds[2:] {
 			if n := len(app.ForID(d.id)); n != 0 {
 				t.Errorf("dropped %s reached the app %d time(s)", d.id, n)
@@ -770,7 +770,7 @@ func TestQueueCorruptItem(t *testing.T) {
 		}
 	}
 	// Logged once each, not at every scan.
-	waitScans(t, g, 2)
+	g.WaitScans(t, 2, queueTimeout)
 	for name := range bad {
 		if n := strings.Count(g.Logs.String()[off:], `"id":"`+name+`"`); n != 1 {
 			t.Errorf("%s logged %d times, want once", name, n)
@@ -984,7 +984,7 @@ func TestQueueIgnoresTemporaryFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitScans(t, g, 2)
+	g.WaitScans(t, 2, queueTimeout)
 	if items := queueList(t, g); len(items) != 1 || items[0].str("id") != d.id {
 		t.Errorf("the queue lists %v, want only %s", items, d.id)
 	}

@@ -2,10 +2,13 @@ package harness
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,7 +18,7 @@ import (
 // Gateway is a running Caddy binary.
 type Gateway struct {
 	Base   string // http://127.0.0.1:port
-	Admin  string // 127.0.0.1:port of the admin endpoint, when Start chose it
+	Admin  string // 127.0.0.1:port of the admin endpoint, when the Caddyfile names one
 	Config string // path of the Caddyfile
 	Cmd    *exec.Cmd
 	Logs   SyncBuffer // its standard output and error
@@ -32,9 +35,7 @@ func Start(t testing.TB, bin string, port int, global, site string, env []string
 		port = FreePort(t)
 	}
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	g := Run(t, bin, Caddyfile(admin, global, base, site), base, env, secrets...)
-	g.Admin = fmt.Sprintf("127.0.0.1:%d", admin)
-	return g
+	return Run(t, bin, Caddyfile(admin, global, base, site), base, env, secrets...)
 }
 
 // Caddyfile is the Caddyfile of a one-site gateway: its admin endpoint on
@@ -54,6 +55,9 @@ func Run(t testing.TB, bin, caddyfile, base string, env []string, secrets ...str
 	t.Helper()
 	dir := t.TempDir()
 	g := &Gateway{Base: base, Config: filepath.Join(dir, "Caddyfile")}
+	if m := adminLine.FindStringSubmatch(caddyfile); m != nil {
+		g.Admin = m[1]
+	}
 	if err := os.WriteFile(g.Config, []byte(caddyfile), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -88,6 +92,9 @@ func Run(t testing.TB, bin, caddyfile, base string, env []string, secrets ...str
 	}
 	return g
 }
+
+// adminLine finds the admin endpoint's address in a Caddyfile.
+var adminLine = regexp.MustCompile(`(?m)^\s*admin\s+(127\.0\.0\.1:[0-9]+)\s*$`)
 
 // CaddyEnv is the environment for a Caddy process: ours, minus REREADY_*
 // and XDG_*, with Caddy's config and data directories under dir.
@@ -131,4 +138,45 @@ func (g *Gateway) Kill(t testing.TB) {
 		t.Fatalf("SIGKILL: %v", err)
 	}
 	<-g.Exited
+}
+
+// Scans is the number of queue scans the gateway's worker has finished:
+// the metric caddy_reready_queue_scans_total of its admin endpoint.
+func (g *Gateway) Scans(t testing.TB) float64 {
+	t.Helper()
+	if g.Admin == "" {
+		t.Fatalf("the gateway's Caddyfile names no admin endpoint on 127.0.0.1")
+	}
+	resp, err := (&http.Client{Timeout: ReplyTimeout}).Get("http://" + g.Admin + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %d %v\n%s", resp.StatusCode, err, raw)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		name, value, ok := strings.Cut(line, " ")
+		if ok && (name == "caddy_reready_queue_scans_total" || name == "caddy_reready_queue_scans_total{}") {
+			n, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+			if err != nil {
+				t.Fatalf("metrics line %q: %v", line, err)
+			}
+			return n
+		}
+	}
+	return 0
+}
+
+// WaitScans waits (timeout at most) until the gateway's worker has
+// finished n more scans than when it was called: whatever a scan would
+// have done by then is done. A test that asserts that nothing happened
+// waits for this rather than for a while.
+func (g *Gateway) WaitScans(t testing.TB, n int, timeout time.Duration) {
+	t.Helper()
+	from := g.Scans(t)
+	WaitUntil(t, fmt.Sprintf("the worker did not finish %d scans", n), timeout, func() bool {
+		return g.Scans(t) >= from+float64(n)
+	})
 }
