@@ -3,17 +3,14 @@ package browser
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -22,21 +19,20 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // Bounds on every wait, so a broken build, binary or browser fails instead
-// of hanging.
+// of hanging (the harness bounds its own).
 const (
-	buildTimeout = 15 * time.Minute // a cold xcaddy build takes ~90 s
-	readyTimeout = 15 * time.Second
-	replyTimeout = 10 * time.Second
+	replyTimeout = harness.ReplyTimeout
 	testTimeout  = 3 * time.Minute // one test's browser session
 	waitTimeout  = 10 * time.Second
 )
 
 var (
-	root     string // repository root
-	caddyBin string // root/bin/caddy
+	caddyBin string // bin/caddy
 	chrome   string // the Chromium binary
 	authHash string // bcrypt of opsPass for basic_auth
 )
@@ -48,9 +44,6 @@ func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
 	var err error
-	if root, err = filepath.Abs("../.."); err != nil {
-		return fatal("%v", err)
-	}
 	if chrome = os.Getenv("CHROME"); chrome == "" {
 		for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
 			if p, err := exec.LookPath(name); err == nil {
@@ -72,17 +65,8 @@ func run(m *testing.M) int {
 		return fatal("missing %s: run scripts/deps.sh (make test does)", strings.Join(missing, ", "))
 	}
 
-	if caddyBin = os.Getenv("REALBIN_CADDY"); caddyBin == "" {
-		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-		build := exec.CommandContext(ctx, filepath.Join(root, "scripts", "build-caddy.sh"))
-		build.Dir = root
-		build.Stdout, build.Stderr = os.Stderr, os.Stderr
-		err = build.Run()
-		cancel()
-		if err != nil {
-			return fatal("scripts/build-caddy.sh: %v", err)
-		}
-		caddyBin = filepath.Join(root, "bin", "caddy")
+	if caddyBin, err = harness.CaddyBin(); err != nil {
+		return fatal("%v", err)
 	}
 	out, err := exec.Command(caddyBin, "hash-password", "--algorithm", "bcrypt", "--bcrypt-cost", "4", "--plaintext", opsPass).Output()
 	if err != nil {
@@ -97,242 +81,25 @@ func fatal(format string, args ...any) int {
 	return 1
 }
 
-// handedOut holds every port freePort returned: the app's port is free
-// while the app is down and must not be handed to a gateway.
-var handedOut = struct {
-	sync.Mutex
-	ports map[int]bool
-}{ports: map[int]bool{}}
-
-// freePort returns a port on 127.0.0.1 that was free a moment ago and that
-// no earlier call returned.
-func freePort(t *testing.T) int {
-	t.Helper()
-	handedOut.Lock()
-	defer handedOut.Unlock()
-	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if !handedOut.ports[port] {
-			handedOut.ports[port] = true
-			return port
-		}
-	}
-}
-
-// ---- the app behind the gateway ---------------------------------------------
-
-// app is an upstream on a fixed 127.0.0.1 port that can go down (nothing
-// listening: connection refused) and come back up on the same port. It
-// records each request's X-ReReady-* headers.
-type app struct {
-	addr   string
-	mu     sync.Mutex
-	srv    *http.Server
-	recs   []http.Header
-	status int // what it answers; 0 is 200 {"ok":true}
-}
-
-func startApp(t *testing.T) *app {
-	t.Helper()
-	a := &app{addr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	a.up(t)
-	t.Cleanup(func() { a.down(t) })
-	return a
-}
-
-func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	io.Copy(io.Discard, r.Body)
-	a.mu.Lock()
-	a.recs = append(a.recs, r.Header.Clone())
-	status := a.status
-	a.mu.Unlock()
-	w.Header().Set("Content-Type", "application/json")
-	if status != 0 {
-		w.WriteHeader(status)
-		io.WriteString(w, `{"ok":false}`)
-		return
-	}
-	io.WriteString(w, `{"ok":true}`)
-}
-
-// answer makes the app answer status from now on (0: 200).
-func (a *app) answer(status int) {
-	a.mu.Lock()
-	a.status = status
-	a.mu.Unlock()
-}
-
-// up listens again, retrying briefly while the port is still held.
-func (a *app) up(t *testing.T) {
-	t.Helper()
-	deadline := time.Now().Add(readyTimeout)
-	for {
-		l, err := net.Listen("tcp", a.addr)
-		if err == nil {
-			srv := &http.Server{Handler: a, ReadHeaderTimeout: replyTimeout}
-			go srv.Serve(l)
-			a.mu.Lock()
-			a.srv = srv
-			a.mu.Unlock()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("app: listening on %s again: %v", a.addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// down closes the listener and every connection: the gateway's next dial
-// is refused.
-func (a *app) down(t *testing.T) {
-	t.Helper()
-	a.mu.Lock()
-	srv := a.srv
-	a.srv = nil
-	a.mu.Unlock()
-	if srv != nil {
-		srv.Close()
-	}
-}
-
-// received reports whether a delivery with this id reached the app.
-func (a *app) received(id string) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, h := range a.recs {
-		if h.Get("X-Reready-Delivery-Id") == id {
-			return true
-		}
-	}
-	return false
-}
-
-// ---- the ReReady side ----------------------------------------------------------
-
-// event is a ReReady delivery shaped like the vendor's example payload.
-type event struct {
-	ID    string
-	State string
-	Test  bool
-}
-
-func uuid() string {
-	var b [16]byte
-	rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
-}
-
-// body is the payload, with < > & written as they are (not \u escapes),
-// as a sender would.
-func (e event) body() []byte {
-	str := func(s string) string {
-		var b bytes.Buffer
-		enc := json.NewEncoder(&b)
-		enc.SetEscapeHTML(false)
-		enc.Encode(s)
-		return strings.TrimSpace(b.String())
-	}
-	return []byte(fmt.Sprintf(`{ "device_return_id": %s, "serial_number": null, "state": %s, "test": %t, "ticket_url": null, "url": %s }`,
-		str(e.ID), str(e.State), e.Test, str("https://www.reready.co/device_returns/"+e.ID)))
-}
-
-// signer is an independent implementation of ReReady's signature, from
-// integration/signers.
-type signer struct {
-	name string
-	argv []string
-}
-
-var (
-	opensslSigner = signer{"openssl", []string{"sh", "sign.sh"}}
-	pythonSigner  = signer{"python", []string{"python3", "sign.py"}}
-	rubySigner    = signer{"ruby", []string{"ruby", "sign.rb"}}
-)
-
-var sigValue = regexp.MustCompile(`^t=[0-9]+,v=[0-9a-f]{128}$`)
-
-// sign returns the X-ReReady-Signature-512 value s makes for body now.
-func (s signer) sign(t *testing.T, secret string, body []byte) string {
-	t.Helper()
-	cmd := exec.Command(s.argv[0], append(s.argv[1:], fmt.Sprint(time.Now().Unix()))...)
-	cmd.Dir = filepath.Join(root, "integration", "signers")
-	cmd.Env = append(os.Environ(), "REREADY_SIGNING_SECRET="+secret)
-	cmd.Stdin = bytes.NewReader(body)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("%s signer: %v\n%s", s.name, err, stderr.String())
-	}
-	v := strings.TrimSpace(string(out))
-	if !sigValue.MatchString(v) {
-		t.Fatalf("%s signer printed %q, want t=<t>,v=<128 hex>", s.name, v)
-	}
-	return v
-}
-
 // ---- the gateway ---------------------------------------------------------------
 
 // gateway is a running bin/caddy: reready_verify on /hook in front of an
 // app, and the page behind basic_auth at /ops/ (handle) and at /strip/
 // (handle_path, which strips the prefix).
-type gateway struct {
-	base, admin string
-	secret      string
-	cmd         *exec.Cmd
-	logs        syncBuffer
-	exited      chan struct{}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type gateway struct{ *harness.Gateway }
 
 // startGateway runs bin/caddy in front of a, with the queue's max_age at
 // 1s so that an item dies soon, until the test ends.
-func startGateway(t *testing.T, a *app, secret string) *gateway {
+func startGateway(t *testing.T, a *harness.Upstream, secret string) *gateway {
 	t.Helper()
 	return startGatewayMaxAge(t, a, secret, "1s")
 }
 
-// startGatewayMaxAge is startGateway with the queue's max_age.
-func startGatewayMaxAge(t *testing.T, a *app, secret, maxAge string) *gateway {
+// startGatewayMaxAge is startGateway with the queue's max_age. Its log
+// must hold neither the secret nor the operator's password.
+func startGatewayMaxAge(t *testing.T, a *harness.Upstream, secret, maxAge string) *gateway {
 	t.Helper()
-	dir := t.TempDir()
-	g := &gateway{
-		base:   fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
-		admin:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		secret: secret,
-	}
-	caddyfile := fmt.Sprintf(`{
-	admin %s
-	persist_config off
-	storage file_system %s
-}
-
-%s {
-	reready_verify /hook {
+	site := fmt.Sprintf(`	reready_verify /hook {
 		secret {env.BROWSER_TEST_SECRET}
 		queue {
 			max_age %s
@@ -350,68 +117,24 @@ func startGatewayMaxAge(t *testing.T, a *app, secret, maxAge string) *gateway {
 			%s %s
 		}
 		reready_ui
-	}
-}
-`, g.admin, filepath.Join(dir, "storage"), g.base, maxAge, a.addr, opsUser, authHash, opsUser, authHash)
-	config := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(config, []byte(caddyfile), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	g.cmd = exec.Command(caddyBin, "run", "--config", config, "--adapter", "caddyfile")
-	g.cmd.Dir = dir
-	g.cmd.Env = append(os.Environ(), "BROWSER_TEST_SECRET="+secret,
-		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"), "XDG_DATA_HOME="+filepath.Join(dir, "data"))
-	g.cmd.Stdout, g.cmd.Stderr = &g.logs, &g.logs
-	if err := g.cmd.Start(); err != nil {
-		t.Fatalf("starting bin/caddy: %v", err)
-	}
-	g.exited = make(chan struct{})
-	go func() { g.cmd.Wait(); close(g.exited) }()
-	t.Cleanup(func() {
-		g.cmd.Process.Kill()
-		<-g.exited
-		logs := g.logs.String()
-		if strings.Contains(logs, secret) || strings.Contains(logs, opsPass) {
-			t.Errorf("caddy's log holds the signing secret or the operator's password")
-		}
-		if strings.Contains(logs, "panic:") {
-			t.Errorf("caddy panicked")
-		}
-		if t.Failed() {
-			t.Logf("caddy output:\n%s", logs)
-		}
-	})
-	deadline := time.Now().Add(readyTimeout)
-	for {
-		resp, err := http.Get(g.base + "/__ready")
-		if err == nil {
-			resp.Body.Close()
-			return g
-		}
-		select {
-		case <-g.exited:
-			t.Fatalf("bin/caddy exited: %v\n%s", g.cmd.ProcessState, g.logs.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("bin/caddy not answering on %s: %v\n%s", g.base, err, g.logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	}`, maxAge, a.Addr, opsUser, authHash, opsUser, authHash)
+	storage := "\tstorage file_system " + filepath.Join(t.TempDir(), "storage")
+	g := harness.Start(t, caddyBin, 0, storage, site, []string{"BROWSER_TEST_SECRET=" + secret}, secret, opsPass)
+	return &gateway{g}
 }
 
 // send posts ev signed by s (with the gateway's secret, or another for a
 // forgery) and returns the status and the delivery id the gateway gave it.
-func (g *gateway) send(t *testing.T, s signer, secret string, ev event) (int, string) {
+func (g *gateway) send(t *testing.T, s harness.Signer, secret string, ev harness.Event) (int, string) {
 	t.Helper()
-	body := ev.body()
-	return g.post(t, body, s.sign(t, secret, body))
+	body := ev.Body()
+	return g.post(t, body, s.Sign(t, secret, time.Now().Unix(), body))
 }
 
 // post sends a body with a signature value as it is (for replays).
 func (g *gateway) post(t *testing.T, body []byte, sig string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, g.base+"/hook", bytes.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, g.Base+"/hook", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -435,7 +158,7 @@ type queueItem struct {
 // queue lists the queue through the admin API (no browser involved).
 func (g *gateway) queue(t *testing.T) map[string]string {
 	t.Helper()
-	resp, err := (&http.Client{Timeout: replyTimeout}).Get("http://" + g.admin + "/reready/queue")
+	resp, err := (&http.Client{Timeout: replyTimeout}).Get("http://" + g.Admin + "/reready/queue")
 	if err != nil {
 		t.Fatalf("admin API: %v", err)
 	}

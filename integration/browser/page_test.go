@@ -14,6 +14,8 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // Real, test, forged, replayed and queued deliveries appear without a
@@ -24,10 +26,10 @@ import (
 func TestPageLive(t *testing.T) {
 	const liveWithin = 2 * time.Second // the issue's bound; the page polls every second
 	const secret = "ssk_browser_live_5d6e7f80"
-	a := startApp(t)
+	a := harness.StartUpstream(t)
 	g := startGateway(t, a, secret)
 	ctx := newBrowser(t, 1280, 1000)
-	open(t, ctx, g.base+"/ops/")
+	open(t, ctx, g.Base+"/ops/")
 	waitJS(t, ctx, "the empty list", `document.querySelector('#deliveries tbody tr.empty').textContent === 'No deliveries yet.'`)
 	evalJS(t, ctx, `window.__sameDocument = 'yes'`, nil)
 
@@ -46,24 +48,24 @@ func TestPageLive(t *testing.T) {
 	}
 
 	// A real event signed by Python's hmac: forwarded, the app's 200.
-	real := event{ID: uuid(), State: "pending_return_shipment"}
-	realBody := real.body()
-	realSig := pythonSigner.sign(t, secret, realBody)
+	real := harness.Event{ID: harness.UUID(), State: "pending_return_shipment"}
+	realBody := real.Body()
+	realSig := harness.Python.Sign(t, secret, time.Now().Unix(), realBody)
 	if status, _ := g.post(t, realBody, realSig); status != http.StatusOK {
 		t.Fatalf("real event: status %d, want 200", status)
 	}
 	appears("real event", time.Now(), map[string]string{"outcome": "forwarded", "Return id": real.ID, "State": real.State, "Status": "200", "Test": "—", "Attempt": "1"})
 
 	// A test event signed by Ruby's OpenSSL: flagged as a test.
-	test := event{ID: uuid(), State: "complete", Test: true}
-	if status, _ := g.send(t, rubySigner, secret, test); status != http.StatusOK {
+	test := harness.Event{ID: harness.UUID(), State: "complete", Test: true}
+	if status, _ := g.send(t, harness.Ruby, secret, test); status != http.StatusOK {
 		t.Fatalf("test event: status %d, want 200", status)
 	}
 	appears("test event", time.Now(), map[string]string{"outcome": "forwarded", "Return id": test.ID, "Test": "test"})
 
 	// A forgery (openssl with another key): rejected, with its reason.
-	forged := event{ID: uuid(), State: "complete"}
-	if status, _ := g.send(t, opensslSigner, "ssk_not_the_secret", forged); status != http.StatusUnauthorized {
+	forged := harness.Event{ID: harness.UUID(), State: "complete"}
+	if status, _ := g.send(t, harness.OpenSSL, "ssk_not_the_secret", forged); status != http.StatusUnauthorized {
 		t.Fatalf("forged event: status %d, want 401", status)
 	}
 	appears("forged event", time.Now(), map[string]string{"outcome": "rejected", "Outcome": "rejectedsignature_mismatch", "Status": "401"})
@@ -75,15 +77,15 @@ func TestPageLive(t *testing.T) {
 	appears("replayed event", time.Now(), map[string]string{"outcome": "replayed", "Return id": real.ID})
 
 	// The app down: the delivery is queued (202), in the list and the queue.
-	a.down(t)
-	queued := event{ID: uuid(), State: "pending_outbound_shipment"}
-	status, queuedID := g.send(t, opensslSigner, secret, queued)
+	a.Down()
+	queued := harness.Event{ID: harness.UUID(), State: "pending_outbound_shipment"}
+	status, queuedID := g.send(t, harness.OpenSSL, secret, queued)
 	if status != http.StatusAccepted || queuedID == "" {
 		t.Fatalf("event while the app is down: status %d, delivery id %q; want 202 and an id", status, queuedID)
 	}
 	appears("queued event", time.Now(), map[string]string{"outcome": "queued", "Return id": queued.ID, "Status": "202"})
 	waitJS(t, ctx, "the queued item", rowWhere("#queue", map[string]string{"Return id": queued.ID, "Delivery id": queuedID}))
-	a.up(t)
+	a.Up(t)
 
 	// Counters: verified = real, test, replayed, queued; one rejected, one
 	// queued. The chart draws bars and its legend counts in words.
@@ -130,12 +132,12 @@ func TestPageLive(t *testing.T) {
 
 	// A return whose states came out of order: pending_return_shipment,
 	// then pending_outbound_shipment, then complete.
-	ret := uuid()
+	ret := harness.UUID()
 	for i, s := range []struct {
-		signer signer
+		signer harness.Signer
 		state  string
-	}{{pythonSigner, "pending_return_shipment"}, {rubySigner, "pending_outbound_shipment"}, {opensslSigner, "complete"}} {
-		if status, _ := g.send(t, s.signer, secret, event{ID: ret, State: s.state}); status != http.StatusOK {
+	}{{harness.Python, "pending_return_shipment"}, {harness.Ruby, "pending_outbound_shipment"}, {harness.OpenSSL, "complete"}} {
+		if status, _ := g.send(t, s.signer, secret, harness.Event{ID: ret, State: s.state}); status != http.StatusOK {
 			t.Fatalf("state %d (%s): status %d", i, s.state, status)
 		}
 	}
@@ -166,7 +168,7 @@ func TestPageLive(t *testing.T) {
 	noViolations(t, ctx)
 
 	// The same page under handle_path, which strips the route's prefix.
-	open(t, ctx, g.base+"/strip/")
+	open(t, ctx, g.Base+"/strip/")
 	waitJS(t, ctx, "rows under /strip/", rowWhere("#deliveries", map[string]string{"outcome": "forwarded", "Return id": real.ID}))
 	noViolations(t, ctx)
 }
@@ -175,7 +177,7 @@ func TestPageLive(t *testing.T) {
 // page, the app back up: delivered. Drop asks first, and a cancel keeps it.
 func TestPageQueueRetryDrop(t *testing.T) {
 	const secret = "ssk_browser_queue_1a2b3c4d"
-	a := startApp(t)
+	a := harness.StartUpstream(t)
 	g := startGateway(t, a, secret)
 	ctx := newBrowser(t, 1280, 1000)
 
@@ -199,11 +201,11 @@ func TestPageQueueRetryDrop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	open(t, ctx, g.base+"/ops/")
+	open(t, ctx, g.Base+"/ops/")
 
-	a.down(t)
-	item := event{ID: uuid(), State: "pending_return_shipment_delivery"}
-	status, id := g.send(t, pythonSigner, secret, item)
+	a.Down()
+	item := harness.Event{ID: harness.UUID(), State: "pending_return_shipment_delivery"}
+	status, id := g.send(t, harness.Python, secret, item)
 	if status != http.StatusAccepted {
 		t.Fatalf("event while the app is down: status %d, want 202", status)
 	}
@@ -214,7 +216,7 @@ func TestPageQueueRetryDrop(t *testing.T) {
 	// A page on another origin (this host, another port) tries to retry it
 	// with a form and a fetch, and to drop it with a fetch, while the
 	// browser holds the operator's credentials.
-	retryURL := g.base + "/ops/api/queue/" + id + "/retry"
+	retryURL := g.Base + "/ops/api/queue/" + id + "/retry"
 	evil := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html")
 		fmt.Fprintf(w, `<!doctype html><form id="f" method="post" action="%[1]s"></form><script>
@@ -222,7 +224,7 @@ Promise.allSettled([
 	fetch(%[2]q, {method: 'POST', mode: 'no-cors', credentials: 'include'}),
 	fetch(%[3]q, {method: 'DELETE', credentials: 'include'}),
 ]).then(() => document.getElementById('f').submit());
-</script>`, retryURL, retryURL, g.base+"/ops/api/queue/"+id)
+</script>`, retryURL, retryURL, g.Base+"/ops/api/queue/"+id)
 	}))
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -256,26 +258,26 @@ Promise.allSettled([
 	// Back on the page: Retry. The attempt fails (the app is still down),
 	// so it is pending again; the app comes up, a live delivery succeeds,
 	// and the item is delivered at once.
-	open(t, ctx, g.base+"/ops/")
+	open(t, ctx, g.Base+"/ops/")
 	waitJS(t, ctx, "the dead row", deadRow)
 	click(t, ctx, buttonJS("#queue", id, "Retry"))
 	waitJS(t, ctx, "the retry's message", `document.getElementById('action-msg').textContent === 'Retry asked for delivery `+id+`: it is due now, after any earlier delivery of its return.'`)
 	waitJS(t, ctx, "the item pending again", rowWhere("#queue", map[string]string{"Return id": item.ID, "status": "pending"}))
-	a.up(t)
-	if status, _ := g.send(t, rubySigner, secret, event{ID: uuid(), State: "complete"}); status != http.StatusOK {
+	a.Up(t)
+	if status, _ := g.send(t, harness.Ruby, secret, harness.Event{ID: harness.UUID(), State: "complete"}); status != http.StatusOK {
 		t.Fatalf("live event with the app up: status %d, want 200", status)
 	}
 	waitJS(t, ctx, "the redelivered row", rowWhere("#deliveries", map[string]string{"outcome": "redelivered", "Return id": item.ID, "Status": "200"}))
 	waitJS(t, ctx, "the item gone from the queue", `!`+rowWhere("#queue", map[string]string{"Delivery id": id}))
-	if !a.received(id) {
+	if !a.Received(id) {
 		t.Errorf("the app never received delivery %s", id)
 	}
 
 	// Drop: the dialog asks; Escape cancels and keeps the item; confirming
 	// drops it.
-	a.down(t)
-	drop := event{ID: uuid(), State: "failed"}
-	status, dropID := g.send(t, opensslSigner, secret, drop)
+	a.Down()
+	drop := harness.Event{ID: harness.UUID(), State: "failed"}
+	status, dropID := g.send(t, harness.OpenSSL, secret, drop)
 	if status != http.StatusAccepted {
 		t.Fatalf("second event while the app is down: status %d, want 202", status)
 	}
@@ -296,7 +298,7 @@ Promise.allSettled([
 	if _, ok := g.queue(t)[dropID]; ok {
 		t.Fatal("the storage still holds the dropped item")
 	}
-	a.up(t)
+	a.Up(t)
 	noViolations(t, ctx)
 }
 
@@ -304,19 +306,19 @@ Promise.allSettled([
 // in the list, the queue and the timeline; nothing in it runs.
 func TestPageShowsMarkupAsText(t *testing.T) {
 	const secret = "ssk_browser_markup_9e8d7c6b"
-	a := startApp(t)
+	a := harness.StartUpstream(t)
 	g := startGateway(t, a, secret)
 	ctx := newBrowser(t, 1280, 1000)
-	open(t, ctx, g.base+"/ops/")
+	open(t, ctx, g.Base+"/ops/")
 
-	rid := `<img src=x onerror="window.__xss=1">` + uuid()
+	rid := `<img src=x onerror="window.__xss=1">` + harness.UUID()
 	state := `<script>window.__xss=2</script>`
-	if status, _ := g.send(t, rubySigner, secret, event{ID: rid, State: state}); status != http.StatusOK {
+	if status, _ := g.send(t, harness.Ruby, secret, harness.Event{ID: rid, State: state}); status != http.StatusOK {
 		t.Fatalf("markup event: status %d, want 200 (an unknown state is forwarded)", status)
 	}
-	a.down(t)
+	a.Down()
 	queuedState := `<b onmouseover="window.__xss=3">complete</b>`
-	if status, _ := g.send(t, opensslSigner, secret, event{ID: rid, State: queuedState}); status != http.StatusAccepted {
+	if status, _ := g.send(t, harness.OpenSSL, secret, harness.Event{ID: rid, State: queuedState}); status != http.StatusAccepted {
 		t.Fatalf("markup event while the app is down: status %d, want 202", status)
 	}
 	waitJS(t, ctx, "the row, as text", rowWhere("#deliveries", map[string]string{"outcome": "forwarded", "Return id": rid, "State": state}))
@@ -335,7 +337,7 @@ func TestPageShowsMarkupAsText(t *testing.T) {
 	if xss != nil {
 		t.Errorf("the payload's script ran: window.__xss = %v", xss)
 	}
-	a.up(t)
+	a.Up(t)
 	noViolations(t, ctx)
 }
 
@@ -343,14 +345,14 @@ func TestPageShowsMarkupAsText(t *testing.T) {
 // the queue's buttons are there.
 func TestPagePhoneWidth(t *testing.T) {
 	const secret = "ssk_browser_phone_0f1e2d3c"
-	a := startApp(t)
+	a := harness.StartUpstream(t)
 	g := startGateway(t, a, secret)
 	ctx := newBrowser(t, 1280, 1000)
 	do(t, ctx, chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile))
-	open(t, ctx, g.base+"/ops/")
-	g.send(t, pythonSigner, secret, event{ID: uuid(), State: "complete"})
-	a.down(t)
-	g.send(t, pythonSigner, secret, event{ID: uuid(), State: "pending_outbound_shipment"})
+	open(t, ctx, g.Base+"/ops/")
+	g.send(t, harness.Python, secret, harness.Event{ID: harness.UUID(), State: "complete"})
+	a.Down()
+	g.send(t, harness.Python, secret, harness.Event{ID: harness.UUID(), State: "pending_outbound_shipment"})
 	waitJS(t, ctx, "a queue row", `document.querySelectorAll('#queue tbody tr:not(.empty)').length === 1`)
 	var layout struct {
 		ScrollWidth, InnerWidth int
@@ -374,7 +376,7 @@ func TestPagePhoneWidth(t *testing.T) {
 	if layout.Buttons != 3 { // Retry, Drop and the return id
 		t.Errorf("%d queue buttons visible within the width, want 3", layout.Buttons)
 	}
-	a.up(t)
+	a.Up(t)
 	noViolations(t, ctx)
 }
 
@@ -385,21 +387,21 @@ func TestPagePhoneWidth(t *testing.T) {
 // page does.
 func TestPageCredentialsInURL(t *testing.T) {
 	const secret = "ssk_browser_creds_4b3a2918"
-	a := startApp(t)
+	a := harness.StartUpstream(t)
 	g := startGatewayMaxAge(t, a, secret, "1h")
 	ctx := newBareBrowser(t, 1280, 1000) // no Authorization header of its own
 
-	fwd := event{ID: uuid(), State: "complete"}
-	if status, _ := g.send(t, pythonSigner, secret, fwd); status != http.StatusOK {
+	fwd := harness.Event{ID: harness.UUID(), State: "complete"}
+	if status, _ := g.send(t, harness.Python, secret, fwd); status != http.StatusOK {
 		t.Fatalf("event: status %d, want 200", status)
 	}
-	a.down(t)
-	status, id := g.send(t, rubySigner, secret, event{ID: uuid(), State: "failed"})
+	a.Down()
+	status, id := g.send(t, harness.Ruby, secret, harness.Event{ID: harness.UUID(), State: "failed"})
 	if status != http.StatusAccepted {
 		t.Fatalf("event while the app is down: status %d, want 202", status)
 	}
 
-	u, err := url.Parse(g.base)
+	u, err := url.Parse(g.Base)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -424,7 +426,7 @@ func TestPageCredentialsInURL(t *testing.T) {
 	// A POST from the page too.
 	click(t, ctx, buttonJS("#queue", id, "Retry"))
 	waitJS(t, ctx, "the retry's message", `document.getElementById('action-msg').textContent.startsWith('Retry asked for delivery `+id+`')`)
-	a.up(t)
+	a.Up(t)
 }
 
 // Test events (test: true in the payload, as ReReady's Test button sends)
@@ -433,18 +435,18 @@ func TestPageCredentialsInURL(t *testing.T) {
 // too; it lives in the URL.
 func TestPageTestEvents(t *testing.T) {
 	const secret = "ssk_browser_tests_6c5d4e3f"
-	a := startApp(t)
+	a := harness.StartUpstream(t)
 	g := startGatewayMaxAge(t, a, secret, "1h")
 	ctx := newBrowser(t, 1280, 1000)
-	open(t, ctx, g.base+"/ops/")
+	open(t, ctx, g.Base+"/ops/")
 
-	send := func(ev event, want int) {
+	send := func(ev harness.Event, want int) {
 		t.Helper()
-		if status, _ := g.send(t, pythonSigner, secret, ev); status != want {
+		if status, _ := g.send(t, harness.Python, secret, ev); status != want {
 			t.Fatalf("%+v: status %d, want %d", ev, status, want)
 		}
 	}
-	real, test := event{ID: uuid(), State: "complete"}, event{ID: uuid(), State: "complete", Test: true}
+	real, test := harness.Event{ID: harness.UUID(), State: "complete"}, harness.Event{ID: harness.UUID(), State: "complete", Test: true}
 	send(real, http.StatusOK)
 	send(test, http.StatusOK)
 	marked := func(table, id string) string { // a row of this return marked as a test
@@ -468,7 +470,7 @@ func TestPageTestEvents(t *testing.T) {
 		document.getElementById('deliveries-count').textContent === '(1 shown, 1 test hidden)'`)
 
 	// One that arrives meanwhile stays hidden; a real one after it shows.
-	later, real2 := event{ID: uuid(), State: "failed", Test: true}, event{ID: uuid(), State: "failed"}
+	later, real2 := harness.Event{ID: harness.UUID(), State: "failed", Test: true}, harness.Event{ID: harness.UUID(), State: "failed"}
 	send(later, http.StatusOK)
 	send(real2, http.StatusOK)
 	waitJS(t, ctx, "the later real row", shown(real2.ID))
@@ -481,10 +483,10 @@ func TestPageTestEvents(t *testing.T) {
 	waitJS(t, ctx, "test rows back", marked("#deliveries", test.ID)+` && `+marked("#deliveries", later.ID)+` && location.search === ''`)
 
 	// A test event in the queue is marked there too.
-	a.down(t)
-	queued := event{ID: uuid(), State: "pending_return_shipment", Test: true}
+	a.Down()
+	queued := harness.Event{ID: harness.UUID(), State: "pending_return_shipment", Test: true}
 	send(queued, http.StatusAccepted)
 	waitJS(t, ctx, "the queued test event marked", marked("#queue", queued.ID))
-	a.up(t)
+	a.Up(t)
 	noViolations(t, ctx)
 }

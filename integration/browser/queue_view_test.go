@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // The queue view reads the fields of GET /reready/queue that a held item
@@ -16,9 +18,9 @@ import (
 // fixed JSON: a gateway cannot be made to hold these states on demand.
 func TestPageQueueHeldItems(t *testing.T) {
 	const secret = "ssk_browser_held_8f7e6d5c"
-	a := startApp(t)
+	a := harness.StartUpstream(t)
 	g := startGatewayMaxAge(t, a, secret, "1h")
-	target, err := url.Parse(g.base)
+	target, err := url.Parse(g.Base)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,9 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 var screenshotOut = flag.String("screenshot", "", "also write the page's screenshot to this file (make screenshot)")
@@ -21,12 +24,12 @@ var screenshotOut = flag.String("screenshot", "", "also write the page's screens
 // PNG of the page's width.
 func TestScreenshot(t *testing.T) {
 	const secret = "ssk_browser_sample_7a6b5c4d"
-	a := startApp(t)
+	a := harness.StartUpstream(t)
 	g := startGatewayMaxAge(t, a, secret, "1h")
 	ctx := newBrowser(t, 1280, 900)
-	open(t, ctx, g.base+"/ops/")
+	open(t, ctx, g.Base+"/ops/")
 
-	send := func(s signer, ev event, want int) string {
+	send := func(s harness.Signer, ev harness.Event, want int) string {
 		t.Helper()
 		status, id := g.send(t, s, secret, ev)
 		if status != want {
@@ -34,40 +37,40 @@ func TestScreenshot(t *testing.T) {
 		}
 		return id
 	}
-	r1, r2, r3, r4, r5 := uuid(), uuid(), uuid(), uuid(), uuid()
+	r1, r2, r3, r4, r5 := harness.UUID(), harness.UUID(), harness.UUID(), harness.UUID(), harness.UUID()
 
 	// A return on its way, a test event, a forgery and a resend.
-	send(pythonSigner, event{ID: r1, State: "pending_outbound_shipment"}, http.StatusOK)
-	send(rubySigner, event{ID: r1, State: "pending_outbound_shipment_delivery"}, http.StatusOK)
-	body := event{ID: r1, State: "pending_return_shipment"}.body()
-	sig := opensslSigner.sign(t, secret, body)
+	send(harness.Python, harness.Event{ID: r1, State: "pending_outbound_shipment"}, http.StatusOK)
+	send(harness.Ruby, harness.Event{ID: r1, State: "pending_outbound_shipment_delivery"}, http.StatusOK)
+	body := harness.Event{ID: r1, State: "pending_return_shipment"}.Body()
+	sig := harness.OpenSSL.Sign(t, secret, time.Now().Unix(), body)
 	if status, _ := g.post(t, body, sig); status != http.StatusOK {
 		t.Fatalf("status %d", status)
 	}
-	send(rubySigner, event{ID: r2, State: "complete", Test: true}, http.StatusOK)
-	if status, _ := g.send(t, opensslSigner, "ssk_someone_else", event{ID: uuid(), State: "complete"}); status != http.StatusUnauthorized {
+	send(harness.Ruby, harness.Event{ID: r2, State: "complete", Test: true}, http.StatusOK)
+	if status, _ := g.send(t, harness.OpenSSL, "ssk_someone_else", harness.Event{ID: harness.UUID(), State: "complete"}); status != http.StatusUnauthorized {
 		t.Fatalf("forgery: status %d, want 401", status)
 	}
 	g.post(t, body, sig)
 
 	// The app fails (503): queued; it recovers and a live delivery brings
 	// the queued one through at once.
-	a.answer(http.StatusServiceUnavailable)
-	send(pythonSigner, event{ID: r3, State: "not_returned"}, http.StatusAccepted)
-	a.answer(0)
-	send(rubySigner, event{ID: r4, State: "pending_outbound_shipment"}, http.StatusOK)
+	a.Answer(http.StatusServiceUnavailable)
+	send(harness.Python, harness.Event{ID: r3, State: "not_returned"}, http.StatusAccepted)
+	a.Answer(0)
+	send(harness.Ruby, harness.Event{ID: r4, State: "pending_outbound_shipment"}, http.StatusOK)
 	waitJS(t, ctx, "the redelivery", rowWhere("#deliveries", map[string]string{"outcome": "redelivered", "Return id": r3}))
 
 	// One the app refuses on redelivery (410): dead.
-	a.answer(http.StatusServiceUnavailable)
-	send(pythonSigner, event{ID: r5, State: "failed"}, http.StatusAccepted)
-	a.answer(http.StatusGone)
+	a.Answer(http.StatusServiceUnavailable)
+	send(harness.Python, harness.Event{ID: r5, State: "failed"}, http.StatusAccepted)
+	a.Answer(http.StatusGone)
 	waitJSFor(t, ctx, "the dead item", rowWhere("#queue", map[string]string{"Return id": r5, "status": "dead"}), waitTimeout*2)
 
 	// The app fails again: r1's next states wait in the queue, in order.
-	a.answer(http.StatusServiceUnavailable)
-	send(opensslSigner, event{ID: r1, State: "pending_return_shipment_delivery"}, http.StatusAccepted)
-	send(pythonSigner, event{ID: r1, State: "complete"}, http.StatusAccepted)
+	a.Answer(http.StatusServiceUnavailable)
+	send(harness.OpenSSL, harness.Event{ID: r1, State: "pending_return_shipment_delivery"}, http.StatusAccepted)
+	send(harness.Python, harness.Event{ID: r1, State: "complete"}, http.StatusAccepted)
 	waitJS(t, ctx, "r1's held delivery", rowWhere("#deliveries", map[string]string{"Return id": r1, "Outcome": "queuedheld"}))
 	waitJS(t, ctx, "the queue", `document.querySelectorAll('#queue tbody tr:not(.empty)').length === 3`)
 

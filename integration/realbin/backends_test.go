@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // The storages the queue's fleet and fault tests run on: Caddy's
@@ -86,13 +88,13 @@ type redisServer struct {
 	addr   string
 	port   int
 	cmd    *exec.Cmd
-	out    syncBuffer
+	out    harness.SyncBuffer
 	exited chan struct{}
 }
 
 func startRedis(t *testing.T) *redisServer {
 	t.Helper()
-	port, err := freePort()
+	port, err := harness.ReservePort()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // The `caddy reready` subcommand of the built binary, against a real
@@ -34,7 +36,7 @@ func TestCLIReReadyCommand(t *testing.T) {
 
 	t.Run("send delivers through the gateway", func(t *testing.T) {
 		m := mark(t)
-		res := caddyCmd(t, env, "reready", "send", "--url", g.base+"/hook", "--state", "not_returned", "--serial-number", "SN-42")
+		res := caddyCmd(t, env, "reready", "send", "--url", g.Base+"/hook", "--state", "not_returned", "--serial-number", "SN-42")
 		if res.code != 0 || !strings.Contains(res.output, "200") {
 			t.Fatalf("send exit %d:\n%s", res.code, res.output)
 		}
@@ -60,7 +62,7 @@ func TestCLIReReadyCommand(t *testing.T) {
 
 	t.Run("send with token and signature", func(t *testing.T) {
 		m := mark(t)
-		res := caddyCmd(t, env, "reready", "send", "--url", g.base+"/both?x=1", "--token", token, "--state", "complete")
+		res := caddyCmd(t, env, "reready", "send", "--url", g.Base+"/both?x=1", "--token", token, "--state", "complete")
 		if res.code != 0 {
 			t.Fatalf("send exit %d:\n%s", res.code, res.output)
 		}
@@ -75,7 +77,7 @@ func TestCLIReReadyCommand(t *testing.T) {
 
 	t.Run("test event acknowledged by Caddy", func(t *testing.T) {
 		m := mark(t)
-		res := caddyCmd(t, env, "reready", "send", "--url", g.base+"/hook", "--state", "complete", "--test")
+		res := caddyCmd(t, env, "reready", "send", "--url", g.Base+"/hook", "--state", "complete", "--test")
 		if res.code != 0 || !strings.Contains(res.output, "202") {
 			t.Fatalf("send exit %d:\n%s", res.code, res.output)
 		}
@@ -84,7 +86,7 @@ func TestCLIReReadyCommand(t *testing.T) {
 
 	t.Run("wrong secret fails non-zero", func(t *testing.T) {
 		m := mark(t)
-		res := caddyCmd(t, []string{"REREADY_SIGNING_SECRET=ssk_not_this_one"}, "reready", "send", "--url", g.base+"/hook", "--state", "complete")
+		res := caddyCmd(t, []string{"REREADY_SIGNING_SECRET=ssk_not_this_one"}, "reready", "send", "--url", g.Base+"/hook", "--state", "complete")
 		if res.code == 0 || !strings.Contains(res.output, "401") {
 			t.Fatalf("send exit %d:\n%s", res.code, res.output)
 		}
@@ -92,19 +94,19 @@ func TestCLIReReadyCommand(t *testing.T) {
 	})
 
 	t.Run("unknown state lists the seven", func(t *testing.T) {
-		res := caddyCmd(t, env, "reready", "send", "--url", g.base+"/hook", "--state", "lost")
+		res := caddyCmd(t, env, "reready", "send", "--url", g.Base+"/hook", "--state", "lost")
 		if res.code == 0 || !strings.Contains(res.output, "pending_outbound_shipment_delivery") || !strings.Contains(res.output, "not_returned") {
 			t.Fatalf("send exit %d:\n%s", res.code, res.output)
 		}
 	})
 
-	body := newEvent("complete").body()
+	body := harness.NewEvent("complete").Body()
 	file := filepath.Join(t.TempDir(), "body.json")
 	if err := os.WriteFile(file, body, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ts := time.Now().Unix()
-	ruby := rubySigner.sign(t, secret, ts, body)
+	ruby := harness.Ruby.Sign(t, secret, ts, body)
 
 	t.Run("sign agrees with Ruby", func(t *testing.T) {
 		res := caddyCmd(t, env, "reready", "sign", "--timestamp", fmt.Sprint(ts), "--file", file)
@@ -119,8 +121,8 @@ func TestCLIReReadyCommand(t *testing.T) {
 			t.Fatalf("verify exit %d:\n%s", res.code, res.output)
 		}
 		for _, tc := range []struct{ header, reason string }{
-			{rubySigner.sign(t, "ssk_other", ts, body), "signature_mismatch"},
-			{rubySigner.sign(t, secret, ts-3600, body), "timestamp_stale"},
+			{harness.Ruby.Sign(t, "ssk_other", ts, body), "signature_mismatch"},
+			{harness.Ruby.Sign(t, secret, ts-3600, body), "timestamp_stale"},
 			{"t=" + fmt.Sprint(ts), "signature_malformed"},
 		} {
 			res := caddyCmd(t, env, "reready", "verify", "--header", tc.header, "--file", file)

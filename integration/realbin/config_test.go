@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // cmdResult is what a bin/caddy subcommand did.
@@ -41,7 +43,7 @@ func caddyCmdBin(t *testing.T, bin string, env []string, args ...string) cmdResu
 	dir := t.TempDir()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = dir
-	cmd.Env = append(caddyEnv(dir), env...)
+	cmd.Env = append(harness.CaddyEnv(dir), env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
@@ -62,11 +64,11 @@ func caddyCmdBin(t *testing.T, bin string, env []string, args ...string) cmdResu
 // block and returns its path.
 func writeCaddyfile(t *testing.T, block string) string {
 	t.Helper()
-	port, err := freePort()
+	port, err := harness.ReservePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin, err := freePort()
+	admin, err := harness.ReservePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,9 +161,9 @@ func TestSignersAgree(t *testing.T) {
 			fmt.Fprintf(m, "%d.", ts)
 			m.Write(c.body)
 			want := fmt.Sprintf("t=%d,v=%s", ts, hex.EncodeToString(m.Sum(nil)))
-			for _, s := range signers {
-				if got := s.sign(t, c.secret, ts, c.body); got != want {
-					t.Errorf("%s signer: %s\nwant %s", s.name, got, want)
+			for _, s := range harness.Signers {
+				if got := s.Sign(t, c.secret, ts, c.body); got != want {
+					t.Errorf("%s signer: %s\nwant %s", s.Name, got, want)
 				}
 			}
 		})

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // The seven states ReReady documents.
@@ -40,18 +42,18 @@ func TestAllSevenStates(t *testing.T) {
 	g := startGateway(t, fanOut, nil, fanOutSecret)
 	for i, u := range allApps {
 		for j, state := range states {
-			s := signers[(i+j)%len(signers)]
-			t.Run(u.name+"/"+state+"/"+s.name, func(t *testing.T) {
-				ev := newEvent(state)
+			s := harness.Signers[(i+j)%len(harness.Signers)]
+			t.Run(u.name+"/"+state+"/"+s.Name, func(t *testing.T) {
+				ev := harness.NewEvent(state)
 				switch state {
 				case "pending_return_shipment_delivery", "complete":
 					ev.Serial = "C02XK0ABJGH" + fmt.Sprint(j)
 				case "failed", "not_returned":
 					ev.Ticket = "https://support.example.com/tickets/" + fmt.Sprint(4200+j)
 				}
-				body := ev.body()
+				body := ev.Body()
 				ts := now()
-				sig := s.sign(t, fanOutSecret, ts, body)
+				sig := s.Sign(t, fanOutSecret, ts, body)
 				m := mark(t)
 				ok(t, g.post(t, "/hooks/"+u.name, body, "X-ReReady-Signature-512", sig))
 				delivered(t, m.one(t, u), ev, body, "hmac", fmt.Sprint(ts), sig)
@@ -66,11 +68,11 @@ func TestTestEventsForwarded(t *testing.T) {
 	g := startGateway(t, fanOut, nil, fanOutSecret)
 	for _, test := range []bool{true, false} {
 		t.Run(fmt.Sprint("test=", test), func(t *testing.T) {
-			ev := newEvent("pending_outbound_shipment")
+			ev := harness.NewEvent("pending_outbound_shipment")
 			ev.Test = test
-			body := ev.body()
+			body := ev.Body()
 			ts := now()
-			sig := rubySigner.sign(t, fanOutSecret, ts, body)
+			sig := harness.Ruby.Sign(t, fanOutSecret, ts, body)
 			m := mark(t)
 			ok(t, g.post(t, "/hooks/node", body, "X-ReReady-Signature-512", sig))
 			delivered(t, m.one(t, node), ev, body, "hmac", fmt.Sprint(ts), sig)
@@ -95,31 +97,31 @@ func TestTestEventAcknowledged(t *testing.T) {
 	reverse_proxy /webhooks/reready {{php}}`, nil, secret)
 
 	t.Run("test event", func(t *testing.T) {
-		ev := newEvent("complete")
+		ev := harness.NewEvent("complete")
 		ev.Test = true
-		body := ev.body()
+		body := ev.Body()
 		m := mark(t)
-		r := g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", opensslSigner.sign(t, secret, now(), body))
+		r := g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", harness.OpenSSL.Sign(t, secret, now(), body))
 		if r.status != http.StatusAccepted || r.body != "test event acknowledged" {
 			t.Errorf("reply %d %q, want 202 \"test event acknowledged\"", r.status, r.body)
 		}
 		m.none(t)
 	})
 	t.Run("real event", func(t *testing.T) {
-		ev := newEvent("complete")
-		body := ev.body()
+		ev := harness.NewEvent("complete")
+		body := ev.Body()
 		ts := now()
-		sig := pythonSigner.sign(t, secret, ts, body)
+		sig := harness.Python.Sign(t, secret, ts, body)
 		m := mark(t)
 		ok(t, g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", sig))
 		delivered(t, m.one(t, php), ev, body, "hmac", fmt.Sprint(ts), sig)
 	})
 	t.Run("forged test event", func(t *testing.T) {
-		ev := newEvent("complete")
+		ev := harness.NewEvent("complete")
 		ev.Test = true
-		body := ev.body()
+		body := ev.Body()
 		m := mark(t)
-		r := g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", rubySigner.sign(t, "ssk_not_the_secret", now(), body))
+		r := g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", harness.Ruby.Sign(t, "ssk_not_the_secret", now(), body))
 		if r.status != http.StatusUnauthorized {
 			t.Errorf("reply %d %q, want 401", r.status, r.body)
 		}
@@ -142,36 +144,36 @@ func TestTwoSecrets(t *testing.T) {
 	for _, c := range []struct {
 		name   string
 		secret string
-		s      signer
+		s      harness.Signer
 	}{
-		{"old secret", oldSecret, rubySigner},
-		{"new secret", newSecret, opensslSigner},
+		{"old secret", oldSecret, harness.Ruby},
+		{"new secret", newSecret, harness.OpenSSL},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			ev := newEvent("pending_return_shipment")
-			body := ev.body()
+			ev := harness.NewEvent("pending_return_shipment")
+			body := ev.Body()
 			ts := now()
-			sig := c.s.sign(t, c.secret, ts, body)
+			sig := c.s.Sign(t, c.secret, ts, body)
 			m := mark(t)
 			ok(t, g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", sig))
 			delivered(t, m.one(t, php), ev, body, "hmac", fmt.Sprint(ts), sig)
 		})
 	}
 	t.Run("several v, last one valid", func(t *testing.T) {
-		ev := newEvent("failed")
-		body := ev.body()
+		ev := harness.NewEvent("failed")
+		body := ev.Body()
 		ts := now()
-		wrong := macOf(pythonSigner.sign(t, "ssk_retired_secret", ts, body))
-		right := macOf(pythonSigner.sign(t, newSecret, ts, body))
+		wrong := macOf(harness.Python.Sign(t, "ssk_retired_secret", ts, body))
+		right := macOf(harness.Python.Sign(t, newSecret, ts, body))
 		sig := fmt.Sprintf("t=%d, v=%s, v=%s", ts, wrong, strings.ToUpper(right))
 		m := mark(t)
 		ok(t, g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", sig))
 		delivered(t, m.one(t, php), ev, body, "hmac", fmt.Sprint(ts), sig)
 	})
 	t.Run("neither secret", func(t *testing.T) {
-		body := newEvent("complete").body()
+		body := harness.NewEvent("complete").Body()
 		m := mark(t)
-		r := g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", rubySigner.sign(t, "ssk_third_secret", now(), body))
+		r := g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", harness.Ruby.Sign(t, "ssk_third_secret", now(), body))
 		if r.status != http.StatusUnauthorized {
 			t.Errorf("reply %d %q, want 401", r.status, r.body)
 		}
@@ -192,9 +194,9 @@ func TestTokenMode(t *testing.T) {
 	tok := url.QueryEscape(token)
 
 	t.Run("valid", func(t *testing.T) {
-		ev := newEvent("pending_outbound_shipment_delivery")
+		ev := harness.NewEvent("pending_outbound_shipment_delivery")
 		ev.Serial = "FVFXC2ABCDEF"
-		body := ev.body()
+		body := ev.Body()
 		m := mark(t)
 		ok(t, g.post(t, "/webhooks/reready?src=rr&token="+tok+"&b=%2F2&src=again", body))
 		rec := m.one(t, python)
@@ -204,8 +206,8 @@ func TestTokenMode(t *testing.T) {
 		}
 	})
 	t.Run("token only parameter", func(t *testing.T) {
-		ev := newEvent("complete")
-		body := ev.body()
+		ev := harness.NewEvent("complete")
+		body := ev.Body()
 		m := mark(t)
 		ok(t, g.post(t, "/webhooks/reready?token="+tok, body))
 		rec := m.one(t, python)
@@ -222,7 +224,7 @@ func TestTokenMode(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			m := mark(t)
-			r := g.post(t, "/webhooks/reready"+c.query, newEvent("complete").body())
+			r := g.post(t, "/webhooks/reready"+c.query, harness.NewEvent("complete").Body())
 			if r.status != http.StatusUnauthorized {
 				t.Errorf("reply %d %q, want 401", r.status, r.body)
 			}
@@ -246,11 +248,11 @@ func TestTokenAndSignature(t *testing.T) {
 	}
 	reverse_proxy /webhooks/reready {{node}}`, nil, secret, token)
 
-	ev := newEvent("not_returned")
+	ev := harness.NewEvent("not_returned")
 	ev.Ticket = "https://support.example.com/tickets/77"
-	body := ev.body()
+	body := ev.Body()
 	ts := now()
-	sig := opensslSigner.sign(t, secret, ts, body)
+	sig := harness.OpenSSL.Sign(t, secret, ts, body)
 
 	t.Run("signature without token", func(t *testing.T) {
 		m := mark(t)
@@ -283,7 +285,7 @@ func TestSpoofedHeadersReplaced(t *testing.T) {
 	g := startGateway(t, fanOut, nil, fanOutSecret)
 	for i, u := range allApps {
 		t.Run(u.name, func(t *testing.T) {
-			spoofDelivery(t, g, u, signers[i],
+			spoofDelivery(t, g, u, harness.Signers[i],
 				"X-ReReady-State", "complete",
 				"X-ReReady_State", "complete",
 				"x-reready-device-return-id", "00000000-0000-0000-0000-000000000000",
@@ -311,12 +313,12 @@ func TestSpoofedAliasHeadersReplaced(t *testing.T) {
 	}`, fanOut, nil, fanOutSecret)
 	for i, u := range allApps {
 		t.Run(u.name+"/underscore", func(t *testing.T) {
-			spoofDelivery(t, g, u, signers[i],
+			spoofDelivery(t, g, u, harness.Signers[i],
 				"X-ReReady_State", "complete",
 				"X-ReReady_Verified", "hmac,token")
 		})
 		t.Run(u.name+"/dot", func(t *testing.T) {
-			spoofDelivery(t, g, u, signers[(i+1)%len(signers)],
+			spoofDelivery(t, g, u, harness.Signers[(i+1)%len(harness.Signers)],
 				"X-ReReady.State", "complete",
 				"X-ReReady.Verified", "hmac,token")
 		})
@@ -326,13 +328,13 @@ func TestSpoofedAliasHeadersReplaced(t *testing.T) {
 // spoofDelivery sends a valid test event for pending_return_shipment (null
 // serial number and ticket URL) to app u with the extra headers spoof and
 // checks the app saw only the gateway's values.
-func spoofDelivery(t *testing.T, g *gateway, u *upstream, s signer, spoof ...string) {
+func spoofDelivery(t *testing.T, g *gateway, u *upstream, s harness.Signer, spoof ...string) {
 	t.Helper()
-	ev := newEvent("pending_return_shipment")
+	ev := harness.NewEvent("pending_return_shipment")
 	ev.Test = true
-	body := ev.body()
+	body := ev.Body()
 	ts := now()
-	sig := s.sign(t, fanOutSecret, ts, body)
+	sig := s.Sign(t, fanOutSecret, ts, body)
 	m := mark(t)
 	ok(t, g.post(t, "/hooks/"+u.name, body, append([]string{"X-ReReady-Signature-512", sig}, spoof...)...))
 	delivered(t, m.one(t, u), ev, body, "hmac", fmt.Sprint(ts), sig)
@@ -345,14 +347,14 @@ func TestChunkedBodyByteIdentical(t *testing.T) {
 	g := startGateway(t, fanOut, nil, fanOutSecret)
 	for i, u := range allApps {
 		t.Run(u.name, func(t *testing.T) {
-			ev := newEvent("complete")
+			ev := harness.NewEvent("complete")
 			ev.Serial = "C02ZQ1ABMD6T" // sent as "\u004302ZQ1ABMD6T"
 			body := []byte(fmt.Sprintf("{\r\n\t\"device_return_id\" : %q,\n  \"serial_number\": \"\\u004302ZQ1ABMD6T\",\n"+
 				"  \"state\":\"complete\", \"test\":false, \"ticket_url\":null,\n  \"url\": %q,\n"+
 				"  \"note\": \"Zo\u00eb\u2019s MacBook, caf\\u00e9 %s\"\n}\n",
-				ev.ID, ev.url(), strings.Repeat("chunk ", 2000)))
+				ev.ID, ev.URL(), strings.Repeat("chunk ", 2000)))
 			ts := now()
-			sig := signers[(i+1)%len(signers)].sign(t, fanOutSecret, ts, body)
+			sig := harness.Signers[(i+1)%len(harness.Signers)].Sign(t, fanOutSecret, ts, body)
 			m := mark(t)
 			ok(t, g.curlChunked(t, "/hooks/"+u.name, body, "X-ReReady-Signature-512", sig))
 			delivered(t, m.one(t, u), ev, body, "hmac", fmt.Sprint(ts), sig)
@@ -382,33 +384,33 @@ func TestSecretsFromEnvAndFile(t *testing.T) {
 
 	for _, c := range []struct {
 		path, secret string
-		s            signer
+		s            harness.Signer
 		u            *upstream
 	}{
-		{"/env", envSecret, pythonSigner, node},
-		{"/file", fileSecret, rubySigner, php},
+		{"/env", envSecret, harness.Python, node},
+		{"/file", fileSecret, harness.Ruby, php},
 	} {
 		t.Run(c.path, func(t *testing.T) {
-			ev := newEvent("pending_return_shipment_delivery")
-			body := ev.body()
+			ev := harness.NewEvent("pending_return_shipment_delivery")
+			body := ev.Body()
 			ts := now()
-			sig := c.s.sign(t, c.secret, ts, body)
+			sig := c.s.Sign(t, c.secret, ts, body)
 			m := mark(t)
 			ok(t, g.post(t, c.path, body, "X-ReReady-Signature-512", sig))
 			delivered(t, m.one(t, c.u), ev, body, "hmac", fmt.Sprint(ts), sig)
 		})
 	}
 	t.Run("secrets are not interchangeable", func(t *testing.T) {
-		body := newEvent("complete").body()
+		body := harness.NewEvent("complete").Body()
 		m := mark(t)
-		r := g.post(t, "/file", body, "X-ReReady-Signature-512", opensslSigner.sign(t, envSecret, now(), body))
+		r := g.post(t, "/file", body, "X-ReReady-Signature-512", harness.OpenSSL.Sign(t, envSecret, now(), body))
 		if r.status != http.StatusUnauthorized {
 			t.Errorf("reply %d %q, want 401", r.status, r.body)
 		}
 		m.none(t)
 	})
 	t.Run("adapt keeps placeholders", func(t *testing.T) {
-		out := caddyCmd(t, []string{"RR_TEST_SECRET=" + envSecret}, "adapt", "--config", g.config, "--adapter", "caddyfile")
+		out := caddyCmd(t, []string{"RR_TEST_SECRET=" + envSecret}, "adapt", "--config", g.Config, "--adapter", "caddyfile")
 		if out.err != nil {
 			t.Fatalf("caddy adapt: %v\n%s", out.err, out.output)
 		}

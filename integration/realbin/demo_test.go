@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // `make run` as the README tells a newcomer to use it, with the commands it
@@ -35,7 +37,7 @@ func TestMakeRunDemo(t *testing.T) {
 	}
 	ports := map[string]int{}
 	for _, name := range []string{"PORT", "PAGE_PORT", "APP_PORT", "ADMIN_PORT"} {
-		p, err := freePort()
+		p, err := harness.ReservePort()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -68,7 +70,7 @@ func TestMakeRunDemo(t *testing.T) {
 	run := exec.Command(filepath.Join(root, "scripts", "run-demo.sh"))
 	run.Dir, run.Env = root, withEnv()
 	run.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	var out syncBuffer
+	var out harness.SyncBuffer
 	run.Stdout, run.Stderr = &out, &out
 	if err := run.Start(); err != nil {
 		t.Fatal(err)

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // Caddyfile.example, as `make run` serves it, in front of the Python demo
@@ -24,7 +26,7 @@ func TestCaddyfileExample(t *testing.T) {
 		t.Fatal(err)
 	}
 	adminPort, port := sitePorts(t)
-	pagePort, err := freePort()
+	pagePort, err := harness.ReservePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,11 +74,11 @@ func TestCaddyfileExample(t *testing.T) {
 		}
 	})
 	t.Run("real event", func(t *testing.T) {
-		ev := newEvent("complete")
+		ev := harness.NewEvent("complete")
 		ev.Serial = "C02DEMO12345"
-		body := ev.body()
+		body := ev.Body()
 		ts := now()
-		sig := rubySigner.sign(t, secret, ts, body)
+		sig := harness.Ruby.Sign(t, secret, ts, body)
 		m := mark(t)
 		ok(t, g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", sig))
 		delivered(t, m.one(t, python), ev, body, "hmac", fmt.Sprint(ts), sig)
@@ -85,20 +87,20 @@ func TestCaddyfileExample(t *testing.T) {
 		}
 	})
 	t.Run("test event", func(t *testing.T) {
-		ev := newEvent("pending_outbound_shipment")
+		ev := harness.NewEvent("pending_outbound_shipment")
 		ev.Test = true
-		body := ev.body()
+		body := ev.Body()
 		m := mark(t)
-		r := g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", opensslSigner.sign(t, secret, now(), body))
+		r := g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", harness.OpenSSL.Sign(t, secret, now(), body))
 		if r.status != http.StatusAccepted {
 			t.Errorf("reply %d %q, want 202", r.status, r.body)
 		}
 		m.none(t)
 	})
 	t.Run("forged", func(t *testing.T) {
-		body := newEvent("complete").body()
+		body := harness.NewEvent("complete").Body()
 		m := mark(t)
-		r := g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", pythonSigner.sign(t, "ssk_not_the_demo_secret", now(), body))
+		r := g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", harness.Python.Sign(t, "ssk_not_the_demo_secret", now(), body))
 		if r.status != http.StatusUnauthorized {
 			t.Errorf("reply %d %q, want 401", r.status, r.body)
 		}
@@ -111,10 +113,10 @@ func TestCaddyfileExample(t *testing.T) {
 		admin := fmt.Sprintf("127.0.0.1:%d", adminPort)
 		key := seriesKey("caddy_reready_events_total", "state", "not_returned", "test", "true")
 		before, _ := scrape(t, admin)
-		ev := newEvent("not_returned")
+		ev := harness.NewEvent("not_returned")
 		ev.Test = true
-		body := ev.body()
-		if r := g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", rubySigner.sign(t, secret, now(), body)); r.status != http.StatusAccepted {
+		body := ev.Body()
+		if r := g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", harness.Ruby.Sign(t, secret, now(), body)); r.status != http.StatusAccepted {
 			t.Fatalf("reply %d %q, want 202", r.status, r.body)
 		}
 		after, raw := scrape(t, admin)
@@ -143,7 +145,7 @@ func TestCaddyfileExample(t *testing.T) {
 	})
 	t.Run("other path", func(t *testing.T) {
 		m := mark(t)
-		if r := g.post(t, "/elsewhere", newEvent("complete").body()); r.status != http.StatusNotFound {
+		if r := g.post(t, "/elsewhere", harness.NewEvent("complete").Body()); r.status != http.StatusNotFound {
 			t.Errorf("reply %d %q, want 404", r.status, r.body)
 		}
 		m.none(t)

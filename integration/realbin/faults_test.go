@@ -29,6 +29,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // ---- a Go upstream ---------------------------------------------------------
@@ -201,14 +203,14 @@ var relHexRun = regexp.MustCompile(`[0-9a-fA-F]{32,}`)
 // reported instead of failing the test; anything else still fails it.
 func relStopAndScan(t *testing.T, g *gateway, l *relLedger, minRejected int, allowSentSignature bool) {
 	t.Helper()
-	g.cmd.Process.Signal(syscall.SIGTERM)
+	g.Cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-g.exited:
+	case <-g.Exited:
 	case <-time.After(10 * time.Second):
-		g.cmd.Process.Kill()
-		<-g.exited
+		g.Cmd.Process.Kill()
+		<-g.Exited
 	}
-	logs := g.logs.String()
+	logs := g.Logs.String()
 	lines := strings.Split(strings.TrimSpace(logs), "\n")
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -255,9 +257,9 @@ func relStopAndScan(t *testing.T, g *gateway, l *relLedger, minRejected int, all
 // relDial connects to g with every operation bounded by replyTimeout.
 func relDial(t *testing.T, g *gateway) *net.TCPConn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", strings.TrimPrefix(g.base, "http://"), 2*time.Second)
+	c, err := net.DialTimeout("tcp", strings.TrimPrefix(g.Base, "http://"), 2*time.Second)
 	if err != nil {
-		t.Fatalf("dial %s: %v", g.base, err)
+		t.Fatalf("dial %s: %v", g.Base, err)
 	}
 	c.SetDeadline(time.Now().Add(replyTimeout))
 	t.Cleanup(func() { c.Close() })
@@ -268,7 +270,7 @@ func relDial(t *testing.T, g *gateway) *net.TCPConn {
 // hdr holds name, value pairs.
 func relHead(g *gateway, path string, n int, hdr ...string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n", path, strings.TrimPrefix(g.base, "http://"))
+	fmt.Fprintf(&b, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n", path, strings.TrimPrefix(g.Base, "http://"))
 	if n >= 0 {
 		fmt.Fprintf(&b, "Content-Length: %d\r\n", n)
 	} else {
@@ -287,7 +289,7 @@ var relClient = &http.Client{Timeout: replyTimeout, Transport: &http.Transport{D
 
 // relPost sends body to g without failing the test on a transport error.
 func relPost(c *http.Client, g *gateway, target string, body []byte, sig string) (status int, reply string, err error) {
-	req, err := http.NewRequest(http.MethodPost, g.base+target, strings.NewReader(string(body)))
+	req, err := http.NewRequest(http.MethodPost, g.Base+target, strings.NewReader(string(body)))
 	if err != nil {
 		return 0, "", err
 	}
@@ -314,7 +316,7 @@ func relPost(c *http.Client, g *gateway, target string, body []byte, sig string)
 // the token nor the signature is in it.
 func TestReliabilityUpstreamDown(t *testing.T) {
 	const secret, token = "ssk_down_8c41e2f07a", "tok_down_5ae1c0d9b3"
-	port, err := freePort()
+	port, err := harness.ReservePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,8 +339,8 @@ func TestReliabilityUpstreamDown(t *testing.T) {
 		return status, reply
 	}
 	event := func() ([]byte, string, string) {
-		ev := newEvent("pending_return_shipment")
-		body, ts := ev.body(), now()
+		ev := harness.NewEvent("pending_return_shipment")
+		body, ts := ev.Body(), now()
 		l.sent(ts, body)
 		return body, relSign(secret, ts, body), ev.ID
 	}
@@ -393,7 +395,7 @@ func TestReliabilityUpstreamDown(t *testing.T) {
 	// (the token deleted by the filter) and the headers (the signature
 	// deleted by the filter).
 	relStopAndScan(t, g, l, 0, false)
-	if n := strings.Count(g.logs.String(), `"logger":"http.log.error"`); n < 3 {
+	if n := strings.Count(g.Logs.String(), `"logger":"http.log.error"`); n < 3 {
 		t.Errorf("caddy logged %d errors, want one per 502 (3): the scan saw none of them", n)
 	}
 	t.Logf("RELIABILITY upstream-down: failed_deliveries=%d answered_2xx_while_failed=0 retries_forwarded=3 repeats_forwarded=0", failures)
@@ -434,8 +436,8 @@ func TestReliabilityUpstreamTimeout(t *testing.T) {
 	}`, nil, secret)
 	l := relNewLedger([]string{secret})
 
-	ev := newEvent("complete")
-	body, ts := ev.body(), now()
+	ev := harness.NewEvent("complete")
+	body, ts := ev.Body(), now()
 	l.sent(ts, body)
 	sig := relSign(secret, ts, body)
 
@@ -484,7 +486,7 @@ func TestReliabilitySlowBody(t *testing.T) {
 	reverse_proxy /webhooks/reready {{python}}`, nil, secret)
 	l := relNewLedger([]string{secret})
 	signed := func() ([]byte, string) {
-		body, ts := newEvent("failed").body(), now()
+		body, ts := harness.NewEvent("failed").Body(), now()
 		l.sent(ts, body)
 		return body, relSign(secret, ts, body)
 	}
@@ -568,8 +570,8 @@ func TestReliabilitySlowBody(t *testing.T) {
 			rejected++
 			m.none(t)
 
-			ev := newEvent("complete")
-			body, ts := ev.body(), now()
+			ev := harness.NewEvent("complete")
+			body, ts := ev.Body(), now()
 			l.sent(ts, body)
 			sig = relSign(secret, ts, body)
 			m = mark(t)
@@ -612,8 +614,8 @@ func TestReliabilitySlowBody(t *testing.T) {
 	// And a genuine delivery with Expect: 100-continue still gets its 100
 	// and goes through.
 	t.Run("100-continue, valid", func(t *testing.T) {
-		ev := newEvent("not_returned")
-		body, ts := ev.body(), now()
+		ev := harness.NewEvent("not_returned")
+		body, ts := ev.Body(), now()
 		l.sent(ts, body)
 		sig := relSign(secret, ts, body)
 		m := mark(t)
@@ -662,12 +664,12 @@ func TestReliabilitySlowUploadFlood(t *testing.T) {
 	headsSent.Add(slow)
 	stop := make(chan struct{})
 	for i := 0; i < slow; i++ {
-		body, ts := newEvent("complete").body(), now()
+		body, ts := harness.NewEvent("complete").Body(), now()
 		l.sent(ts, body)
 		sig := relSign(secret, ts, body)
 		go func(i int) {
 			start := time.Now()
-			c, err := net.DialTimeout("tcp", strings.TrimPrefix(g.base, "http://"), 5*time.Second)
+			c, err := net.DialTimeout("tcp", strings.TrimPrefix(g.Base, "http://"), 5*time.Second)
 			if err != nil {
 				headsSent.Done()
 				results <- result{err: err}
@@ -712,8 +714,8 @@ func TestReliabilitySlowUploadFlood(t *testing.T) {
 	okCount := 0
 	floodStart := time.Now()
 	for i := 0; i < valid; i++ {
-		ev := newEvent("pending_outbound_shipment")
-		body, ts := ev.body(), now()
+		ev := harness.NewEvent("pending_outbound_shipment")
+		body, ts := ev.Body(), now()
 		l.sent(ts, body)
 		start := time.Now()
 		status, reply, err := relPost(relClient, g, "/webhooks/reready", body, relSign(secret, ts, body))

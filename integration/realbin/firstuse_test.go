@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // First use of `caddy reready` from the built binary: a failed verify is
@@ -21,13 +23,13 @@ import (
 func TestCLIFirstUse(t *testing.T) {
 	const secret = "ssk_first_use_3c5e7a9b"
 	env := []string{"REREADY_SIGNING_SECRET=" + secret}
-	body := newEvent("complete").body()
+	body := harness.NewEvent("complete").Body()
 	file := filepath.Join(t.TempDir(), "body.json")
 	if err := os.WriteFile(file, body, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	old := time.Now().Add(-(14*time.Hour + 12*time.Minute + 5*time.Second)).Unix()
-	sig := rubySigner.sign(t, secret, old, body)
+	sig := harness.Ruby.Sign(t, secret, old, body)
 
 	t.Run("verify failure printed once, plainly", func(t *testing.T) {
 		res := caddyCmd(t, env, "reready", "verify", "--header", sig, "--file", file)
@@ -142,8 +144,8 @@ func TestReadmeHandleErrorsExample(t *testing.T) {
 	config, base := readmeCaddyfile(t, "handle_errors", python.addr)
 	g := runCaddyfile(t, config, base, env, secret)
 	const path = "/webhooks/reready"
-	sign := func(body []byte) string { return opensslSigner.sign(t, secret, now(), body) }
-	big := event{ID: uuid(), State: "complete", Extra: `, "note": "` + strings.Repeat("x", 70<<10) + `"`}.body()
+	sign := func(body []byte) string { return harness.OpenSSL.Sign(t, secret, now(), body) }
+	big := harness.Event{ID: harness.UUID(), State: "complete", Extra: `, "note": "` + strings.Repeat("x", 70<<10) + `"`}.Body()
 
 	for _, tc := range []struct {
 		name   string
@@ -152,14 +154,14 @@ func TestReadmeHandleErrorsExample(t *testing.T) {
 		reason string
 	}{
 		{"forged", func() reply {
-			body := newEvent("complete").body()
-			return g.post(t, path, body, "X-ReReady-Signature-512", pythonSigner.sign(t, "ssk_forger", now(), body))
+			body := harness.NewEvent("complete").Body()
+			return g.post(t, path, body, "X-ReReady-Signature-512", harness.Python.Sign(t, "ssk_forger", now(), body))
 		}, 401, "signature_mismatch"},
 		{"stale", func() reply {
-			body := newEvent("complete").body()
-			return g.post(t, path, body, "X-ReReady-Signature-512", rubySigner.sign(t, secret, now()-600, body))
+			body := harness.NewEvent("complete").Body()
+			return g.post(t, path, body, "X-ReReady-Signature-512", harness.Ruby.Sign(t, secret, now()-600, body))
 		}, 401, "timestamp_stale"},
-		{"unsigned", func() reply { return g.post(t, path, newEvent("complete").body()) }, 401, "signature_missing"},
+		{"unsigned", func() reply { return g.post(t, path, harness.NewEvent("complete").Body()) }, 401, "signature_missing"},
 		{"GET", func() reply { return g.request(t, "GET", path, nil) }, 405, "method_not_allowed"},
 		{"over 64KiB", func() reply { return g.post(t, path, big, "X-ReReady-Signature-512", sign(big)) }, 413, "body_too_large"},
 		{"not JSON", func() reply {
@@ -178,22 +180,22 @@ func TestReadmeHandleErrorsExample(t *testing.T) {
 	}
 
 	t.Run("delivered", func(t *testing.T) {
-		ev := newEvent("complete")
-		body, ts := ev.body(), now()
-		sig := rubySigner.sign(t, secret, ts, body)
+		ev := harness.NewEvent("complete")
+		body, ts := ev.Body(), now()
+		sig := harness.Ruby.Sign(t, secret, ts, body)
 		m := mark(t)
 		ok(t, g.post(t, path, body, "X-ReReady-Signature-512", sig))
 		delivered(t, m.one(t, python), ev, body, "hmac", fmt.Sprint(ts), sig)
 	})
 
 	t.Run("upstream down", func(t *testing.T) {
-		port, err := freePort() // nothing listens there
+		port, err := harness.ReservePort() // nothing listens there
 		if err != nil {
 			t.Fatal(err)
 		}
 		config, base := readmeCaddyfile(t, "handle_errors", fmt.Sprintf("127.0.0.1:%d", port))
 		g := runCaddyfile(t, config, base, env, secret)
-		body := newEvent("complete").body()
+		body := harness.NewEvent("complete").Body()
 		if r := g.post(t, path, body, "X-ReReady-Signature-512", sign(body)); r.status != 502 || r.body != "" {
 			t.Errorf("answer %d %q, want 502 with no body", r.status, r.body)
 		}
@@ -207,7 +209,7 @@ func TestReadmeHandleErrorsExample(t *testing.T) {
 // filter the reliability tests use is the README's, word for word.
 func TestReadmeLogFilter(t *testing.T) {
 	const token = "tok_log_filter_GENUINE_4d6f8b0a"
-	port, err := freePort() // the app is down: each accepted request is a 502
+	port, err := harness.ReservePort() // the app is down: each accepted request is a 502
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +218,7 @@ func TestReadmeLogFilter(t *testing.T) {
 		t.Errorf("the README's global log filter is not relLogFilter:\n%s", config)
 	}
 	g := runCaddyfile(t, config, base, []string{"REREADY_TOKEN=" + token}, token)
-	body := newEvent("complete").body()
+	body := harness.NewEvent("complete").Body()
 	sigs := map[string]string{ // header as sent: its value, to be found nowhere
 		"X-ReReady-Signature-512": "t=1,v=" + strings.Repeat("a1", 64),
 		"X_ReReady_Signature_512": "t=1,v=" + strings.Repeat("b2", 64),
@@ -248,13 +250,13 @@ func TestReadmeLogFilter(t *testing.T) {
 			sent++
 		}
 	}
-	g.cmd.Process.Signal(syscall.SIGTERM) // flush and stop
+	g.Cmd.Process.Signal(syscall.SIGTERM) // flush and stop
 	select {
-	case <-g.exited:
+	case <-g.Exited:
 	case <-time.After(10 * time.Second):
 		t.Fatal("caddy did not stop within 10s")
 	}
-	logs := g.logs.String()
+	logs := g.Logs.String()
 	if n := strings.Count(logs, `"uri":"/?REDACTED"`); n < sent {
 		t.Errorf("caddy logged %d filtered request URIs, want at least %d (one access log line per request): is its output captured?", n, sent)
 	}
@@ -300,7 +302,7 @@ func TestReadmeBuild(t *testing.T) {
 	}
 	script = strings.ReplaceAll(script, "bin/caddy", out)
 
-	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), harness.BuildTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", "-euo", "pipefail", "-c", script)
 	cmd.Dir = root

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // Early rejections (405, 408, 413) close the connection within a second of
@@ -43,7 +45,7 @@ func testEarlyRejectionsClose(t *testing.T, global string) {
 		body_timeout 1s
 	}
 	reverse_proxy /webhooks/reready {{python}}`, nil, secret)
-	host := strings.TrimPrefix(g.base, "http://")
+	host := strings.TrimPrefix(g.Base, "http://")
 	sig := relSign(secret, now(), []byte("{}"))
 
 	cases := []struct {
@@ -86,8 +88,8 @@ func testEarlyRejectionsClose(t *testing.T, global string) {
 	}
 
 	// The gateway still serves deliveries afterwards.
-	ev := newEvent("complete")
-	body, ts := ev.body(), now()
+	ev := harness.NewEvent("complete")
+	body, ts := ev.Body(), now()
 	s := relSign(secret, ts, body)
 	m := mark(t)
 	ok(t, g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", s))
@@ -146,7 +148,7 @@ func TestStrictPayloadThroughGateway(t *testing.T) {
 		secret `+secret+`
 	}
 	reverse_proxy /webhooks/reready {{node}}`, nil, secret)
-	id := uuid()
+	id := harness.UUID()
 	levels := func(n int) string { // the payload object and n-1 arrays
 		return strings.Repeat("[", n-1) + strings.Repeat("]", n-1)
 	}

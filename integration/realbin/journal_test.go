@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // The delivery journal, its admin API and CLI views, the queue metrics and
@@ -54,7 +56,7 @@ func checkEntry(t *testing.T, g *gateway, e obj, w wantEntry, from, to time.Time
 	if d, ok := e["duration_ms"].(float64); !ok || d < 0 || d > 60_000 {
 		t.Errorf("%s entry: duration_ms %v", w.outcome, e["duration_ms"])
 	}
-	if host := strings.TrimPrefix(g.base, "http://"); e.str("host") != host {
+	if host := strings.TrimPrefix(g.Base, "http://"); e.str("host") != host {
 		t.Errorf("%s entry: host %q, want %q", w.outcome, e.str("host"), host)
 	}
 	if !regexp.MustCompile(`^127\.0\.0\.1:[0-9]+$`).MatchString(e.str("remote_addr")) {
@@ -69,8 +71,8 @@ func checkEntry(t *testing.T, g *gateway, e obj, w wantEntry, from, to time.Time
 func TestJournal(t *testing.T) {
 	const s1, s2, token = "ssk_journal_first_1a2b3c4d", "ssk_journal_second_5e6f7a8b", "tok_journal_9c0d1e2f"
 	storage := t.TempDir()
-	app := newQApp(t)
-	app.up(t)
+	app := harness.NewUpstream(t)
+	app.Up(t)
 	g := startGatewayWith(t, storageGlobal(storage), fmt.Sprintf(`
 	reready_verify /j/* {
 		secret %[1]s %[2]s
@@ -88,13 +90,13 @@ func TestJournal(t *testing.T) {
 		secret %[1]s
 		mode observe
 	}
-	reverse_proxy %[4]s`, s1, s2, token, app.addr), nil, s1, s2, token)
+	reverse_proxy %[4]s`, s1, s2, token, app.Addr), nil, s1, s2, token)
 	admin := adminAddr(t, g)
 	from := time.Now()
 
 	const marker = "journal-body-marker-7f3a"
-	mk := func(state string) event {
-		ev := newEvent(state)
+	mk := func(state string) harness.Event {
+		ev := harness.NewEvent(state)
 		ev.Extra = `, "note": "` + marker + `"`
 		return ev
 	}
@@ -108,34 +110,34 @@ func TestJournal(t *testing.T) {
 	// Forwarded, signed with the second secret; then its repeat.
 	fwdEv := mk("pending_return_shipment")
 	fwdEv.Test = true
-	fwd := signEvent(t, rubySigner, s2, fwdEv)
+	fwd := signEvent(t, harness.Ruby, s2, fwdEv)
 	ok(t, send(fwd, "/j/app"))
 	alreadyDelivered(t, send(fwd, "/j/app"))
 
 	// Rejected: forged; and signed with a body that is not a payload.
-	forged := signEvent(t, pythonSigner, "ssk_journal_attacker", mk("complete"))
+	forged := signEvent(t, harness.Python, "ssk_journal_attacker", mk("complete"))
 	wantStatus(t, send(forged, "/j/app"), http.StatusUnauthorized)
 	badBody := []byte(`not json ` + marker)
 	badTS := now()
-	badSig := opensslSigner.sign(t, s1, badTS, badBody)
+	badSig := harness.OpenSSL.Sign(t, s1, badTS, badBody)
 	sigs, bodies = append(sigs, badSig), append(bodies, string(badBody))
 	wantStatus(t, g.post(t, "/j/app", badBody, "X-ReReady-Signature-512", badSig), http.StatusBadRequest)
 
 	// Queued (the app fails it live), then redelivered; and one the app
 	// refuses on redelivery: dead.
-	queued := signEvent(t, opensslSigner, s1, mk("complete"))
-	refused := signEvent(t, rubySigner, s1, mk("not_returned"))
-	app.setRule(func(q *qRec) qAnswer {
-		live := q.header.Get("X-Reready-Attempt") == ""
+	queued := signEvent(t, harness.OpenSSL, s1, mk("complete"))
+	refused := signEvent(t, harness.Ruby, s1, mk("not_returned"))
+	app.SetRule(func(q *harness.Request) harness.Answer {
+		live := q.Header.Get("X-Reready-Attempt") == ""
 		switch {
-		case q.id() == queued.id && live:
-			return qAnswer{status: 503, header: map[string]string{"Retry-After": "1"}}
-		case q.id() == refused.id && live:
-			return qAnswer{status: 502}
-		case q.id() == refused.id:
-			return qAnswer{status: 400}
+		case q.ID() == queued.id && live:
+			return harness.Answer{Status: 503, Header: map[string]string{"Retry-After": "1"}}
+		case q.ID() == refused.id && live:
+			return harness.Answer{Status: 502}
+		case q.ID() == refused.id:
+			return harness.Answer{Status: 400}
 		}
-		return qAnswer{}
+		return harness.Answer{}
 	})
 	wantQueued(t, send(queued, "/j/app"), queued.id)
 	wantQueued(t, send(refused, "/j/app"), refused.id)
@@ -145,19 +147,19 @@ func TestJournal(t *testing.T) {
 	// Token only (queued too: its stored URI must lose the token), both,
 	// observed.
 	tokEv := mk("complete")
-	bodies = append(bodies, string(tokEv.body()))
+	bodies = append(bodies, string(tokEv.Body()))
 	var tokFailed bool
-	app.setRule(func(q *qRec) qAnswer {
-		if q.returnID() == tokEv.ID && !tokFailed {
+	app.SetRule(func(q *harness.Request) harness.Answer {
+		if q.ReturnID() == tokEv.ID && !tokFailed {
 			tokFailed = true
-			return qAnswer{status: 503, header: map[string]string{"Retry-After": "1"}}
+			return harness.Answer{Status: 503, Header: map[string]string{"Retry-After": "1"}}
 		}
-		if q.id() == refused.id {
-			return qAnswer{status: 400}
+		if q.ID() == refused.id {
+			return harness.Answer{Status: 400}
 		}
-		return qAnswer{}
+		return harness.Answer{}
 	})
-	r := g.post(t, "/tok?token="+token+"&x=1", tokEv.body())
+	r := g.post(t, "/tok?token="+token+"&x=1", tokEv.Body())
 	if r.status != http.StatusAccepted {
 		t.Fatalf("token delivery: %d %q, want 202", r.status, r.body)
 	}
@@ -165,14 +167,14 @@ func TestJournal(t *testing.T) {
 	if st := readTree(t, storage); strings.Contains(string(st), token) {
 		t.Errorf("the token is in the storage")
 	}
-	tokRec := app.waitDelivered(t, tokID, queueTimeout)
-	if tokRec.uri != "/tok?x=1" {
-		t.Errorf("token delivery redelivered to %q, want /tok?x=1", tokRec.uri)
+	tokRec := app.WaitDelivered(t, tokID, queueTimeout)
+	if tokRec.URI != "/tok?x=1" {
+		t.Errorf("token delivery redelivered to %q, want /tok?x=1", tokRec.URI)
 	}
-	both := signEvent(t, opensslSigner, s1, mk("failed"))
+	both := signEvent(t, harness.OpenSSL, s1, mk("failed"))
 	sigs, bodies = append(sigs, both.sig), append(bodies, string(both.body))
 	ok(t, g.post(t, "/both?token="+token, both.body, "X-ReReady-Signature-512", both.sig))
-	observed := signEvent(t, rubySigner, "ssk_journal_attacker", mk("complete"))
+	observed := signEvent(t, harness.Ruby, "ssk_journal_attacker", mk("complete"))
 	ok(t, send(observed, "/obs"))
 	to := time.Now()
 
@@ -187,7 +189,7 @@ func TestJournal(t *testing.T) {
 			t.Fatalf("no %s entry for %q", outcome, id)
 			return nil
 		}
-		rid := func(ev event) string { return ev.ID }
+		rid := func(ev harness.Event) string { return ev.ID }
 		checkEntry(t, g, newest(fwd.id, "forwarded"), wantEntry{fwd.id, "forwarded", "", 200, 200, 1, rid(fwdEv), fwdEv.State, true, "hmac", 2, "/j/app"}, from, to)
 		checkEntry(t, g, newest(fwd.id, "replayed"), wantEntry{fwd.id, "replayed", "replay", 200, 0, 0, rid(fwdEv), fwdEv.State, true, "hmac", 2, "/j/app"}, from, to)
 		badID := deliveryIDOf(t, badSig)
@@ -309,7 +311,7 @@ func TestJournal(t *testing.T) {
 // caddy_reready_redeliveries_total{result}.
 func TestQueueMetrics(t *testing.T) {
 	const secret = "ssk_queue_metrics_3b4c5d6e"
-	app := newQApp(t)
+	app := harness.NewUpstream(t)
 	g := startGatewayWith(t, "\tmetrics", fmt.Sprintf(`
 	reready_verify /m/* {
 		secret %[1]s
@@ -321,7 +323,7 @@ func TestQueueMetrics(t *testing.T) {
 			max_age 2s
 		}
 	}
-	reverse_proxy %[2]s`, secret, app.addr), nil, secret)
+	reverse_proxy %[2]s`, secret, app.Addr), nil, secret)
 	admin := adminAddr(t, g)
 	const (
 		items   = "caddy_reready_queue_items"
@@ -334,7 +336,7 @@ func TestQueueMetrics(t *testing.T) {
 	var last promSeries
 	waitSeries := func(what string, cond func(p promSeries) bool) {
 		t.Helper()
-		waitUntil(t, what, queueTimeout, func() bool { last, _ = scrape(t, admin); return cond(last) })
+		harness.WaitUntil(t, what, queueTimeout, func() bool { last, _ = scrape(t, admin); return cond(last) })
 	}
 
 	before, raw := scrape(t, admin)
@@ -344,9 +346,9 @@ func TestQueueMetrics(t *testing.T) {
 		}
 	}
 
-	long1 := signEvent(t, rubySigner, secret, newEvent("complete"))
-	long2 := signEvent(t, opensslSigner, secret, newEvent("complete"))
-	short := signEvent(t, pythonSigner, secret, newEvent("complete"))
+	long1 := signEvent(t, harness.Ruby, secret, harness.NewEvent("complete"))
+	long2 := signEvent(t, harness.OpenSSL, secret, harness.NewEvent("complete"))
+	short := signEvent(t, harness.Python, secret, harness.NewEvent("complete"))
 	wantQueued(t, long1.post(t, g, "/m/app"), long1.id)
 	wantQueued(t, long2.post(t, g, "/m/app"), long2.id)
 	wantQueued(t, short.post(t, g, "/short/app"), short.id)
@@ -362,8 +364,8 @@ func TestQueueMetrics(t *testing.T) {
 	}
 	waitSeries("the oldest age did not grow", func(p promSeries) bool { return p[oldest+"{}"] > age1 })
 
-	app.up(t)
-	ok(t, signEvent(t, rubySigner, secret, newEvent("complete")).post(t, g, "/m/app")) // a kick
+	app.Up(t)
+	ok(t, signEvent(t, harness.Ruby, secret, harness.NewEvent("complete")).post(t, g, "/m/app")) // a kick
 	waitSeries("the two pending items were not counted delivered", func(p promSeries) bool {
 		return p.of(res("delivered")) == before.of(res("delivered"))+2 && p[key(items, "pending")] == 0 && p[oldest+"{}"] == 0
 	})
@@ -392,12 +394,12 @@ func TestDeliveriesFollow(t *testing.T) {
 	dir := t.TempDir()
 	cmd := exec.Command(caddyBin, "reready", "deliveries", "--follow", "--json", "--address", admin)
 	cmd.Dir = dir
-	cmd.Env = caddyEnv(dir)
+	cmd.Env = harness.CaddyEnv(dir)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
+	var stderr harness.SyncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -437,15 +439,15 @@ func TestDeliveriesFollow(t *testing.T) {
 	}
 	deliver := func() string {
 		t.Helper()
-		d := signEvent(t, rubySigner, secret, newEvent("complete"))
+		d := signEvent(t, harness.Ruby, secret, harness.NewEvent("complete"))
 		ok(t, postAfterReload(t, g, "/hooks/app", d.body, "X-ReReady-Signature-512", d.sig))
-		waitUntil(t, "--follow did not print "+d.id, replyTimeout, func() bool { return printed(d.id) > 0 })
+		harness.WaitUntil(t, "--follow did not print "+d.id, replyTimeout, func() bool { return printed(d.id) > 0 })
 		return d.id
 	}
 
 	var ids []string
 	ids = append(ids, deliver())
-	src, err := os.ReadFile(g.config)
+	src, err := os.ReadFile(g.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -482,18 +484,18 @@ func TestDeliveriesFollow(t *testing.T) {
 // with its data, which shows them on a stock build.
 func TestQueueEvents(t *testing.T) {
 	const secret = "ssk_queue_events_5d6e7f8a"
-	app := newQApp(t)
+	app := harness.NewUpstream(t)
 	// From the environment: with debug, Caddy logs the adapted config.
-	g := startGatewayWith(t, "\tdebug", queueSite("{env.REREADY_EVENTS_SECRET}", "max_age 2s", app.addr),
+	g := startGatewayWith(t, "\tdebug", queueSite("{env.REREADY_EVENTS_SECRET}", "max_age 2s", app.Addr),
 		[]string{"REREADY_EVENTS_SECRET=" + secret}, secret)
 
-	d := signEvent(t, rubySigner, secret, newEvent("complete"))
+	d := signEvent(t, harness.Ruby, secret, harness.NewEvent("complete"))
 	wantQueued(t, d.post(t, g, "/hooks/app"), d.id)
 	event := func(name string) map[string]any {
 		t.Helper()
 		var data map[string]any
-		waitUntil(t, "no "+name+" event logged for "+d.id, queueTimeout, func() bool {
-			for _, line := range strings.Split(g.logs.String(), "\n") {
+		harness.WaitUntil(t, "no "+name+" event logged for "+d.id, queueTimeout, func() bool {
+			for _, line := range strings.Split(g.Logs.String(), "\n") {
 				var l struct {
 					Logger, Msg, Name, Origin string
 					Data                      map[string]any
@@ -530,11 +532,11 @@ func TestQueueEvents(t *testing.T) {
 	if dead["error"] == "" {
 		t.Errorf("reready.dead without an error: %v", dead)
 	}
-	app.up(t)
+	app.Up(t)
 	if status, b := adminDo(t, g, http.MethodPost, "/reready/queue/"+d.id+"/retry"); status != http.StatusOK {
 		t.Fatalf("retry: %d %s", status, b)
 	}
-	rec := app.waitDelivered(t, d.id, queueTimeout)
+	rec := app.WaitDelivered(t, d.id, queueTimeout)
 	check("reready.redelivered", event("reready.redelivered"), 200, float64(attemptOf(rec)))
 }
 

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // relJob is one request of a load run.
@@ -31,11 +33,11 @@ func relJobs(secret, token string, valid, forged int, l *relLedger) []relJob {
 	jobs := make([]relJob, 0, valid+forged)
 	target := "/webhooks/reready?token=" + token
 	for i := 0; i < valid+forged; i++ {
-		ev := newEvent(states[i%len(states)])
+		ev := harness.NewEvent(states[i%len(states)])
 		if i%3 == 0 { // vary the size and the bytes
 			ev.Extra = fmt.Sprintf(`, "note": "Zoë’s %s \u00e9\t%d"`, strings.Repeat("é", i%97), i)
 		}
-		body, ts := ev.body(), now()
+		body, ts := ev.Body(), now()
 		j := relJob{id: ev.ID, body: body, target: target}
 		if i < valid {
 			j.sig = relSign(secret, ts, body)
@@ -82,11 +84,11 @@ func relCheckSignatures(t *testing.T, secret string, jobs []relJob) {
 		}
 		var ts int64
 		fmt.Sscanf(j.sig, "t=%d,", &ts)
-		s := signers[n%len(signers)]
-		if got := s.sign(t, secret, ts, j.body); got != j.sig {
-			t.Fatalf("the %s signer made %s, Go's crypto/hmac %s", s.name, got, j.sig)
+		s := harness.Signers[n%len(harness.Signers)]
+		if got := s.Sign(t, secret, ts, j.body); got != j.sig {
+			t.Fatalf("the %s signer made %s, Go's crypto/hmac %s", s.Name, got, j.sig)
 		}
-		if n++; n == len(signers) {
+		if n++; n == len(harness.Signers) {
 			return
 		}
 	}

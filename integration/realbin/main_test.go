@@ -4,8 +4,6 @@ package realbin
 
 import (
 	"bytes"
-	"context"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -23,13 +21,13 @@ import (
 	"time"
 
 	"github.com/reready-verify/caddy-reready-verify/internal/rrtest"
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // Bounds on every wait, so a broken build or binary fails instead of hanging.
 const (
-	buildTimeout = 15 * time.Minute // a cold xcaddy build takes ~90 s
-	readyTimeout = 15 * time.Second
-	replyTimeout = 10 * time.Second
+	readyTimeout = harness.ReadyTimeout
+	replyTimeout = harness.ReplyTimeout
 	logTimeout   = 3 * time.Second
 )
 
@@ -46,7 +44,7 @@ func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
 	var err error
-	if root, err = filepath.Abs("../.."); err != nil {
+	if root, err = harness.Root(); err != nil {
 		return fatal("%v", err)
 	}
 	var missing []string
@@ -61,17 +59,8 @@ func run(m *testing.M) int {
 
 	// REALBIN_CADDY runs the suite on another build of the same tree, such
 	// as one with the race detector (XCADDY_RACE_DETECTOR=1 xcaddy build ...).
-	if caddyBin = os.Getenv("REALBIN_CADDY"); caddyBin == "" {
-		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-		build := exec.CommandContext(ctx, filepath.Join(root, "scripts", "build-caddy.sh"))
-		build.Dir = root
-		build.Stdout, build.Stderr = os.Stderr, os.Stderr
-		err = build.Run()
-		cancel()
-		if err != nil {
-			return fatal("scripts/build-caddy.sh: %v", err)
-		}
-		caddyBin = filepath.Join(root, "bin", "caddy")
+	if caddyBin, err = harness.CaddyBin(); err != nil {
+		return fatal("%v", err)
 	}
 
 	tmp, err := os.MkdirTemp("", "realbin-")
@@ -103,33 +92,6 @@ func fatal(format string, args ...any) int {
 	return 1
 }
 
-// handedOut holds every port freePort returned: a port reserved for an
-// app that is down (nothing listens on it yet) must not be handed to a
-// gateway, which would then proxy to itself.
-var handedOut = struct {
-	sync.Mutex
-	ports map[int]bool
-}{ports: map[int]bool{}}
-
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago and
-// that no earlier call returned.
-func freePort() (int, error) {
-	handedOut.Lock()
-	defer handedOut.Unlock()
-	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if !handedOut.ports[port] {
-			handedOut.ports[port] = true
-			return port, nil
-		}
-	}
-}
-
 // waitListening polls addr until it accepts a connection, exited is closed,
 // or readyTimeout passes.
 func waitListening(addr string, exited <-chan struct{}) error {
@@ -151,24 +113,6 @@ func waitListening(addr string, exited <-chan struct{}) error {
 	}
 }
 
-// syncBuffer collects a process's output for failure messages.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // ---- upstream apps -------------------------------------------------------
 
 // upstream is one of the example apps, recording each request it gets as a
@@ -179,13 +123,13 @@ type upstream struct {
 	addr   string   // 127.0.0.1:port
 	record string
 	cmd    *exec.Cmd
-	out    syncBuffer
+	out    harness.SyncBuffer
 	exited chan struct{}
 }
 
 // start runs u in dir with PORT and RECORD set and waits until it listens.
 func (u *upstream) start(dir, record string) error {
-	port, err := freePort()
+	port, err := harness.ReservePort()
 	if err != nil {
 		return err
 	}
@@ -325,78 +269,6 @@ func (r record) rereadyHeaders() map[string]string {
 
 // ---- the ReReady side ------------------------------------------------------
 
-// event is a ReReady delivery; its body is shaped exactly like the vendor's
-// example payload.
-type event struct {
-	ID     string
-	State  string
-	Test   bool
-	Serial string // "" sends null
-	Ticket string // "" sends null
-	Extra  string // raw JSON members added at the end, e.g. `, "note": "..."`
-}
-
-func newEvent(state string) event { return event{ID: uuid(), State: state} }
-
-func uuid() string {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic(err)
-	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
-}
-
-func (e event) url() string { return "https://www.reready.co/device_returns/" + e.ID }
-
-func (e event) body() []byte {
-	null := func(s string) string {
-		if s == "" {
-			return "null"
-		}
-		b, _ := json.Marshal(s)
-		return string(b)
-	}
-	return []byte(fmt.Sprintf(`{ "device_return_id": %q, "serial_number": %s, "state": %q, "test": %t, "ticket_url": %s, "url": %q%s }`,
-		e.ID, null(e.Serial), e.State, e.Test, null(e.Ticket), e.url(), e.Extra))
-}
-
-// signer is an independent implementation of ReReady's signature.
-type signer struct {
-	name string
-	argv []string
-}
-
-var (
-	rubySigner    = signer{"ruby", []string{"ruby", "sign.rb"}}
-	opensslSigner = signer{"openssl", []string{"sh", "sign.sh"}}
-	pythonSigner  = signer{"python", []string{"python3", "sign.py"}}
-	signers       = []signer{rubySigner, opensslSigner, pythonSigner}
-)
-
-var sigValue = regexp.MustCompile(`^t=[0-9]+,v=[0-9a-f]{128}$`)
-
-// sign returns the X-ReReady-Signature-512 value s makes for body at t.
-func (s signer) sign(t *testing.T, secret string, ts int64, body []byte) string {
-	t.Helper()
-	cmd := exec.Command(s.argv[0], append(s.argv[1:], fmt.Sprint(ts))...)
-	cmd.Dir = filepath.Join(root, "integration", "signers")
-	cmd.Env = append(os.Environ(), "REREADY_SIGNING_SECRET="+secret)
-	cmd.Stdin = bytes.NewReader(body)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("%s signer: %v\n%s", s.name, err, stderr.String())
-	}
-	v := strings.TrimSpace(string(out))
-	if !sigValue.MatchString(v) {
-		t.Fatalf("%s signer printed %q, want t=<t>,v=<128 hex>", s.name, v)
-	}
-	return v
-}
-
 // deliveryIDOf is the delivery id the gateway gives a delivery signed
 // with sig by an independent signer.
 func deliveryIDOf(t *testing.T, sig string) string {
@@ -414,13 +286,7 @@ func macOf(sig string) string { _, v, _ := strings.Cut(sig, ",v="); return v }
 // ---- the gateway -----------------------------------------------------------
 
 // gateway is a running bin/caddy.
-type gateway struct {
-	base   string // http://127.0.0.1:port
-	config string // path of the Caddyfile
-	cmd    *exec.Cmd
-	logs   syncBuffer
-	exited chan struct{}
-}
+type gateway struct{ *harness.Gateway }
 
 // startGateway writes a Caddyfile whose single site, http://127.0.0.1:<free
 // port>, holds site (with {{python}}, {{node}} and {{php}} replaced by the
@@ -435,31 +301,14 @@ func startGateway(t *testing.T, site string, env []string, secrets ...string) *g
 // startGatewayWith is startGateway with more global options.
 func startGatewayWith(t *testing.T, global, site string, env []string, secrets ...string) *gateway {
 	t.Helper()
-	adminPort, port := sitePorts(t)
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	return runCaddyfile(t, gatewayCaddyfile(adminPort, global, base, site), base, env, secrets...)
+	return &gateway{harness.Start(t, caddyBin, 0, global, withApps(site), env, secrets...)}
 }
 
 // sitePorts returns two ports on 127.0.0.1 that were free a moment ago:
 // one for the admin endpoint, one for the site.
 func sitePorts(t *testing.T) (admin, site int) {
 	t.Helper()
-	var err error
-	if admin, err = freePort(); err == nil {
-		site, err = freePort()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return admin, site
-}
-
-// gatewayCaddyfile is the Caddyfile of a one-site gateway: its admin
-// endpoint, more global options, and the site at base, with {{python}},
-// {{node}} and {{php}} replaced by the apps' addresses.
-func gatewayCaddyfile(adminPort int, global, base, site string) string {
-	return fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n\tdefault_bind 127.0.0.1\n%s\n}\n\n%s {\n%s\n}\n",
-		adminPort, global, base, withApps(site))
+	return harness.FreePort(t), harness.FreePort(t)
 }
 
 // runCaddyfile runs bin/caddy on caddyfile, which serves base, until the
@@ -484,17 +333,10 @@ func caddyTestBin(t *testing.T) string {
 		if testBin.path = os.Getenv("REALBIN_CADDY_TEST"); testBin.path != "" {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-		defer cancel()
-		build := exec.CommandContext(ctx, filepath.Join(root, "scripts", "build-caddy.sh"), "test")
-		build.Dir = root
-		build.Stdout, build.Stderr = os.Stderr, os.Stderr
-		if testBin.err = build.Run(); testBin.err == nil {
-			testBin.path = filepath.Join(root, "bin", "caddy-test")
-		}
+		testBin.path, testBin.err = harness.Build("test")
 	})
 	if testBin.err != nil {
-		t.Fatalf("scripts/build-caddy.sh test: %v", testBin.err)
+		t.Fatal(testBin.err)
 	}
 	return testBin.path
 }
@@ -503,79 +345,11 @@ func caddyTestBin(t *testing.T) string {
 // base, until the test ends.
 func runCaddyfileBin(t *testing.T, bin, caddyfile, base string, env []string, secrets ...string) *gateway {
 	t.Helper()
-	dir := t.TempDir()
-	g := &gateway{base: base, config: filepath.Join(dir, "Caddyfile")}
-	if err := os.WriteFile(g.config, []byte(caddyfile), 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	g.cmd = exec.Command(bin, "run", "--config", g.config, "--adapter", "caddyfile")
-	g.cmd.Dir = dir
-	g.cmd.Env = append(caddyEnv(dir), env...)
-	g.cmd.Stdout, g.cmd.Stderr = &g.logs, &g.logs
-	if err := g.cmd.Start(); err != nil {
-		t.Fatalf("starting bin/caddy: %v", err)
-	}
-	g.exited = make(chan struct{})
-	go func() { g.cmd.Wait(); close(g.exited) }()
-	t.Cleanup(func() {
-		g.cmd.Process.Kill()
-		<-g.exited
-		logs := g.logs.String()
-		for _, s := range secrets {
-			if strings.Contains(logs, s) {
-				t.Errorf("caddy's log contains the secret or token %q", s)
-			}
-		}
-		if strings.Contains(logs, "WARNING: DATA RACE") || strings.Contains(logs, "panic:") {
-			t.Errorf("caddy reported a data race or panicked")
-		}
-		if t.Failed() {
-			t.Logf("Caddyfile:\n%s\ncaddy output:\n%s", caddyfile, logs)
-		}
-	})
-	if err := g.waitReady(); err != nil {
-		t.Fatalf("bin/caddy: %v\nCaddyfile:\n%s\noutput:\n%s", err, caddyfile, g.logs.String())
-	}
-	return g
+	return &gateway{harness.Run(t, bin, caddyfile, base, env, secrets...)}
 }
 
 func withApps(s string) string {
 	return strings.NewReplacer("{{python}}", python.addr, "{{node}}", node.addr, "{{php}}", php.addr).Replace(s)
-}
-
-// caddyEnv is the environment for bin/caddy: ours, minus REREADY_*, with
-// Caddy's config and data directories under dir.
-func caddyEnv(dir string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "REREADY_") && !strings.HasPrefix(kv, "XDG_") {
-			env = append(env, kv)
-		}
-	}
-	return append(env, "XDG_CONFIG_HOME="+filepath.Join(dir, "config"), "XDG_DATA_HOME="+filepath.Join(dir, "data"))
-}
-
-// waitReady polls until the site answers any HTTP request.
-func (g *gateway) waitReady() error {
-	client := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(readyTimeout)
-	for {
-		select {
-		case <-g.exited:
-			return fmt.Errorf("exited: %v", g.cmd.ProcessState)
-		default:
-		}
-		resp, err := client.Get(g.base + "/__ready")
-		if err == nil {
-			resp.Body.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not answering on %s after %s: %v", g.base, readyTimeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // waitLog waits until caddy has logged a line containing every one of
@@ -586,7 +360,7 @@ func (g *gateway) waitLog(t *testing.T, parts ...string) {
 }
 
 // logOffset is where caddy's log ends now, for waitLogSince.
-func logOffset(g *gateway) int { return len(g.logs.String()) }
+func logOffset(g *gateway) int { return len(g.Logs.String()) }
 
 // waitLogSince waits until caddy has logged, after offset, a line holding
 // every one of parts.
@@ -594,7 +368,7 @@ func waitLogSince(t *testing.T, g *gateway, offset int, parts ...string) {
 	t.Helper()
 	deadline := time.Now().Add(logTimeout)
 	for {
-		for _, line := range strings.Split(g.logs.String()[offset:], "\n") {
+		for _, line := range strings.Split(g.Logs.String()[offset:], "\n") {
 			found := true
 			for _, p := range parts {
 				found = found && strings.Contains(line, p)
@@ -623,7 +397,7 @@ type reply struct {
 // X-ReReady_State stays as spelled). Content-Type is application/json.
 func (g *gateway) request(t *testing.T, method, target string, body []byte, hdr ...string) reply {
 	t.Helper()
-	req, err := http.NewRequest(method, g.base+target, bytes.NewReader(body))
+	req, err := http.NewRequest(method, g.Base+target, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -664,7 +438,7 @@ func (g *gateway) curlChunked(t *testing.T, target string, body []byte, hdr ...s
 	for i := 0; i+1 < len(hdr); i += 2 {
 		args = append(args, "-H", hdr[i]+": "+hdr[i+1])
 	}
-	args = append(args, g.base+target)
+	args = append(args, g.Base+target)
 	cmd := exec.Command("curl", args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -684,7 +458,7 @@ func (g *gateway) curlChunked(t *testing.T, target string, body []byte, hdr ...s
 // bytes sent), verified as verified, with signed timestamp ts ("" when no
 // signature was checked), and that the only X-ReReady-* headers the app got
 // are the gateway's (plus the signature, which passes through).
-func delivered(t *testing.T, rec record, ev event, body []byte, verified, ts, signature string) {
+func delivered(t *testing.T, rec record, ev harness.Event, body []byte, verified, ts, signature string) {
 	t.Helper()
 	nullable := func(s string) any {
 		if s == "" {
@@ -701,7 +475,7 @@ func delivered(t *testing.T, rec record, ev event, body []byte, verified, ts, si
 		"timestamp":        nullable(ts),
 		"serial_number":    nullable(ev.Serial),
 		"ticket_url":       nullable(ev.Ticket),
-		"url":              ev.url(),
+		"url":              ev.URL(),
 		"content_length":   fmt.Sprint(len(body)),
 	}
 	for k, v := range want {
@@ -717,7 +491,7 @@ func delivered(t *testing.T, rec record, ev event, body []byte, verified, ts, si
 		"x-reready-state":            ev.State,
 		"x-reready-device-return-id": ev.ID,
 		"x-reready-test":             fmt.Sprint(ev.Test),
-		"x-reready-url":              ev.url(),
+		"x-reready-url":              ev.URL(),
 		"x-reready-verified":         verified,
 	}
 	for k, v := range map[string]string{
@@ -738,7 +512,7 @@ func delivered(t *testing.T, rec record, ev event, body []byte, verified, ts, si
 	if ts != "" {
 		idPrefix = ts
 	}
-	if sigValue.MatchString(signature) { // one v: its MAC is the one that matched
+	if harness.SigValue.MatchString(signature) { // one v: its MAC is the one that matched
 		wantHdr["x-reready-delivery-id"] = deliveryIDOf(t, signature)
 	} else if id := got["x-reready-delivery-id"]; !regexp.MustCompile(`^` + idPrefix + `-[0-9a-f]{32}$`).MatchString(id) {
 		t.Errorf("%s app: header x-reready-delivery-id = %q, want %s-<32 hex>", rec["app"], id, idPrefix)

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // Observe mode and the Prometheus metrics, end to end.
@@ -98,28 +100,28 @@ func TestObserveMode(t *testing.T) {
 		status int // what enforce mode would answer
 	}{
 		{"forged", func(t *testing.T) sent {
-			body := newEvent("complete").body()
-			return sent{body, rubySigner.sign(t, "ssk_observe_attacker", now(), body)}
+			body := harness.NewEvent("complete").Body()
+			return sent{body, harness.Ruby.Sign(t, "ssk_observe_attacker", now(), body)}
 		}, "signature_mismatch", 401},
 		{"stale", func(t *testing.T) sent {
-			body := newEvent("complete").body()
-			return sent{body, opensslSigner.sign(t, secret, now()-900, body)}
+			body := harness.NewEvent("complete").Body()
+			return sent{body, harness.OpenSSL.Sign(t, secret, now()-900, body)}
 		}, "timestamp_stale", 401},
 		{"malformed signature", func(t *testing.T) sent {
-			body := newEvent("complete").body()
-			sig := pythonSigner.sign(t, secret, now(), body)
+			body := harness.NewEvent("complete").Body()
+			sig := harness.Python.Sign(t, secret, now(), body)
 			return sent{body, sig[:len(sig)-3]}
 		}, "signature_malformed", 401},
 		{"no signature", func(t *testing.T) sent {
-			return sent{newEvent("complete").body(), ""}
+			return sent{harness.NewEvent("complete").Body(), ""}
 		}, "signature_missing", 401},
 		{"signed, missing state", func(t *testing.T) sent {
-			body := []byte(`{ "device_return_id": "` + uuid() + `", "serial_number": null, "test": false }`)
-			return sent{body, rubySigner.sign(t, secret, now(), body)}
+			body := []byte(`{ "device_return_id": "` + harness.UUID() + `", "serial_number": null, "test": false }`)
+			return sent{body, harness.Ruby.Sign(t, secret, now(), body)}
 		}, "payload_missing_field", 400},
 		{"signed, not JSON", func(t *testing.T) sent {
-			body := []byte(`device_return_id=` + uuid() + `&state=complete`)
-			return sent{body, opensslSigner.sign(t, secret, now(), body)}
+			body := []byte(`device_return_id=` + harness.UUID() + `&state=complete`)
+			return sent{body, harness.OpenSSL.Sign(t, secret, now(), body)}
 		}, "payload_invalid_json", 400},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -146,7 +148,7 @@ func TestObserveMode(t *testing.T) {
 			{"?src=rr&token=tok_wrong&b=2", "token_mismatch"},
 			{"?src=rr&b=2", "token_missing"},
 		} {
-			body := newEvent("complete").body()
+			body := harness.NewEvent("complete").Body()
 			m := mark(t)
 			ok(t, g.post(t, "/obs-token"+c.query, body, spoofedObserveHeaders...))
 			rec := m.one(t, node)
@@ -158,11 +160,11 @@ func TestObserveMode(t *testing.T) {
 	})
 
 	t.Run("verified marked as usual, replay applies", func(t *testing.T) {
-		ev := newEvent("pending_return_shipment_delivery")
+		ev := harness.NewEvent("pending_return_shipment_delivery")
 		ev.Serial = "C02OBSERVE01"
-		body := ev.body()
+		body := ev.Body()
 		ts := now()
-		sig := pythonSigner.sign(t, secret, ts, body)
+		sig := harness.Python.Sign(t, secret, ts, body)
 		hdr := append([]string{"X-ReReady-Signature-512", sig}, spoofedObserveHeaders...)
 		m := mark(t)
 		ok(t, g.post(t, "/obs", body, hdr...))
@@ -176,10 +178,10 @@ func TestObserveMode(t *testing.T) {
 	})
 
 	t.Run("405 still applies", func(t *testing.T) {
-		body := newEvent("complete").body()
+		body := harness.NewEvent("complete").Body()
 		m := mark(t)
 		off := logOffset(g)
-		r := g.request(t, http.MethodPut, "/obs", body, "X-ReReady-Signature-512", rubySigner.sign(t, secret, now(), body))
+		r := g.request(t, http.MethodPut, "/obs", body, "X-ReReady-Signature-512", harness.Ruby.Sign(t, secret, now(), body))
 		wantStatus(t, r, http.StatusMethodNotAllowed)
 		if r.header.Get("Allow") != "POST" {
 			t.Errorf("405 with Allow %q, want POST", r.header.Get("Allow"))
@@ -189,9 +191,9 @@ func TestObserveMode(t *testing.T) {
 	})
 
 	t.Run("413 still applies", func(t *testing.T) {
-		ev := event{ID: uuid(), State: "complete", Extra: `, "note": "` + strings.Repeat("x", 1200) + `"`}
-		body := ev.body()
-		sig := opensslSigner.sign(t, secret, now(), body)
+		ev := harness.Event{ID: harness.UUID(), State: "complete", Extra: `, "note": "` + strings.Repeat("x", 1200) + `"`}
+		body := ev.Body()
+		sig := harness.OpenSSL.Sign(t, secret, now(), body)
 		m := mark(t)
 		off := logOffset(g)
 		wantStatus(t, g.post(t, "/obs", body, "X-ReReady-Signature-512", sig), http.StatusRequestEntityTooLarge)
@@ -203,7 +205,7 @@ func TestObserveMode(t *testing.T) {
 	t.Run("408 still applies", func(t *testing.T) {
 		m := mark(t)
 		off := logOffset(g)
-		host := strings.TrimPrefix(g.base, "http://")
+		host := strings.TrimPrefix(g.Base, "http://")
 		conn, err := net.DialTimeout("tcp", host, replyTimeout)
 		if err != nil {
 			t.Fatal(err)
@@ -338,29 +340,29 @@ func TestMetricsScrape(t *testing.T) {
 	admin := adminAddr(t, g)
 
 	before, _ := scrape(t, admin)
-	sig := func(body []byte) string { return rubySigner.sign(t, secret, now(), body) }
+	sig := func(body []byte) string { return harness.Ruby.Sign(t, secret, now(), body) }
 	post := func(path string, body []byte, hdr ...string) reply { return g.post(t, path, body, hdr...) }
 
 	// Verified: two real complete events, one test complete event, one in
 	// an undocumented state.
-	first := newEvent("complete").body()
+	first := harness.NewEvent("complete").Body()
 	firstSig := sig(first)
 	ok(t, post("/m/app", first, "X-ReReady-Signature-512", firstSig))
-	second := newEvent("complete").body()
+	second := harness.NewEvent("complete").Body()
 	ok(t, post("/m/app", second, "X-ReReady-Signature-512", sig(second)))
-	testEv := newEvent("complete")
+	testEv := harness.NewEvent("complete")
 	testEv.Test = true
-	testBody := testEv.body()
+	testBody := testEv.Body()
 	ok(t, post("/m/app", testBody, "X-ReReady-Signature-512", sig(testBody)))
 	const oddState = "teleported_by_metrics_test"
-	odd := newEvent(oddState).body()
+	odd := harness.NewEvent(oddState).Body()
 	ok(t, post("/m/app", odd, "X-ReReady-Signature-512", sig(odd)))
 
 	// Rejected: forged, stale, wrong method.
-	forged := newEvent("complete").body()
-	wantStatus(t, post("/m/app", forged, "X-ReReady-Signature-512", pythonSigner.sign(t, "ssk_metrics_attacker", now(), forged)), 401)
-	stale := newEvent("complete").body()
-	wantStatus(t, post("/m/app", stale, "X-ReReady-Signature-512", opensslSigner.sign(t, secret, now()-900, stale)), 401)
+	forged := harness.NewEvent("complete").Body()
+	wantStatus(t, post("/m/app", forged, "X-ReReady-Signature-512", harness.Python.Sign(t, "ssk_metrics_attacker", now(), forged)), 401)
+	stale := harness.NewEvent("complete").Body()
+	wantStatus(t, post("/m/app", stale, "X-ReReady-Signature-512", harness.OpenSSL.Sign(t, secret, now()-900, stale)), 401)
 	wantStatus(t, g.request(t, http.MethodGet, "/m/app", nil), 405)
 
 	// Replayed: the first delivery again.
@@ -368,19 +370,19 @@ func TestMetricsScrape(t *testing.T) {
 
 	// In flight: a verified pending_return_shipment held at the upstream,
 	// and a repeat of it (rejected, replay_in_flight).
-	held := newEvent("pending_return_shipment").body()
+	held := harness.NewEvent("pending_return_shipment").Body()
 	heldSig := sig(held)
 	n := ctl.count()
 	hold := ctl.holdNext()
-	heldReply := sendAsync(t, g.base, "/m/ctl", held, "X-ReReady-Signature-512", heldSig)
+	heldReply := sendAsync(t, g.Base, "/m/ctl", held, "X-ReReady-Signature-512", heldSig)
 	ctl.waitCount(t, n+1)
 	wantStatus(t, post("/m/ctl", held, "X-ReReady-Signature-512", heldSig), 409)
 	hold.release()
 	ok(t, heldReply())
 
 	// Observed: a forgery in observe mode.
-	obs := newEvent("complete").body()
-	obsSig := pythonSigner.sign(t, "ssk_metrics_attacker", now(), obs)
+	obs := harness.NewEvent("complete").Body()
+	obsSig := harness.Python.Sign(t, "ssk_metrics_attacker", now(), obs)
 	m := mark(t)
 	ok(t, post("/obs", obs, "X-ReReady-Signature-512", obsSig))
 	observed(t, m.one(t, python), obs, "signature_mismatch", obsSig)

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // The queue's promises under concurrent traffic, on the real binary: the
@@ -39,16 +41,16 @@ func floodLines(t *testing.T, secret string, returns, per int) [][]floodDelivery
 	lines := make([][]floodDelivery, returns)
 	ts := now()
 	for r := range lines {
-		ret := uuid()
+		ret := harness.UUID()
 		for k := range per {
-			ev := event{ID: ret, State: states[k%len(states)], Extra: fmt.Sprintf(`, "seq": %d`, k)}
-			body := ev.body()
+			ev := harness.Event{ID: ret, State: states[k%len(states)], Extra: fmt.Sprintf(`, "seq": %d`, k)}
+			body := ev.Body()
 			sig := relSign(secret, ts, body)
 			lines[r] = append(lines[r], floodDelivery{ret: ret, seq: k, id: deliveryIDOf(t, sig), ts: ts, sig: sig, body: body})
 		}
 	}
 	first := lines[0][0]
-	if want := opensslSigner.sign(t, secret, first.ts, first.body); want != first.sig {
+	if want := harness.OpenSSL.Sign(t, secret, first.ts, first.body); want != first.sig {
 		t.Fatalf("Go's signature %q differs from openssl's %q", first.sig, want)
 	}
 	return lines
@@ -94,21 +96,21 @@ func sendFlood(t *testing.T, base string, lines [][]floodDelivery) map[string]in
 
 // flappingRule fails the first try of about one delivery in four with
 // 503, and takes everything else.
-func flappingRule() func(*qRec) qAnswer {
+func flappingRule() func(*harness.Request) harness.Answer {
 	tried := map[string]bool{}
-	return func(q *qRec) qAnswer {
-		id := q.id()
+	return func(q *harness.Request) harness.Answer {
+		id := q.ID()
 		first := !tried[id]
 		tried[id] = true
 		if sum := sha256.Sum256([]byte(id)); first && sum[0]%4 == 0 {
-			return qAnswer{status: http.StatusServiceUnavailable}
+			return harness.Answer{Status: http.StatusServiceUnavailable}
 		}
-		return qAnswer{}
+		return harness.Answer{}
 	}
 }
 
 // waitAllDelivered waits until the app has taken every delivery of lines.
-func waitAllDelivered(t *testing.T, app *qApp, lines [][]floodDelivery, timeout time.Duration) {
+func waitAllDelivered(t *testing.T, app *harness.Upstream, lines [][]floodDelivery, timeout time.Duration) {
 	t.Helper()
 	want := 0
 	for _, l := range lines {
@@ -117,9 +119,9 @@ func waitAllDelivered(t *testing.T, app *qApp, lines [][]floodDelivery, timeout 
 	deadline := time.Now().Add(timeout)
 	for {
 		took := map[string]bool{}
-		for _, r := range app.records() {
-			if r.status >= 200 && r.status < 300 {
-				took[r.id()] = true
+		for _, r := range app.Records() {
+			if r.Status >= 200 && r.Status < 300 {
+				took[r.ID()] = true
 			}
 		}
 		n := 0
@@ -150,7 +152,7 @@ type floodReport struct {
 }
 
 // checkFlood compares what the app received with the lines sent.
-func checkFlood(t *testing.T, app *qApp, lines [][]floodDelivery) floodReport {
+func checkFlood(t *testing.T, app *harness.Upstream, lines [][]floodDelivery) floodReport {
 	t.Helper()
 	type seen struct {
 		first, firstLive time.Time // first request; first live one (no X-ReReady-Attempt)
@@ -159,18 +161,18 @@ func checkFlood(t *testing.T, app *qApp, lines [][]floodDelivery) floodReport {
 		body             []byte
 	}
 	by := map[string]*seen{}
-	for _, r := range app.records() {
-		s := by[r.id()]
+	for _, r := range app.Records() {
+		s := by[r.ID()]
 		if s == nil {
-			s = &seen{first: r.at, body: r.body}
-			by[r.id()] = s
+			s = &seen{first: r.At, body: r.Body}
+			by[r.ID()] = s
 		}
-		if r.header.Get("X-Reready-Attempt") == "" && s.firstLive.IsZero() {
-			s.firstLive = r.at
+		if r.Header.Get("X-Reready-Attempt") == "" && s.firstLive.IsZero() {
+			s.firstLive = r.At
 		}
-		if r.status >= 200 && r.status < 300 {
+		if r.Status >= 200 && r.Status < 300 {
 			if s.takenN == 0 {
-				s.taken = r.answered
+				s.taken = r.Answered
 			}
 			s.takenN++
 		}
@@ -214,7 +216,7 @@ func checkFlood(t *testing.T, app *qApp, lines [][]floodDelivery) floodReport {
 
 // flood runs one round on base and checks it: every delivery taken once,
 // in order per return, never forwarded live past a pending one.
-func flood(t *testing.T, base string, gs []*gateway, app *qApp, secret string, returns, per int) map[string]int {
+func flood(t *testing.T, base string, gs []*gateway, app *harness.Upstream, secret string, returns, per int) map[string]int {
 	t.Helper()
 	lines := floodLines(t, secret, returns, per)
 	start := time.Now()
@@ -229,7 +231,7 @@ func flood(t *testing.T, base string, gs []*gateway, app *qApp, secret string, r
 	waitAllDelivered(t, app, lines, 3*time.Minute)
 	t.Logf("%d returns × %d deliveries: sent in %s (%d answered 202), all taken %s after the first was sent",
 		returns, per, sent.Round(100*time.Millisecond), queued, time.Since(start).Round(100*time.Millisecond))
-	waitUntil(t, "the queue did not empty", 30*time.Second, func() bool { return len(queueList(t, gs[0])) == 0 })
+	harness.WaitUntil(t, "the queue did not empty", 30*time.Second, func() bool { return len(queueList(t, gs[0])) == 0 })
 	rep := checkFlood(t, app, lines)
 	if rep.outOfOrder > 0 || rep.liveHeld > 0 || len(rep.notOnce) > 0 || rep.wrongBodies > 0 {
 		t.Errorf("%d of %d returns out of order (%d pairs), %d live forwards past a pending delivery, %d bodies changed, %d not taken exactly once: %s",
@@ -250,10 +252,10 @@ func TestQueueOrderUnderConcurrency(t *testing.T) {
 		for _, fleet := range []int{1, 2} {
 			t.Run(fmt.Sprintf("%s, %d gateways", name, fleet), func(t *testing.T) {
 				st := newBackend(t, name)
-				app := newQApp(t)
-				app.setRule(flappingRule())
-				app.up(t)
-				site := queueSite(secret, "", app.addr)
+				app := harness.NewUpstream(t)
+				app.SetRule(flappingRule())
+				app.Up(t)
+				site := queueSite(secret, "", app.Addr)
 				g1 := st.gateway(t, 0, site, secret)
 				gs := []*gateway{g1}
 				if fleet == 2 {
@@ -261,7 +263,7 @@ func TestQueueOrderUnderConcurrency(t *testing.T) {
 				}
 				for round := range rounds {
 					t.Run(fmt.Sprint("round ", round+1), func(t *testing.T) {
-						flood(t, g1.base, gs, app, secret, returns, per)
+						flood(t, g1.Base, gs, app, secret, returns, per)
 					})
 				}
 			})
@@ -282,13 +284,13 @@ func TestQueueHeldWhileAppDown(t *testing.T) {
 func testQueueHeldWhileAppDown(t *testing.T, st *backend) {
 	const secret = "ssk_queue_held_down_9a0b1c2d"
 	const returns, per = 50, 10
-	app := newQApp(t) // down
-	site := queueSite(secret, "", app.addr)
+	app := harness.NewUpstream(t) // down
+	site := queueSite(secret, "", app.Addr)
 	g1 := st.gateway(t, 0, site, secret)
 	gs := []*gateway{g1, st.gateway(t, portOf(t, g1), site, secret)}
 
 	lines := floodLines(t, secret, returns, per)
-	for id, status := range sendFlood(t, g1.base, lines) {
+	for id, status := range sendFlood(t, g1.Base, lines) {
 		if status != http.StatusAccepted {
 			t.Errorf("%s answered %d with the app down, want 202", id, status)
 		}
@@ -320,9 +322,9 @@ func testQueueHeldWhileAppDown(t *testing.T, st *backend) {
 		t.Errorf("%d of %d deliveries were not queued as they should have been", live, returns*per)
 	}
 
-	app.up(t)
+	app.Up(t)
 	// A live success on the shared port tells a gateway the app is back.
-	ok(t, signEvent(t, rubySigner, secret, newEvent("complete")).post(t, g1, "/hooks/app"))
+	ok(t, signEvent(t, harness.Ruby, secret, harness.NewEvent("complete")).post(t, g1, "/hooks/app"))
 	waitAllDelivered(t, app, lines, 3*time.Minute)
 	rep := checkFlood(t, app, lines)
 	if rep.outOfOrder > 0 || len(rep.notOnce) > 0 {

@@ -3,7 +3,6 @@
 package realbin
 
 import (
-	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,29 +11,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // The queue's promises under faults and load, on the real binary: the
 // views during a busy drain, max_items under concurrent sends, a resend
 // of a dead delivery, probes while the app fails, the journal's order,
 // and a storage that fails reads or writes or leaves a lock behind.
-
-// scans is the gateway's count of finished queue scans.
-func scans(t *testing.T, g *gateway) float64 {
-	t.Helper()
-	m, _ := scrape(t, adminAddr(t, g))
-	return m["caddy_reready_queue_scans_total{}"]
-}
-
-// waitScans waits until the gateway's worker has finished n more scans
-// than when it was called: what a scan would have done by then is done.
-func waitScans(t *testing.T, g *gateway, n int) {
-	t.Helper()
-	from := scans(t, g)
-	waitUntil(t, fmt.Sprintf("the worker did not finish %d scans", n), queueTimeout, func() bool {
-		return scans(t, g) >= from+float64(n)
-	})
-}
 
 // queueSends sends one delivery for each of n new returns, conc at a
 // time, and returns them with the status each got.
@@ -59,7 +43,7 @@ func queueSends(t *testing.T, g *gateway, secret string, n, conc int) ([]floodDe
 		go func() {
 			defer wg.Done()
 			for _, d := range share {
-				req, _ := http.NewRequest(http.MethodPost, g.base+"/hooks/app", strings.NewReader(string(d.body)))
+				req, _ := http.NewRequest(http.MethodPost, g.Base+"/hooks/app", strings.NewReader(string(d.body)))
 				req.Header.Set("Content-Type", "application/json")
 				req.Header.Set("X-ReReady-Signature-512", d.sig)
 				resp, err := client.Do(req)
@@ -89,8 +73,8 @@ func TestQueueViewDuringDrain(t *testing.T) {
 func testQueueViewDuringDrain(t *testing.T, st *backend) {
 	const secret = "ssk_queue_view_drain_1a2b3c4d"
 	const n = 600
-	app := newQApp(t)
-	g := st.gateway(t, 0, queueSite(secret, "", app.addr), secret)
+	app := harness.NewUpstream(t)
+	g := st.gateway(t, 0, queueSite(secret, "", app.Addr), secret)
 	_, got := queueSends(t, g, secret, n, 16)
 	for id, s := range got {
 		if s != http.StatusAccepted {
@@ -101,9 +85,9 @@ func testQueueViewDuringDrain(t *testing.T, st *backend) {
 		t.Fatalf("%d items stored, want %d", len(stored), n)
 	}
 
-	app.setRule(func(*qRec) qAnswer { return qAnswer{delay: 2 * time.Millisecond} })
-	app.up(t)
-	ok(t, signEvent(t, rubySigner, secret, newEvent("complete")).post(t, g, "/hooks/app")) // go now
+	app.SetRule(func(*harness.Request) harness.Answer { return harness.Answer{Delay: 2 * time.Millisecond} })
+	app.Up(t)
+	ok(t, signEvent(t, harness.Ruby, secret, harness.NewEvent("complete")).post(t, g, "/hooks/app")) // go now
 	polls, short := 0, 0
 	for {
 		listed := map[string]bool{}
@@ -155,8 +139,8 @@ func TestQueueMaxItemsUnderConcurrency(t *testing.T) {
 
 func testQueueMaxItemsUnderConcurrency(t *testing.T, st *backend) {
 	const secret = "ssk_queue_max_conc_5d6e7f8a"
-	app := newQApp(t) // down throughout
-	g := st.gateway(t, 0, queueSite(secret, "max_items 100", app.addr), secret)
+	app := harness.NewUpstream(t) // down throughout
+	g := st.gateway(t, 0, queueSite(secret, "max_items 100", app.Addr), secret)
 	_, got := queueSends(t, g, secret, 300, 30)
 	by := map[int]int{}
 	for _, s := range got {
@@ -174,27 +158,25 @@ func testQueueMaxItemsUnderConcurrency(t *testing.T, st *backend) {
 // and once the app takes it the dead item is gone; the journal says so.
 func TestQueueResendOfDeadDelivery(t *testing.T) {
 	const secret = "ssk_queue_dead_resend_3e4f5a6b"
-	app := newQApp(t)
-	g := startGateway(t, queueSite(secret, "", app.addr), nil, secret)
-	d := signEvent(t, opensslSigner, secret, newEvent("complete"))
+	app := harness.NewUpstream(t)
+	g := startGateway(t, queueSite(secret, "", app.Addr), nil, secret)
+	d := signEvent(t, harness.OpenSSL, secret, harness.NewEvent("complete"))
 	wantQueued(t, d.post(t, g, "/hooks/app"), d.id)
 	refuse := true
-	app.setRule(func(q *qRec) qAnswer {
-		if q.id() == d.id && refuse {
-			return qAnswer{status: http.StatusUnprocessableEntity}
+	app.SetRule(func(q *harness.Request) harness.Answer {
+		if q.ID() == d.id && refuse {
+			return harness.Answer{Status: http.StatusUnprocessableEntity}
 		}
-		return qAnswer{}
+		return harness.Answer{}
 	})
-	app.up(t)
-	ok(t, signEvent(t, rubySigner, secret, newEvent("complete")).post(t, g, "/hooks/app")) // go now
+	app.Up(t)
+	ok(t, signEvent(t, harness.Ruby, secret, harness.NewEvent("complete")).post(t, g, "/hooks/app")) // go now
 	waitItem(t, g, d.id, "dead", queueTimeout)
 
-	app.mu.Lock()
-	refuse = false
-	app.mu.Unlock()
+	app.Locked(func() { refuse = false })
 	r := d.post(t, g, "/hooks/app")
 	ok(t, r)
-	if n := app.delivered(d.id); n != 1 {
+	if n := app.Delivered(d.id); n != 1 {
 		t.Fatalf("the app took the resend %d times, want 1", n)
 	}
 	waitItem(t, g, d.id, "", logTimeout)
@@ -214,32 +196,32 @@ func TestQueueResendOfDeadDelivery(t *testing.T) {
 func TestQueueProbesWhileAppFails(t *testing.T) {
 	const secret = "ssk_queue_probes_7b8c9d0e"
 	const n = 60
-	app := newQApp(t)
-	g := startGatewayWith(t, "\tmetrics", queueSite(secret, "", app.addr), nil, secret)
+	app := harness.NewUpstream(t)
+	g := startGatewayWith(t, "\tmetrics", queueSite(secret, "", app.Addr), nil, secret)
 	ds, _ := queueSends(t, g, secret, n, 10)
 
 	var failing = true
-	app.setRule(func(*qRec) qAnswer {
+	app.SetRule(func(*harness.Request) harness.Answer {
 		if failing {
-			return qAnswer{status: http.StatusServiceUnavailable, header: map[string]string{"Retry-After": "1"}}
+			return harness.Answer{Status: http.StatusServiceUnavailable, Header: map[string]string{"Retry-After": "1"}}
 		}
-		return qAnswer{}
+		return harness.Answer{}
 	})
-	app.up(t)
-	waitUntil(t, "no probe reached the app", queueTimeout, func() bool { return len(app.records()) > 0 })
+	app.Up(t)
+	harness.WaitUntil(t, "no probe reached the app", queueTimeout, func() bool { return len(app.Records()) > 0 })
 	start := time.Now()
-	waitScans(t, g, 6)
+	g.WaitScans(t, 6, queueTimeout)
 	time.Sleep(time.Until(start.Add(8 * time.Second)))
 	window := time.Since(start)
-	tries := len(app.records())
+	tries := len(app.Records())
 	t.Logf("%d attempts reached the failing app in %s with %d deliveries queued", tries, window.Round(100*time.Millisecond), n)
 	// One probe a second (Retry-After: 1), not one per delivery.
 	if max := int(window.Seconds()) + 3; tries > max {
 		t.Errorf("%d attempts in %s, want at most %d (one probe at a time)", tries, window.Round(time.Second), max)
 	}
-	recs := app.records()
+	recs := app.Records()
 	for i := 1; i < len(recs); i++ {
-		if recs[i].at.Before(recs[i-1].answered) {
+		if recs[i].At.Before(recs[i-1].Answered) {
 			t.Errorf("attempts %d and %d overlapped: more than one probe at a time", i-1, i)
 		}
 	}
@@ -262,13 +244,11 @@ func TestQueueProbesWhileAppFails(t *testing.T) {
 	}
 
 	// The app recovers: the next probe succeeds and releases the rest.
-	app.mu.Lock()
-	failing = false
-	app.mu.Unlock()
+	app.Locked(func() { failing = false })
 	for _, d := range ds {
-		app.waitDelivered(t, d.id, queueTimeout)
+		app.WaitDelivered(t, d.id, queueTimeout)
 	}
-	waitUntil(t, "the queue did not empty", logTimeout, func() bool { return len(queueList(t, g)) == 0 })
+	harness.WaitUntil(t, "the queue did not empty", logTimeout, func() bool { return len(queueList(t, g)) == 0 })
 }
 
 // The journal is newest first by time as well as by seq: time is when an
@@ -276,21 +256,21 @@ func TestQueueProbesWhileAppFails(t *testing.T) {
 // is listed after a fast one that ended first.
 func TestJournalOrderMatchesTime(t *testing.T) {
 	const secret = "ssk_journal_order_2c3d4e5f"
-	app := newQApp(t)
+	app := harness.NewUpstream(t)
 	release := make(chan struct{})
-	slow := signEvent(t, rubySigner, secret, newEvent("complete"))
-	fast := signEvent(t, opensslSigner, secret, newEvent("failed"))
-	app.setRule(func(q *qRec) qAnswer {
-		if q.id() == slow.id {
-			return qAnswer{hold: release}
+	slow := signEvent(t, harness.Ruby, secret, harness.NewEvent("complete"))
+	fast := signEvent(t, harness.OpenSSL, secret, harness.NewEvent("failed"))
+	app.SetRule(func(q *harness.Request) harness.Answer {
+		if q.ID() == slow.id {
+			return harness.Answer{Hold: release}
 		}
-		return qAnswer{}
+		return harness.Answer{}
 	})
-	app.up(t)
-	g := startGateway(t, queueSite(secret, "", app.addr), nil, secret)
+	app.Up(t)
+	g := startGateway(t, queueSite(secret, "", app.Addr), nil, secret)
 	done := make(chan reply)
 	go func() { done <- slow.post(t, g, "/hooks/app") }()
-	waitUntil(t, "the slow delivery did not reach the app", logTimeout, func() bool { return len(app.forID(slow.id)) == 1 })
+	harness.WaitUntil(t, "the slow delivery did not reach the app", logTimeout, func() bool { return len(app.ForID(slow.id)) == 1 })
 	ok(t, fast.post(t, g, "/hooks/app"))
 	close(release)
 	ok(t, <-done)
@@ -328,15 +308,15 @@ func setFaults(t *testing.T, dir string, ops ...string) {
 func TestQueueStorageFaultsOnTheLivePath(t *testing.T) {
 	const secret = "ssk_queue_storage_faults_8f9a0b1c"
 	storage := t.TempDir()
-	app := newQApp(t)
-	g := startGatewayBinOn(t, caddyTestBin(t), 0, faultyStorageGlobal(storage), queueSite(secret, "", app.addr), nil, secret)
+	app := harness.NewUpstream(t)
+	g := startGatewayBinOn(t, caddyTestBin(t), 0, faultyStorageGlobal(storage), queueSite(secret, "", app.Addr), nil, secret)
 
 	t.Run("reads fail", func(t *testing.T) {
-		app.up(t)
-		defer app.down()
+		app.Up(t)
+		defer app.Down()
 		setFaults(t, storage, "stat", "load", "list")
 		defer setFaults(t, storage)
-		d := signEvent(t, rubySigner, secret, newEvent("complete"))
+		d := signEvent(t, harness.Ruby, secret, harness.NewEvent("complete"))
 		off := logOffset(g)
 		r := d.post(t, g, "/hooks/app")
 		wantStatus(t, r, http.StatusServiceUnavailable)
@@ -344,7 +324,7 @@ func TestQueueStorageFaultsOnTheLivePath(t *testing.T) {
 			t.Error("503 without Retry-After")
 		}
 		waitLogSince(t, g, off, `"queue: cannot tell whether this return has queued deliveries; refusing with 503 so that its order is kept"`, d.id)
-		if n := len(app.forID(d.id)); n != 0 {
+		if n := len(app.ForID(d.id)); n != 0 {
 			t.Errorf("the app got the delivery %d times although its return's queue could not be read", n)
 		}
 		if e := waitJournal(t, g, d.id, "rejected", logTimeout); e.str("reason") != "queue_unavailable" || e.num("status") != 503 {
@@ -359,21 +339,21 @@ func TestQueueStorageFaultsOnTheLivePath(t *testing.T) {
 	t.Run("writes fail", func(t *testing.T) {
 		setFaults(t, storage, "store")
 		defer setFaults(t, storage)
-		d := signEvent(t, opensslSigner, secret, newEvent("complete"))
+		d := signEvent(t, harness.OpenSSL, secret, harness.NewEvent("complete"))
 		off := logOffset(g)
 		wantStatus(t, d.post(t, g, "/hooks/app"), http.StatusBadGateway) // the app is down
 		waitLogSince(t, g, off, `"queue: storing a delivery failed; the sender gets the failure"`, d.id)
 		if e := waitJournal(t, g, d.id, "forwarded", logTimeout); e.str("reason") != "queue_unavailable" || e.num("status") != 502 {
 			t.Errorf("journal entry %v, want forwarded queue_unavailable 502", e)
 		}
-		app.setRule(func(q *qRec) qAnswer {
-			if q.id() == d.id {
-				return qAnswer{status: 503, body: "the app's own failure"}
+		app.SetRule(func(q *harness.Request) harness.Answer {
+			if q.ID() == d.id {
+				return harness.Answer{Status: 503, Body: "the app's own failure"}
 			}
-			return qAnswer{}
+			return harness.Answer{}
 		})
-		app.up(t)
-		defer app.down()
+		app.Up(t)
+		defer app.Down()
 		r := d.post(t, g, "/hooks/app")
 		wantStatus(t, r, http.StatusServiceUnavailable)
 		if strings.Contains(r.body, "own failure") {
@@ -383,9 +363,9 @@ func TestQueueStorageFaultsOnTheLivePath(t *testing.T) {
 			t.Errorf("items stored although writes fail: %v", files)
 		}
 		setFaults(t, storage)
-		app.setRule(nil)
+		app.SetRule(nil)
 		ok(t, d.post(t, g, "/hooks/app"))
-		if n := app.delivered(d.id); n != 1 {
+		if n := app.Delivered(d.id); n != 1 {
 			t.Errorf("delivered %d times, want 1", n)
 		}
 	})
@@ -398,11 +378,11 @@ func TestQueueStorageFaultsOnTheLivePath(t *testing.T) {
 func TestQueueLockLeftByAFullDisk(t *testing.T) {
 	const secret = "ssk_queue_full_disk_lock_4a5b6c7d"
 	storage := t.TempDir()
-	app := newQApp(t)
-	g := startGatewayBinOn(t, caddyTestBin(t), 0, faultyStorageGlobal(storage), queueSite(secret, "", app.addr), nil, secret)
-	ret := uuid()
-	d1 := signEvent(t, rubySigner, secret, event{ID: ret, State: "pending_return_shipment_delivery"})
-	d2 := signEvent(t, opensslSigner, secret, event{ID: ret, State: "complete"})
+	app := harness.NewUpstream(t)
+	g := startGatewayBinOn(t, caddyTestBin(t), 0, faultyStorageGlobal(storage), queueSite(secret, "", app.Addr), nil, secret)
+	ret := harness.UUID()
+	d1 := signEvent(t, harness.Ruby, secret, harness.Event{ID: ret, State: "pending_return_shipment_delivery"})
+	d2 := signEvent(t, harness.OpenSSL, secret, harness.Event{ID: ret, State: "complete"})
 	wantQueued(t, d1.post(t, g, "/hooks/app"), d1.id)
 	wantQueued(t, d2.post(t, g, "/hooks/app"), d2.id)
 
@@ -414,7 +394,7 @@ func TestQueueLockLeftByAFullDisk(t *testing.T) {
 	if retry != http.StatusServiceUnavailable {
 		t.Logf("retry while locks fail: %d %s", retry, b)
 	}
-	waitUntil(t, "no empty lock file was left behind", queueTimeout, func() bool {
+	harness.WaitUntil(t, "no empty lock file was left behind", queueTimeout, func() bool {
 		fi, err := os.Stat(lock)
 		return err == nil && fi.Size() == 0
 	})
@@ -423,19 +403,19 @@ func TestQueueLockLeftByAFullDisk(t *testing.T) {
 	// Space is freed and the app is up.
 	setFaults(t, storage)
 	freed := time.Now()
-	app.up(t)
-	ok(t, signEvent(t, pythonSigner, secret, newEvent("complete")).post(t, g, "/hooks/app")) // go now
-	r1 := app.waitDelivered(t, d1.id, 40*time.Second)
-	r2 := app.waitDelivered(t, d2.id, 10*time.Second)
-	t.Logf("d1 delivered %s after the storage had room again", r1.at.Sub(freed).Round(100*time.Millisecond))
-	if !r2.at.After(r1.answered) {
+	app.Up(t)
+	ok(t, signEvent(t, harness.Python, secret, harness.NewEvent("complete")).post(t, g, "/hooks/app")) // go now
+	r1 := app.WaitDelivered(t, d1.id, 40*time.Second)
+	r2 := app.WaitDelivered(t, d2.id, 10*time.Second)
+	t.Logf("d1 delivered %s after the storage had room again", r1.At.Sub(freed).Round(100*time.Millisecond))
+	if !r2.At.After(r1.Answered) {
 		t.Errorf("d2 reached the app before d1 was taken")
 	}
-	if r1.at.Sub(freed) > 20*time.Second {
-		t.Errorf("d1 waited %s for its lock", r1.at.Sub(freed).Round(time.Second))
+	if r1.At.Sub(freed) > 20*time.Second {
+		t.Errorf("d1 waited %s for its lock", r1.At.Sub(freed).Round(time.Second))
 	}
 	waitLogSince(t, g, off, `"queue: took over the storage lock of a queued delivery, left behind by a crash or a failed write"`, d1.id)
-	if !slices.ContainsFunc(strings.Split(g.logs.String()[off:], "\n"), func(l string) bool {
+	if !slices.ContainsFunc(strings.Split(g.Logs.String()[off:], "\n"), func(l string) bool {
 		return strings.Contains(l, `"level":"error"`) && strings.Contains(l, "took over the storage lock") && strings.Contains(l, d1.id)
 	}) {
 		t.Error("the takeover is not logged at error level")

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // Store-and-forward across processes: a gateway killed with SIGKILL, and
@@ -23,13 +25,13 @@ func TestQueueSurvivesSIGKILL(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			const secret = "ssk_queue_sigkill_0b1c2d3e"
 			st := newBackend(t, name)
-			app := newQApp(t)
-			site := queueSite(secret, "", app.addr)
+			app := harness.NewUpstream(t)
+			site := queueSite(secret, "", app.Addr)
 			g1 := st.gateway(t, 0, site, secret)
 
-			d := signEvent(t, rubySigner, secret, newEvent("pending_return_shipment_delivery"))
+			d := signEvent(t, harness.Ruby, secret, harness.NewEvent("pending_return_shipment_delivery"))
 			wantQueued(t, d.post(t, g1, "/hooks/app"), d.id)
-			g1.kill(t)
+			g1.Kill(t)
 
 			g2 := st.gateway(t, portOf(t, g1), site, secret)
 			wantQueued(t, d.post(t, g2, "/hooks/app"), d.id)
@@ -41,18 +43,18 @@ func TestQueueSurvivesSIGKILL(t *testing.T) {
 				t.Errorf("storage holds %v, want one item", stored)
 			}
 
-			app.up(t)
-			rec := app.waitDelivered(t, d.id, queueTimeout)
-			if !bytes.Equal(rec.body, d.body) {
-				t.Errorf("body %q, want %q", rec.body, d.body)
+			app.Up(t)
+			rec := app.WaitDelivered(t, d.id, queueTimeout)
+			if !bytes.Equal(rec.Body, d.body) {
+				t.Errorf("body %q, want %q", rec.Body, d.body)
 			}
-			wantEventHeaders(t, rec.header, d.ev, d.ts, d.sig, attemptOf(rec), time.Unix(d.ts, 0), time.Now())
+			wantEventHeaders(t, rec.Header, d.ev, d.ts, d.sig, attemptOf(rec), time.Unix(d.ts, 0), time.Now())
 			if attemptOf(rec) < 2 {
 				t.Errorf("X-ReReady-Attempt %d, want 2 or more", attemptOf(rec))
 			}
 			waitItem(t, g2, d.id, "", logTimeout)
-			waitScans(t, g2, 2) // a whole scan since: nothing more goes out
-			if n := len(app.forID(d.id)); n != 1 {
+			g2.WaitScans(t, 2, queueTimeout) // a whole scan since: nothing more goes out
+			if n := len(app.ForID(d.id)); n != 1 {
 				t.Errorf("the app got the delivery %d times, want once", n)
 			}
 		})
@@ -69,37 +71,37 @@ func TestQueueKilledMidAttempt(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			const secret = "ssk_queue_mid_attempt_4e5f"
 			st := newBackend(t, name)
-			app := newQApp(t)
-			site := queueSite(secret, "", app.addr)
+			app := harness.NewUpstream(t)
+			site := queueSite(secret, "", app.Addr)
 			g1 := st.gateway(t, 0, site, secret)
 
-			d := signEvent(t, opensslSigner, secret, newEvent("complete"))
+			d := signEvent(t, harness.OpenSSL, secret, harness.NewEvent("complete"))
 			wantQueued(t, d.post(t, g1, "/hooks/app"), d.id)
 			hold := make(chan struct{})
 			defer close(hold)
 			var held bool
-			app.setRule(func(q *qRec) qAnswer {
-				if q.id() == d.id && !held {
+			app.SetRule(func(q *harness.Request) harness.Answer {
+				if q.ID() == d.id && !held {
 					held = true
-					return qAnswer{hold: hold} // never answered: its gateway dies first
+					return harness.Answer{Hold: hold} // never answered: its gateway dies first
 				}
-				return qAnswer{}
+				return harness.Answer{}
 			})
-			app.up(t)
-			waitUntil(t, "no attempt reached the app", queueTimeout, func() bool { return len(app.forID(d.id)) == 1 })
+			app.Up(t)
+			harness.WaitUntil(t, "no attempt reached the app", queueTimeout, func() bool { return len(app.ForID(d.id)) == 1 })
 			killed := time.Now()
-			g1.kill(t)
+			g1.Kill(t)
 
 			g2 := st.gateway(t, portOf(t, g1), site, secret)
-			rec := app.waitDelivered(t, d.id, queueTimeout)
-			t.Logf("delivered %s after the kill", rec.at.Sub(killed).Round(100*time.Millisecond))
-			if n := app.delivered(d.id); n != 1 {
+			rec := app.WaitDelivered(t, d.id, queueTimeout)
+			t.Logf("delivered %s after the kill", rec.At.Sub(killed).Round(100*time.Millisecond))
+			if n := app.Delivered(d.id); n != 1 {
 				t.Errorf("delivered %d times, want 1", n)
 			}
 			// The same delivery id (what an app drops duplicates by). The
 			// attempt number is stored only when an attempt ends, so the one
 			// cut short by the kill is counted again.
-			if recs := app.forID(d.id); len(recs) != 2 || attemptOf(recs[1]) != attemptOf(recs[0]) {
+			if recs := app.ForID(d.id); len(recs) != 2 || attemptOf(recs[1]) != attemptOf(recs[0]) {
 				t.Errorf("the app got %d requests with id %s, attempts %d then %d; want 2, the same attempt number",
 					len(recs), d.id, attemptOf(recs[0]), attemptOf(recs[len(recs)-1]))
 			}
@@ -122,27 +124,27 @@ func TestQueueFleet(t *testing.T) {
 
 func testQueueFleet(t *testing.T, st *backend) {
 	const secret = "ssk_queue_fleet_6a7b8c9d"
-	app := newQApp(t)
-	site := queueSite(secret, "", app.addr)
+	app := harness.NewUpstream(t)
+	site := queueSite(secret, "", app.Addr)
 
 	t.Run("delivered by the other when one is gone", func(t *testing.T) {
 		g1 := st.gateway(t, 0, site, secret)
-		d := signEvent(t, pythonSigner, secret, newEvent("complete"))
+		d := signEvent(t, harness.Python, secret, harness.NewEvent("complete"))
 		wantQueued(t, d.post(t, g1, "/hooks/app"), d.id)
 		g2 := st.gateway(t, portOf(t, g1), site, secret)
 		if it := queueItem(t, g2, d.id); it == nil {
 			t.Fatalf("the other gateway does not list %s", d.id)
 		}
-		g1.kill(t)
+		g1.Kill(t)
 		if it := queueItem(t, g2, d.id); it == nil {
 			t.Fatalf("the other gateway does not list %s", d.id)
 		}
-		app.up(t)
-		defer app.down()
-		app.waitDelivered(t, d.id, queueTimeout)
+		app.Up(t)
+		defer app.Down()
+		app.WaitDelivered(t, d.id, queueTimeout)
 		waitItem(t, g2, d.id, "", logTimeout)
-		waitScans(t, g2, 2)
-		if n := len(app.forID(d.id)); n != 1 {
+		g2.WaitScans(t, 2, queueTimeout)
+		if n := len(app.ForID(d.id)); n != 1 {
 			t.Errorf("the app got the delivery %d times, want once", n)
 		}
 	})
@@ -154,7 +156,7 @@ func testQueueFleet(t *testing.T, st *backend) {
 		start := time.Now()
 		ids := make([]string, n)
 		for i := range ids {
-			d := signEvent(t, opensslSigner, secret, newEvent("complete"))
+			d := signEvent(t, harness.OpenSSL, secret, harness.NewEvent("complete"))
 			wantQueued(t, d.post(t, g1, "/hooks/app"), d.id) // the port both listen on
 			ids[i] = d.id
 		}
@@ -172,30 +174,30 @@ func testQueueFleet(t *testing.T, st *backend) {
 			t.Errorf("the queue lists %d items, want %d", got, n)
 		}
 
-		app.up(t)
+		app.Up(t)
 		up := time.Now()
 		// Live successes on the shared port: each that lands on a gateway
 		// makes it go at once (the other goes as its items fall due).
 		for i := 0; i < 6; i++ {
-			ok(t, signEvent(t, rubySigner, secret, newEvent("complete")).post(t, g1, "/hooks/app"))
+			ok(t, signEvent(t, harness.Ruby, secret, harness.NewEvent("complete")).post(t, g1, "/hooks/app"))
 		}
-		waitUntil(t, "not all queued deliveries were delivered", time.Minute, func() bool {
+		harness.WaitUntil(t, "not all queued deliveries were delivered", time.Minute, func() bool {
 			for _, id := range ids {
-				if app.delivered(id) == 0 {
+				if app.Delivered(id) == 0 {
 					return false
 				}
 			}
 			return true
 		})
 		t.Logf("%d deliveries redelivered by two gateways %s after the app came up", n, time.Since(up).Round(100*time.Millisecond))
-		waitUntil(t, "the queue did not empty", 10*time.Second, func() bool { return len(queueList(t, gs[0])) == 0 })
+		harness.WaitUntil(t, "the queue did not empty", 10*time.Second, func() bool { return len(queueList(t, gs[0])) == 0 })
 		for _, g := range gs { // a whole scan since on each: no straggler
-			waitScans(t, g, 2)
+			g.WaitScans(t, 2, queueTimeout)
 		}
 
 		by := map[string]int{}
-		for _, r := range app.records() {
-			by[r.id()]++
+		for _, r := range app.Records() {
+			by[r.ID()]++
 		}
 		var dups []string
 		for _, id := range ids {

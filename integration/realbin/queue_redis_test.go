@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // The fleet on a networked store: a Redis outage longer than the lock TTL
@@ -22,7 +24,7 @@ import (
 func backlog(t *testing.T, g *gateway, secret string, returns, per int) [][]floodDelivery {
 	t.Helper()
 	lines := floodLines(t, secret, returns, per)
-	for id, status := range sendFlood(t, g.base, lines) {
+	for id, status := range sendFlood(t, g.Base, lines) {
 		if status != http.StatusAccepted {
 			t.Fatalf("%s answered %d with the app down, want 202", id, status)
 		}
@@ -39,20 +41,20 @@ func TestQueueRedisOutage(t *testing.T) {
 	const secret = "ssk_queue_redis_outage_6b7c8d9e"
 	const returns, per = 20, 8
 	st := newBackend(t, "redis")
-	app := newQApp(t)
-	site := queueSite(secret, "", app.addr)
+	app := harness.NewUpstream(t)
+	site := queueSite(secret, "", app.Addr)
 	g1 := st.gateway(t, 0, site, secret)
 	gs := []*gateway{g1, st.gateway(t, portOf(t, g1), site, secret)}
 	lines := backlog(t, g1, secret, returns, per)
 
-	app.setRule(func(*qRec) qAnswer { return qAnswer{delay: 150 * time.Millisecond} }) // a drain that takes a while
-	app.up(t)
-	ok(t, signEvent(t, rubySigner, secret, newEvent("complete")).post(t, g1, "/hooks/app")) // go now
-	waitUntil(t, "the drain did not start", queueTimeout, func() bool { return len(app.records()) > 10 })
+	app.SetRule(func(*harness.Request) harness.Answer { return harness.Answer{Delay: 150 * time.Millisecond} }) // a drain that takes a while
+	app.Up(t)
+	ok(t, signEvent(t, harness.Ruby, secret, harness.NewEvent("complete")).post(t, g1, "/hooks/app")) // go now
+	harness.WaitUntil(t, "the drain did not start", queueTimeout, func() bool { return len(app.Records()) > 10 })
 	offs := []int{logOffset(gs[0]), logOffset(gs[1])}
 	paused := time.Now()
 	st.redis.pause(t, 8*time.Second) // longer than the 5 s lock TTL
-	t.Logf("Redis paused for %s with %d requests at the app", time.Since(paused).Round(100*time.Millisecond), len(app.records()))
+	t.Logf("Redis paused for %s with %d requests at the app", time.Since(paused).Round(100*time.Millisecond), len(app.Records()))
 
 	waitAllDelivered(t, app, lines, 3*time.Minute)
 	rep := checkFlood(t, app, lines)
@@ -62,7 +64,7 @@ func TestQueueRedisOutage(t *testing.T) {
 	lost := 0
 	for _, line := range lines {
 		for _, d := range line {
-			if app.delivered(d.id) == 0 {
+			if app.Delivered(d.id) == 0 {
 				lost++
 			}
 		}
@@ -75,7 +77,7 @@ func TestQueueRedisOutage(t *testing.T) {
 	// nothing to log; the fleet as a whole must have noticed.
 	lockLoss, unrecorded, errorLines := 0, 0, make([]int, len(gs))
 	for i, g := range gs {
-		logs := g.logs.String()[offs[i]:]
+		logs := g.Logs.String()[offs[i]:]
 		lockLoss += strings.Count(logs, "changed while this gateway held its storage lock")
 		unrecorded += strings.Count(logs, `"queue: recording an attempt"`)
 		errorLines[i] = strings.Count(logs, `"level":"error"`)
@@ -92,10 +94,10 @@ func TestQueueRedisOutage(t *testing.T) {
 		}
 	}
 	// Recovered without a restart: both take and queue deliveries again.
-	waitUntil(t, "the queue did not empty", 30*time.Second, func() bool { return len(queueList(t, gs[1])) == 0 })
+	harness.WaitUntil(t, "the queue did not empty", 30*time.Second, func() bool { return len(queueList(t, gs[1])) == 0 })
 	for _, g := range gs {
-		waitScans(t, g, 1)
-		ok(t, signEvent(t, opensslSigner, secret, newEvent("complete")).post(t, g, "/hooks/app"))
+		g.WaitScans(t, 1, queueTimeout)
+		ok(t, signEvent(t, harness.OpenSSL, secret, harness.NewEvent("complete")).post(t, g, "/hooks/app"))
 	}
 }
 
@@ -104,20 +106,20 @@ func TestQueueRedisOutage(t *testing.T) {
 func TestReplayAcrossGatewaysOnRedis(t *testing.T) {
 	const secret = "ssk_replay_redis_fleet_0c1d2e3f"
 	st := newBackend(t, "redis")
-	app := newQApp(t)
-	app.setRule(func(*qRec) qAnswer { return qAnswer{delay: 20 * time.Millisecond} })
-	app.up(t)
+	app := harness.NewUpstream(t)
+	app.SetRule(func(*harness.Request) harness.Answer { return harness.Answer{Delay: 20 * time.Millisecond} })
+	app.Up(t)
 	site := fmt.Sprintf(`
 	reready_verify /hooks/* {
 		secret %s
 		replay storage
 	}
-	reverse_proxy /hooks/* %s`, secret, app.addr)
+	reverse_proxy /hooks/* %s`, secret, app.Addr)
 	gs := []*gateway{st.gateway(t, 0, site, secret), st.gateway(t, 0, site, secret)} // each on its own port
 	const n = 20
 	answers := map[int]int{}
 	for i := range n {
-		d := signEvent(t, []signer{rubySigner, opensslSigner, pythonSigner}[i%3], secret, newEvent("complete"))
+		d := signEvent(t, []harness.Signer{harness.Ruby, harness.OpenSSL, harness.Python}[i%3], secret, harness.NewEvent("complete"))
 		var wg sync.WaitGroup
 		start := make(chan struct{})
 		got := make([]reply, len(gs))
@@ -134,7 +136,7 @@ func TestReplayAcrossGatewaysOnRedis(t *testing.T) {
 		for _, r := range got {
 			answers[r.status]++
 		}
-		if n := len(app.forID(d.id)); n != 1 {
+		if n := len(app.ForID(d.id)); n != 1 {
 			t.Errorf("delivery %d reached the app %d times through two gateways at once, want 1 (answers %d, %d)", i, n, got[0].status, got[1].status)
 		}
 	}
@@ -153,24 +155,24 @@ func TestQueueReloadMidBacklog(t *testing.T) {
 			const secret = "ssk_queue_reload_backlog_4d5e6f7a"
 			const returns, per = 20, 6
 			st := newBackend(t, name)
-			app := newQApp(t)
-			g := st.gateway(t, 0, queueSite(secret, "", app.addr), secret)
+			app := harness.NewUpstream(t)
+			g := st.gateway(t, 0, queueSite(secret, "", app.Addr), secret)
 			lines := backlog(t, g, secret, returns, per)
-			app.setRule(func(*qRec) qAnswer { return qAnswer{delay: 50 * time.Millisecond} })
-			app.up(t)
-			ok(t, signEvent(t, rubySigner, secret, newEvent("complete")).post(t, g, "/hooks/app")) // go now
-			waitUntil(t, "the drain did not start", queueTimeout, func() bool { return len(app.records()) > 10 })
+			app.SetRule(func(*harness.Request) harness.Answer { return harness.Answer{Delay: 50 * time.Millisecond} })
+			app.Up(t)
+			ok(t, signEvent(t, harness.Ruby, secret, harness.NewEvent("complete")).post(t, g, "/hooks/app")) // go now
+			harness.WaitUntil(t, "the drain did not start", queueTimeout, func() bool { return len(app.Records()) > 10 })
 			for i := range 2 {
-				src, err := os.ReadFile(g.config)
+				src, err := os.ReadFile(g.Config)
 				if err != nil {
 					t.Fatal(err)
 				}
 				changed := bytes.Replace(src, []byte("reverse_proxy /hooks/*"), []byte(fmt.Sprintf("header X-Reload %d\n\treverse_proxy /hooks/*", i)), 1)
 				changed = bytes.Replace(changed, []byte(fmt.Sprintf("header X-Reload %d\n", i-1)), nil, 1)
-				if err := os.WriteFile(g.config, changed, 0o600); err != nil {
+				if err := os.WriteFile(g.Config, changed, 0o600); err != nil {
 					t.Fatal(err)
 				}
-				if res := caddyCmdBin(t, st.bin, nil, "reload", "--config", g.config, "--adapter", "caddyfile", "--address", adminAddr(t, g)); res.err != nil {
+				if res := caddyCmdBin(t, st.bin, nil, "reload", "--config", g.Config, "--adapter", "caddyfile", "--address", adminAddr(t, g)); res.err != nil {
 					t.Fatalf("caddy reload: %v\n%s", res.err, res.output)
 				}
 				time.Sleep(200 * time.Millisecond) // let the new config's worker take some

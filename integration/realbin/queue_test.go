@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // Store-and-forward end to end on bin/caddy: what is queued and answered
@@ -39,13 +41,13 @@ func wantQueued(t *testing.T, r reply, id string) {
 // signed delivery of ev (t ts, signature sig): the event's, the delivery
 // id, and for a redelivery (attempt > 0) the attempt and the arrival time,
 // within [lo, hi]; nothing else.
-func wantEventHeaders(t *testing.T, h http.Header, ev event, ts int64, sig string, attempt int, lo, hi time.Time) {
+func wantEventHeaders(t *testing.T, h http.Header, ev harness.Event, ts int64, sig string, attempt int, lo, hi time.Time) {
 	t.Helper()
 	want := map[string]string{
 		"X-Reready-State":            ev.State,
 		"X-Reready-Device-Return-Id": ev.ID,
 		"X-Reready-Test":             fmt.Sprint(ev.Test),
-		"X-Reready-Url":              ev.url(),
+		"X-Reready-Url":              ev.URL(),
 		"X-Reready-Verified":         "hmac",
 		"X-Reready-Timestamp":        fmt.Sprint(ts),
 		"X-Reready-Signature-512":    sig,
@@ -92,10 +94,10 @@ var spoofedQueueHeaders = []string{
 // delivery on the route makes a waiting item go at once.
 func TestQueueAppDownThenUp(t *testing.T) {
 	const secret = "ssk_queue_down_up_5e6f7a8b"
-	app := newQApp(t)
-	g := startGateway(t, queueSite(secret, "", app.addr), nil, secret)
+	app := harness.NewUpstream(t)
+	g := startGateway(t, queueSite(secret, "", app.Addr), nil, secret)
 
-	ev, body, ts, sig := signedEvent(t, rubySigner, secret, "pending_return_shipment_delivery")
+	ev, body, ts, sig := signedEvent(t, harness.Ruby, secret, "pending_return_shipment_delivery")
 	id := deliveryIDOf(t, sig)
 	lo := time.Now()
 	r := g.post(t, "/hooks/app?src=rr", body, append([]string{"X-ReReady-Signature-512", sig}, spoofedQueueHeaders...)...)
@@ -104,20 +106,20 @@ func TestQueueAppDownThenUp(t *testing.T) {
 
 	// 503 at once (plain: backoff), then 503 with Retry-After: 1, then 200.
 	var step int
-	app.setRule(func(q *qRec) qAnswer {
-		if q.id() != id {
-			return qAnswer{}
+	app.SetRule(func(q *harness.Request) harness.Answer {
+		if q.ID() != id {
+			return harness.Answer{}
 		}
 		step++
 		switch step {
 		case 1:
-			return qAnswer{status: 503, body: "app failure one: db down"}
+			return harness.Answer{Status: 503, Body: "app failure one: db down"}
 		case 2:
-			return qAnswer{status: 503, header: map[string]string{"Retry-After": "1"}, body: "app failure two"}
+			return harness.Answer{Status: 503, Header: map[string]string{"Retry-After": "1"}, Body: "app failure two"}
 		}
-		return qAnswer{}
+		return harness.Answer{}
 	})
-	app.up(t)
+	app.Up(t)
 
 	t.Run("queued, and a repeat is acknowledged", func(t *testing.T) {
 		it := queueItem(t, g, id)
@@ -139,18 +141,18 @@ func TestQueueAppDownThenUp(t *testing.T) {
 		if e.str("reason") != "upstream_failed" || e.num("status") != 202 || e.num("upstream_status") != 0 || e.num("attempt") != 1 {
 			t.Errorf("journal entry %v, want queued upstream_failed 202, upstream 0, attempt 1", e)
 		}
-		n := len(app.forID(id))
+		n := len(app.ForID(id))
 		alreadyDelivered(t, g.post(t, "/hooks/app?src=rr", body, "X-ReReady-Signature-512", sig))
-		if len(app.forID(id)) > n+1 { // at most the worker's own attempt meanwhile
+		if len(app.ForID(id)) > n+1 { // at most the worker's own attempt meanwhile
 			t.Errorf("a repeat of a queued delivery reached the app")
 		}
 	})
 
-	var got qRec
+	var got harness.Request
 	t.Run("redelivered until the app takes it", func(t *testing.T) {
-		got = app.waitDelivered(t, id, queueTimeout)
-		recs := app.forID(id)
-		if n := app.delivered(id); n != 1 {
+		got = app.WaitDelivered(t, id, queueTimeout)
+		recs := app.ForID(id)
+		if n := app.Delivered(id); n != 1 {
 			t.Fatalf("delivered %d times, want 1", n)
 		}
 		if len(recs) < 3 {
@@ -158,10 +160,10 @@ func TestQueueAppDownThenUp(t *testing.T) {
 		}
 		// Attempts count on from the live one: 2, 3, 4 (or later, if an
 		// attempt found the app still down).
-		first, _ := strconv.Atoi(recs[0].header.Get("X-Reready-Attempt"))
+		first, _ := strconv.Atoi(recs[0].Header.Get("X-Reready-Attempt"))
 		for i, rec := range recs {
-			if a, _ := strconv.Atoi(rec.header.Get("X-Reready-Attempt")); first < 2 || a != first+i {
-				t.Errorf("attempt %d carried X-ReReady-Attempt %q, want %d", i+1, rec.header.Get("X-Reready-Attempt"), first+i)
+			if a, _ := strconv.Atoi(rec.Header.Get("X-Reready-Attempt")); first < 2 || a != first+i {
+				t.Errorf("attempt %d carried X-ReReady-Attempt %q, want %d", i+1, rec.Header.Get("X-Reready-Attempt"), first+i)
 			}
 		}
 		// Each failed attempt is journaled as retrying (not as queued,
@@ -183,44 +185,44 @@ func TestQueueAppDownThenUp(t *testing.T) {
 			}
 		}
 		last := recs[len(recs)-1]
-		if last.status != 200 || recs[len(recs)-2].status != 503 || recs[len(recs)-3].status != 503 {
-			t.Errorf("answers %d, %d, %d; want 503, 503, 200", recs[len(recs)-3].status, recs[len(recs)-2].status, last.status)
+		if last.Status != 200 || recs[len(recs)-2].Status != 503 || recs[len(recs)-3].Status != 503 {
+			t.Errorf("answers %d, %d, %d; want 503, 503, 200", recs[len(recs)-3].Status, recs[len(recs)-2].Status, last.Status)
 		}
 		// After a plain 503 the next step of the backoff (5s ±20 %); after
 		// "Retry-After: 1" about 1s, where the backoff would be 12s or more.
-		if gap := recs[len(recs)-2].at.Sub(recs[len(recs)-3].at); gap < 3*time.Second {
+		if gap := recs[len(recs)-2].At.Sub(recs[len(recs)-3].At); gap < 3*time.Second {
 			t.Errorf("retried %s after a plain 503; want the backoff step (about 5s)", gap)
 		}
-		if gap := last.at.Sub(recs[len(recs)-2].at); gap > 9*time.Second {
+		if gap := last.At.Sub(recs[len(recs)-2].At); gap > 9*time.Second {
 			t.Errorf("retried %s after Retry-After: 1; want about 1s (the backoff step would be 12-18s)", gap)
 		}
 		for _, rec := range recs {
-			if !bytes.Equal(rec.body, body) {
-				t.Errorf("redelivered body %q, want %q byte for byte", rec.body, body)
+			if !bytes.Equal(rec.Body, body) {
+				t.Errorf("redelivered body %q, want %q byte for byte", rec.Body, body)
 			}
-			if rec.uri != "/hooks/app?src=rr" {
-				t.Errorf("redelivered to %q, want /hooks/app?src=rr", rec.uri)
+			if rec.URI != "/hooks/app?src=rr" {
+				t.Errorf("redelivered to %q, want /hooks/app?src=rr", rec.URI)
 			}
 		}
-		a, _ := strconv.Atoi(last.header.Get("X-Reready-Attempt"))
-		wantEventHeaders(t, last.header, ev, ts, sig, a, lo, hi)
-		if cl := last.header.Get("Content-Length"); cl != "" && cl != fmt.Sprint(len(body)) {
+		a, _ := strconv.Atoi(last.Header.Get("X-Reready-Attempt"))
+		wantEventHeaders(t, last.Header, ev, ts, sig, a, lo, hi)
+		if cl := last.Header.Get("Content-Length"); cl != "" && cl != fmt.Sprint(len(body)) {
 			t.Errorf("Content-Length %s, want %d", cl, len(body))
 		}
 	})
 
 	t.Run("as a live delivery would be", func(t *testing.T) {
-		ev2, body2, ts2, sig2 := signedEvent(t, opensslSigner, secret, "complete")
+		ev2, body2, ts2, sig2 := signedEvent(t, harness.OpenSSL, secret, "complete")
 		ok(t, g.post(t, "/hooks/app?src=rr", body2, "X-ReReady-Signature-512", sig2))
-		live := app.forID(deliveryIDOf(t, sig2))
+		live := app.ForID(deliveryIDOf(t, sig2))
 		if len(live) != 1 {
 			t.Fatalf("live delivery: the app got %d requests, want 1", len(live))
 		}
-		wantEventHeaders(t, live[0].header, ev2, ts2, sig2, 0, time.Time{}, time.Time{})
+		wantEventHeaders(t, live[0].Header, ev2, ts2, sig2, 0, time.Time{}, time.Time{})
 		for _, k := range []string{"Host", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Content-Type"} {
-			lv, rv := live[0].header.Get(k), got.header.Get(k)
+			lv, rv := live[0].Header.Get(k), got.Header.Get(k)
 			if k == "Host" {
-				lv, rv = live[0].host, got.host
+				lv, rv = live[0].Host, got.Host
 			}
 			if lv != rv {
 				t.Errorf("%s: live %q, redelivered %q; want the same", k, lv, rv)
@@ -231,31 +233,31 @@ func TestQueueAppDownThenUp(t *testing.T) {
 	t.Run("delivered once, then acknowledged", func(t *testing.T) {
 		waitItem(t, g, id, "", logTimeout)
 		e := waitJournal(t, g, id, "redelivered", logTimeout)
-		a, _ := strconv.Atoi(got.header.Get("X-Reready-Attempt"))
+		a, _ := strconv.Atoi(got.Header.Get("X-Reready-Attempt"))
 		if e.num("status") != 200 || e.num("upstream_status") != 200 || e.num("attempt") != a || e.str("reason") != "" {
 			t.Errorf("journal entry %v, want redelivered 200/200 attempt %d", e, a)
 		}
-		n := len(app.forID(id))
+		n := len(app.ForID(id))
 		alreadyDelivered(t, g.post(t, "/hooks/app?src=rr", body, "X-ReReady-Signature-512", sig))
-		waitScans(t, g, 2) // a whole scan since: nothing more goes out
-		if len(app.forID(id)) != n || app.delivered(id) != 1 {
-			t.Errorf("after delivery the app got %d more request(s) for it", len(app.forID(id))-n)
+		g.WaitScans(t, 2, queueTimeout) // a whole scan since: nothing more goes out
+		if len(app.ForID(id)) != n || app.Delivered(id) != 1 {
+			t.Errorf("after delivery the app got %d more request(s) for it", len(app.ForID(id))-n)
 		}
 	})
 
 	t.Run("a live success kicks the waiting items", func(t *testing.T) {
 		// The app is up but fails this one with a long Retry-After, a
 		// debugging header and a revealing body: none reach the sender.
-		_, body3, _, sig3 := signedEvent(t, pythonSigner, secret, "complete")
+		_, body3, _, sig3 := signedEvent(t, harness.Python, secret, "complete")
 		id3 := deliveryIDOf(t, sig3)
 		var failed bool
-		app.setRule(func(q *qRec) qAnswer {
-			if q.id() == id3 && !failed {
+		app.SetRule(func(q *harness.Request) harness.Answer {
+			if q.ID() == id3 && !failed {
 				failed = true
-				return qAnswer{status: 503, header: map[string]string{"Retry-After": "300", "X-App-Debug": "stack trace"},
-					body: "Traceback: secret internals of the app"}
+				return harness.Answer{Status: 503, Header: map[string]string{"Retry-After": "300", "X-App-Debug": "stack trace"},
+					Body: "Traceback: secret internals of the app"}
 			}
-			return qAnswer{}
+			return harness.Answer{}
 		})
 		r := g.post(t, "/hooks/app", body3, "X-ReReady-Signature-512", sig3)
 		wantQueued(t, r, id3)
@@ -275,33 +277,33 @@ func TestQueueAppDownThenUp(t *testing.T) {
 		}
 
 		// Another return, delivered live: the route works again.
-		_, body4, _, sig4 := signedEvent(t, rubySigner, secret, "complete")
+		_, body4, _, sig4 := signedEvent(t, harness.Ruby, secret, "complete")
 		kicked := time.Now()
 		ok(t, g.post(t, "/hooks/app", body4, "X-ReReady-Signature-512", sig4))
-		rec := app.waitDelivered(t, id3, 20*time.Second)
-		if d := rec.at.Sub(kicked); d > 15*time.Second {
+		rec := app.WaitDelivered(t, id3, 20*time.Second)
+		if d := rec.At.Sub(kicked); d > 15*time.Second {
 			t.Errorf("the waiting item went %s after a live success, want at once", d)
 		}
-		if !bytes.Equal(rec.body, body3) {
-			t.Errorf("body %q, want %q", rec.body, body3)
+		if !bytes.Equal(rec.Body, body3) {
+			t.Errorf("body %q, want %q", rec.Body, body3)
 		}
 	})
 }
 
 // signed is a signed delivery of ev, ready to send.
 type signed struct {
-	ev   event
+	ev   harness.Event
 	body []byte
 	ts   int64
 	sig  string
 	id   string
 }
 
-func signEvent(t *testing.T, s signer, secret string, ev event) signed {
+func signEvent(t *testing.T, s harness.Signer, secret string, ev harness.Event) signed {
 	t.Helper()
-	body := ev.body()
+	body := ev.Body()
 	ts := now()
-	sig := s.sign(t, secret, ts, body)
+	sig := s.Sign(t, secret, ts, body)
 	return signed{ev, body, ts, sig, deliveryIDOf(t, sig)}
 }
 
@@ -316,12 +318,12 @@ func (d signed) post(t *testing.T, g *gateway, target string) reply {
 // only after the one before it was taken. Other returns are not held up.
 func TestQueueOrderPerReturn(t *testing.T) {
 	const secret = "ssk_queue_order_1c2d3e4f"
-	app := newQApp(t)
-	g := startGateway(t, queueSite(secret, "", app.addr), nil, secret)
-	retA, retB := uuid(), uuid()
-	a1 := signEvent(t, rubySigner, secret, event{ID: retA, State: "pending_return_shipment_delivery"})
-	a2 := signEvent(t, opensslSigner, secret, event{ID: retA, State: "complete"})
-	b1 := signEvent(t, pythonSigner, secret, event{ID: retB, State: "pending_return_shipment"})
+	app := harness.NewUpstream(t)
+	g := startGateway(t, queueSite(secret, "", app.Addr), nil, secret)
+	retA, retB := harness.UUID(), harness.UUID()
+	a1 := signEvent(t, harness.Ruby, secret, harness.Event{ID: retA, State: "pending_return_shipment_delivery"})
+	a2 := signEvent(t, harness.OpenSSL, secret, harness.Event{ID: retA, State: "complete"})
+	b1 := signEvent(t, harness.Python, secret, harness.Event{ID: retB, State: "pending_return_shipment"})
 
 	// The app is down: A1 and B1 fail live; A2 waits behind A1.
 	wantQueued(t, a1.post(t, g, "/hooks/app"), a1.id)
@@ -358,25 +360,25 @@ func TestQueueOrderPerReturn(t *testing.T) {
 			close(hold)
 		}
 	}()
-	app.setRule(func(q *qRec) qAnswer {
+	app.SetRule(func(q *harness.Request) harness.Answer {
 		switch {
-		case q.returnID() != retA:
-			return qAnswer{}
+		case q.ReturnID() != retA:
+			return harness.Answer{}
 		case !releaseA:
-			return qAnswer{status: 503}
-		case q.id() == a1.id:
-			return qAnswer{hold: hold}
+			return harness.Answer{Status: 503}
+		case q.ID() == a1.id:
+			return harness.Answer{Hold: hold}
 		}
-		return qAnswer{}
+		return harness.Answer{}
 	})
-	app.up(t)
+	app.Up(t)
 
 	t.Run("another return is not held up", func(t *testing.T) {
-		app.waitDelivered(t, b1.id, queueTimeout)
-		waitUntil(t, "A1 was not attempted", queueTimeout, func() bool { return len(app.forID(a1.id)) > 0 })
-		b2 := signEvent(t, rubySigner, secret, event{ID: retB, State: "complete"})
+		app.WaitDelivered(t, b1.id, queueTimeout)
+		harness.WaitUntil(t, "A1 was not attempted", queueTimeout, func() bool { return len(app.ForID(a1.id)) > 0 })
+		b2 := signEvent(t, harness.Ruby, secret, harness.Event{ID: retB, State: "complete"})
 		ok(t, b2.post(t, g, "/hooks/app"))
-		if recs := app.forID(b2.id); len(recs) != 1 || recs[0].header.Get("X-Reready-Attempt") != "" {
+		if recs := app.ForID(b2.id); len(recs) != 1 || recs[0].Header.Get("X-Reready-Attempt") != "" {
 			t.Errorf("B2 was not forwarded live: %d request(s)", len(recs))
 		}
 		for _, d := range []signed{a1, a2} {
@@ -384,26 +386,24 @@ func TestQueueOrderPerReturn(t *testing.T) {
 				t.Errorf("%s: queue item %v, want pending", d.ev.State, it)
 			}
 		}
-		if n := len(app.forID(a2.id)); n != 0 {
+		if n := len(app.ForID(a2.id)); n != 0 {
 			t.Errorf("A2 was sent %d time(s) while A1 was still queued", n)
 		}
 	})
 
 	var a3 signed
 	t.Run("held while the first is being redelivered", func(t *testing.T) {
-		app.mu.Lock()
-		releaseA = true
-		app.mu.Unlock()
-		n := len(app.forID(a1.id))
+		app.Locked(func() { releaseA = true })
+		n := len(app.ForID(a1.id))
 		// A live success on the route makes A1 go now; the app holds it.
-		ok(t, signEvent(t, opensslSigner, secret, event{ID: uuid(), State: "complete"}).post(t, g, "/hooks/app"))
-		waitUntil(t, "A1 was not attempted after the kick", queueTimeout, func() bool { return len(app.forID(a1.id)) > n })
-		a3 = signEvent(t, pythonSigner, secret, event{ID: retA, State: "failed"})
+		ok(t, signEvent(t, harness.OpenSSL, secret, harness.Event{ID: harness.UUID(), State: "complete"}).post(t, g, "/hooks/app"))
+		harness.WaitUntil(t, "A1 was not attempted after the kick", queueTimeout, func() bool { return len(app.ForID(a1.id)) > n })
+		a3 = signEvent(t, harness.Python, secret, harness.Event{ID: retA, State: "failed"})
 		wantQueued(t, a3.post(t, g, "/hooks/app"), a3.id)
 		if e := waitJournal(t, g, a3.id, "queued", logTimeout); e.str("reason") != "held" {
 			t.Errorf("A3 journal entry %v, want reason held", e)
 		}
-		if n := len(app.forID(a3.id)); n != 0 {
+		if n := len(app.ForID(a3.id)); n != 0 {
 			t.Errorf("A3 reached the app while A1 was in flight")
 		}
 		close(hold)
@@ -411,29 +411,29 @@ func TestQueueOrderPerReturn(t *testing.T) {
 
 	t.Run("A's deliveries arrive in order, once each", func(t *testing.T) {
 		for _, d := range []signed{a1, a2, a3} {
-			app.waitDelivered(t, d.id, queueTimeout)
+			app.WaitDelivered(t, d.id, queueTimeout)
 		}
-		var prev qRec
+		var prev harness.Request
 		for i, d := range []signed{a1, a2, a3} {
-			recs := app.forID(d.id)
-			if app.delivered(d.id) != 1 {
-				t.Errorf("%s delivered %d times, want 1", d.ev.State, app.delivered(d.id))
+			recs := app.ForID(d.id)
+			if app.Delivered(d.id) != 1 {
+				t.Errorf("%s delivered %d times, want 1", d.ev.State, app.Delivered(d.id))
 			}
-			if i > 0 && !recs[0].at.After(prev.answered) {
-				t.Errorf("%s was sent at %s, before %s was taken at %s", d.ev.State, recs[0].at, prev.header.Get("X-Reready-State"), prev.answered)
+			if i > 0 && !recs[0].At.After(prev.Answered) {
+				t.Errorf("%s was sent at %s, before %s was taken at %s", d.ev.State, recs[0].At, prev.Header.Get("X-Reready-State"), prev.Answered)
 			}
 			for _, r := range recs {
-				if !bytes.Equal(r.body, d.body) {
-					t.Errorf("%s: body %q, want %q", d.ev.State, r.body, d.body)
+				if !bytes.Equal(r.Body, d.body) {
+					t.Errorf("%s: body %q, want %q", d.ev.State, r.Body, d.body)
 				}
 			}
 			prev = recs[len(recs)-1]
 		}
 		// A held delivery's first attempt is a redelivery: attempt 1.
-		if got := app.forID(a2.id)[0].header.Get("X-Reready-Attempt"); got != "1" {
+		if got := app.ForID(a2.id)[0].Header.Get("X-Reready-Attempt"); got != "1" {
 			t.Errorf("A2 (held) first attempt carried X-ReReady-Attempt %q, want 1", got)
 		}
-		waitUntil(t, "the queue did not empty", logTimeout, func() bool { return len(queueList(t, g)) == 0 })
+		harness.WaitUntil(t, "the queue did not empty", logTimeout, func() bool { return len(queueList(t, g)) == 0 })
 	})
 }
 
@@ -442,16 +442,16 @@ func TestQueueOrderPerReturn(t *testing.T) {
 // passes through, not queued.
 func TestQueueWhichAnswers(t *testing.T) {
 	const secret = "ssk_queue_answers_7d8e9f0a"
-	app := newQApp(t)
-	g := startGateway(t, queueSite(secret, "", app.addr), nil, secret)
+	app := harness.NewUpstream(t)
+	g := startGateway(t, queueSite(secret, "", app.Addr), nil, secret)
 	status := map[string]int{} // by delivery id, the live answer
-	app.setRule(func(q *qRec) qAnswer {
-		if s, ok := status[q.id()]; ok && q.header.Get("X-Reready-Attempt") == "" {
-			return qAnswer{status: s, body: fmt.Sprintf("the app's own %d body", s), header: map[string]string{"X-App": "yes"}}
+	app.SetRule(func(q *harness.Request) harness.Answer {
+		if s, ok := status[q.ID()]; ok && q.Header.Get("X-Reready-Attempt") == "" {
+			return harness.Answer{Status: s, Body: fmt.Sprintf("the app's own %d body", s), Header: map[string]string{"X-App": "yes"}}
 		}
-		return qAnswer{}
+		return harness.Answer{}
 	})
-	app.up(t)
+	app.Up(t)
 
 	var queued []signed
 	for _, c := range []struct {
@@ -462,10 +462,8 @@ func TestQueueWhichAnswers(t *testing.T) {
 		{400, false}, {401, false}, {403, false}, {404, false}, {409, false}, {410, false}, {422, false},
 		{200, false}, {201, false}, {204, false}, {302, false},
 	} {
-		d := signEvent(t, opensslSigner, secret, newEvent("complete"))
-		app.mu.Lock()
-		status[d.id] = c.status
-		app.mu.Unlock()
+		d := signEvent(t, harness.OpenSSL, secret, harness.NewEvent("complete"))
+		app.Locked(func() { status[d.id] = c.status })
 		r := d.post(t, g, "/hooks/app")
 		if c.queue {
 			wantQueued(t, r, d.id)
@@ -475,7 +473,7 @@ func TestQueueWhichAnswers(t *testing.T) {
 			if e := waitJournal(t, g, d.id, "queued", logTimeout); e.num("upstream_status") != c.status {
 				t.Errorf("app %d: journal entry %v, want upstream_status %d", c.status, e, c.status)
 			}
-			if queueItem(t, g, d.id) == nil && app.delivered(d.id) == 0 {
+			if queueItem(t, g, d.id) == nil && app.Delivered(d.id) == 0 {
 				t.Errorf("app %d: answered 202 but neither listed nor delivered", c.status)
 			}
 			queued = append(queued, d)
@@ -496,15 +494,14 @@ func TestQueueWhichAnswers(t *testing.T) {
 		}
 	}
 	for _, d := range queued {
-		app.mu.Lock()
-		s := status[d.id]
-		app.mu.Unlock()
+		var s int
+		app.Locked(func() { s = status[d.id] })
 		t.Logf("waiting for the %d one", s)
-		app.waitDelivered(t, d.id, queueTimeout)
+		app.WaitDelivered(t, d.id, queueTimeout)
 	}
-	waitUntil(t, "the queue did not empty", logTimeout, func() bool { return len(queueList(t, g)) == 0 })
+	harness.WaitUntil(t, "the queue did not empty", logTimeout, func() bool { return len(queueList(t, g)) == 0 })
 	for _, d := range queued {
-		if n := app.delivered(d.id); n != 1 {
+		if n := app.Delivered(d.id); n != 1 {
 			t.Errorf("%s delivered %d times", d.id, n)
 		}
 	}
@@ -517,17 +514,17 @@ func TestQueueWhichAnswers(t *testing.T) {
 func TestQueueMaxItems(t *testing.T) {
 	const secret = "ssk_queue_max_items_2b3c"
 	storage := t.TempDir()
-	app := newQApp(t) // down throughout
-	g := startGatewayWith(t, storageGlobal(storage), queueSite(secret, "max_items 3", app.addr), nil, secret)
+	app := harness.NewUpstream(t) // down throughout
+	g := startGatewayWith(t, storageGlobal(storage), queueSite(secret, "max_items 3", app.Addr), nil, secret)
 
 	var first []signed
 	for i := 0; i < 3; i++ {
-		d := signEvent(t, opensslSigner, secret, newEvent("complete"))
+		d := signEvent(t, harness.OpenSSL, secret, harness.NewEvent("complete"))
 		wantQueued(t, d.post(t, g, "/hooks/app"), d.id)
 		first = append(first, d)
 	}
-	fourth := signEvent(t, rubySigner, secret, newEvent("complete"))
-	held := signEvent(t, opensslSigner, secret, event{ID: first[0].ev.ID, State: "failed"})
+	fourth := signEvent(t, harness.Ruby, secret, harness.NewEvent("complete"))
+	held := signEvent(t, harness.OpenSSL, secret, harness.Event{ID: first[0].ev.ID, State: "failed"})
 	for _, d := range []signed{fourth, held} {
 		off := logOffset(g)
 		r := d.post(t, g, "/hooks/app")
@@ -544,7 +541,7 @@ func TestQueueMaxItems(t *testing.T) {
 	if n := len(queueFiles(t, storage)); n != 3 {
 		t.Errorf("%d items stored, want 3", n)
 	}
-	if len(app.records()) != 0 {
+	if len(app.Records()) != 0 {
 		t.Errorf("the app got requests while down?")
 	}
 
@@ -567,13 +564,13 @@ func TestQueueMaxItems(t *testing.T) {
 // message (CLI).
 func TestQueueDeadRetryDrop(t *testing.T) {
 	const secret = "ssk_queue_dead_4f5a6b7c"
-	app := newQApp(t)
-	g := startGateway(t, queueSite(secret, "max_age 2s", app.addr), nil, secret)
+	app := harness.NewUpstream(t)
+	g := startGateway(t, queueSite(secret, "max_age 2s", app.Addr), nil, secret)
 	admin := adminAddr(t, g)
 
 	var ds []signed // retried by API, by CLI, dropped by API, by CLI
 	for _, state := range []string{"complete", "failed", "not_returned", "pending_return_shipment"} {
-		d := signEvent(t, opensslSigner, secret, newEvent(state))
+		d := signEvent(t, harness.OpenSSL, secret, harness.NewEvent(state))
 		wantQueued(t, d.post(t, g, "/hooks/app"), d.id)
 		ds = append(ds, d)
 	}
@@ -586,7 +583,7 @@ func TestQueueDeadRetryDrop(t *testing.T) {
 			t.Errorf("journal entry %v, want dead max_age", e)
 		}
 	}
-	waitScans(t, g, 2) // a whole scan since: dead items are not attempted
+	g.WaitScans(t, 2, queueTimeout) // a whole scan since: dead items are not attempted
 	for _, d := range ds {
 		if it := queueItem(t, g, d.id); it.str("status") != "dead" {
 			t.Errorf("%s: %v, want still dead", d.id, it)
@@ -625,7 +622,7 @@ func TestQueueDeadRetryDrop(t *testing.T) {
 		}
 	})
 
-	app.up(t)
+	app.Up(t)
 
 	t.Run("retry through the API", func(t *testing.T) {
 		status, b := adminDo(t, g, http.MethodPost, "/reready/queue/"+ds[0].id+"/retry")
@@ -636,8 +633,8 @@ func TestQueueDeadRetryDrop(t *testing.T) {
 		if err := json.Unmarshal(b, &it); err != nil || it.str("id") != ds[0].id || it.str("status") != "pending" {
 			t.Errorf("POST retry answered %s, want the item, pending", b)
 		}
-		rec := app.waitDelivered(t, ds[0].id, queueTimeout)
-		wantEventHeaders(t, rec.header, ds[0].ev, ds[0].ts, ds[0].sig, attemptOf(rec), time.Unix(ds[0].ts, 0), time.Now())
+		rec := app.WaitDelivered(t, ds[0].id, queueTimeout)
+		wantEventHeaders(t, rec.Header, ds[0].ev, ds[0].ts, ds[0].sig, attemptOf(rec), time.Unix(ds[0].ts, 0), time.Now())
 		waitItem(t, g, ds[0].id, "", logTimeout)
 	})
 
@@ -646,7 +643,7 @@ func TestQueueDeadRetryDrop(t *testing.T) {
 		if res.err != nil || !strings.Contains(res.output, ds[1].id) || !strings.Contains(res.output, "pending") {
 			t.Fatalf("caddy reready queue retry: %v\n%s", res.err, res.output)
 		}
-		app.waitDelivered(t, ds[1].id, queueTimeout)
+		app.WaitDelivered(t, ds[1].id, queueTimeout)
 		waitItem(t, g, ds[1].id, "", logTimeout)
 	})
 
@@ -663,15 +660,15 @@ func TestQueueDeadRetryDrop(t *testing.T) {
 			t.Errorf("queue still lists %v", items)
 		}
 		// A kick (a live success) and a scan: dropped ones stay gone.
-		ok(t, signEvent(t, rubySigner, secret, newEvent("complete")).post(t, g, "/hooks/app"))
-		waitScans(t, g, 2)
+		ok(t, signEvent(t, harness.Ruby, secret, harness.NewEvent("complete")).post(t, g, "/hooks/app"))
+		g.WaitScans(t, 2, queueTimeout)
 		for _, d := range ds[2:] {
-			if n := len(app.forID(d.id)); n != 0 {
+			if n := len(app.ForID(d.id)); n != 0 {
 				t.Errorf("dropped %s reached the app %d time(s)", d.id, n)
 			}
 		}
 		for _, d := range ds[:2] {
-			if n := app.delivered(d.id); n != 1 {
+			if n := app.Delivered(d.id); n != 1 {
 				t.Errorf("%s delivered %d times, want 1", d.id, n)
 			}
 		}
@@ -703,7 +700,10 @@ func TestQueueDeadRetryDrop(t *testing.T) {
 }
 
 // attemptOf is a request's X-ReReady-Attempt.
-func attemptOf(r qRec) int { n, _ := strconv.Atoi(r.header.Get("X-Reready-Attempt")); return n }
+func attemptOf(r harness.Request) int {
+	n, _ := strconv.Atoi(r.Header.Get("X-Reready-Attempt"))
+	return n
+}
 
 // regexpLine reports whether some line of out holds every part.
 func regexpLine(out string, parts ...string) bool {
@@ -739,10 +739,10 @@ func sorted(s []string) []string {
 func TestQueueCorruptItem(t *testing.T) {
 	const secret = "ssk_queue_corrupt_8a9b0c1d"
 	storage := t.TempDir()
-	app := newQApp(t)
-	g := startGatewayWith(t, storageGlobal(storage), queueSite(secret, "", app.addr), nil, secret)
+	app := harness.NewUpstream(t)
+	g := startGatewayWith(t, storageGlobal(storage), queueSite(secret, "", app.Addr), nil, secret)
 
-	good := signEvent(t, rubySigner, secret, newEvent("complete"))
+	good := signEvent(t, harness.Ruby, secret, harness.NewEvent("complete"))
 	wantQueued(t, good.post(t, g, "/hooks/app"), good.id)
 
 	items := filepath.Join(storage, "reready_verify", "queue", "items")
@@ -757,7 +757,7 @@ func TestQueueCorruptItem(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	app.up(t)
+	app.Up(t)
 
 	for name := range bad {
 		waitLogSince(t, g, off, `"queue: a queued delivery is corrupt; setting it aside as dead"`, name)
@@ -770,14 +770,14 @@ func TestQueueCorruptItem(t *testing.T) {
 		}
 	}
 	// Logged once each, not at every scan.
-	waitScans(t, g, 2)
+	g.WaitScans(t, 2, queueTimeout)
 	for name := range bad {
-		if n := strings.Count(g.logs.String()[off:], `"id":"`+name+`"`); n != 1 {
+		if n := strings.Count(g.Logs.String()[off:], `"id":"`+name+`"`); n != 1 {
 			t.Errorf("%s logged %d times, want once", name, n)
 		}
 	}
 
-	app.waitDelivered(t, good.id, queueTimeout)
+	app.WaitDelivered(t, good.id, queueTimeout)
 	waitItem(t, g, good.id, "", logTimeout)
 
 	for name := range bad {
@@ -801,14 +801,14 @@ func TestQueueCorruptItem(t *testing.T) {
 func TestQueueAbsent(t *testing.T) {
 	const secret = "ssk_queue_absent_3d4e5f6a"
 	storage := t.TempDir()
-	app := newQApp(t)
+	app := harness.NewUpstream(t)
 	g := startGatewayWith(t, storageGlobal(storage), fmt.Sprintf(`
 	reready_verify /hooks/* {
 		secret %s
 	}
-	reverse_proxy /hooks/* %s`, secret, app.addr), nil, secret)
+	reverse_proxy /hooks/* %s`, secret, app.Addr), nil, secret)
 
-	d := signEvent(t, rubySigner, secret, newEvent("complete"))
+	d := signEvent(t, harness.Ruby, secret, harness.NewEvent("complete"))
 	r := d.post(t, g, "/hooks/app")
 	wantStatus(t, r, http.StatusBadGateway)
 	if r.header.Get("X-Reready-Delivery-Id") != "" {
@@ -817,15 +817,15 @@ func TestQueueAbsent(t *testing.T) {
 	if e := waitJournal(t, g, d.id, "forwarded", logTimeout); e.num("status") != 502 || e.num("upstream_status") != 0 {
 		t.Errorf("journal entry %v, want forwarded 502, upstream_status 0", e)
 	}
-	app.up(t)
-	app.setRule(func(q *qRec) qAnswer { return qAnswer{status: 503} })
-	d2 := signEvent(t, opensslSigner, secret, newEvent("complete"))
+	app.Up(t)
+	app.SetRule(func(q *harness.Request) harness.Answer { return harness.Answer{Status: 503} })
+	d2 := signEvent(t, harness.OpenSSL, secret, harness.NewEvent("complete"))
 	wantStatus(t, d2.post(t, g, "/hooks/app"), http.StatusServiceUnavailable)
 	// No worker runs that could redeliver anything.
 	if m, _ := scrape(t, adminAddr(t, g)); m["caddy_reready_queue_scans_total{}"] != 0 {
 		t.Errorf("a redelivery worker runs without queue: %v scans", m["caddy_reready_queue_scans_total{}"])
 	}
-	if n := len(app.records()); n != 1 {
+	if n := len(app.Records()); n != 1 {
 		t.Errorf("the app got %d requests, want 1 (no redelivery without queue)", n)
 	}
 	if _, err := os.Stat(filepath.Join(storage, "reready_verify", "queue")); !errors.Is(err, os.ErrNotExist) {
@@ -848,13 +848,13 @@ func TestQueueStorageFailure(t *testing.T) {
 	if err := os.WriteFile(root, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	app := newQApp(t)
-	g := startGatewayWith(t, storageGlobal(root), queueSite(secret, "", app.addr), nil, secret)
+	app := harness.NewUpstream(t)
+	g := startGatewayWith(t, storageGlobal(root), queueSite(secret, "", app.Addr), nil, secret)
 	for i, up := range []bool{false, true} {
 		if up {
-			app.up(t)
+			app.Up(t)
 		}
-		d := signEvent(t, signers[i], secret, newEvent("complete"))
+		d := signEvent(t, harness.Signers[i], secret, harness.NewEvent("complete"))
 		off := logOffset(g)
 		r := d.post(t, g, "/hooks/app")
 		wantStatus(t, r, http.StatusServiceUnavailable)
@@ -866,7 +866,7 @@ func TestQueueStorageFailure(t *testing.T) {
 			t.Errorf("journal entry %v, want rejected queue_unavailable 503", e)
 		}
 	}
-	if n := len(app.records()); n != 0 {
+	if n := len(app.Records()); n != 0 {
 		t.Errorf("the app got %d requests", n)
 	}
 }
@@ -875,26 +875,26 @@ func TestQueueStorageFailure(t *testing.T) {
 // check and was passed on anyway gets the failure, and is not stored.
 func TestQueueObserveMode(t *testing.T) {
 	const secret = "ssk_queue_observe_7c8d9e0f"
-	app := newQApp(t)
+	app := harness.NewUpstream(t)
 	g := startGateway(t, fmt.Sprintf(`
 	reready_verify /hooks/* {
 		secret %s
 		mode observe
 		queue
 	}
-	reverse_proxy /hooks/* %s`, secret, app.addr), nil, secret)
+	reverse_proxy /hooks/* %s`, secret, app.Addr), nil, secret)
 
-	forged := signEvent(t, rubySigner, "ssk_queue_observe_attacker", newEvent("complete"))
+	forged := signEvent(t, harness.Ruby, "ssk_queue_observe_attacker", harness.NewEvent("complete"))
 	wantStatus(t, forged.post(t, g, "/hooks/app"), http.StatusBadGateway)
-	d := signEvent(t, opensslSigner, secret, newEvent("complete"))
+	d := signEvent(t, harness.OpenSSL, secret, harness.NewEvent("complete"))
 	wantQueued(t, d.post(t, g, "/hooks/app"), d.id)
 	items := queueList(t, g)
 	if len(items) != 1 || items[0].str("id") != d.id {
 		t.Errorf("queue lists %v, want only %s", items, d.id)
 	}
-	app.up(t)
-	app.waitDelivered(t, d.id, queueTimeout)
-	if n := len(app.forID(forged.id)); n != 0 {
+	app.Up(t)
+	app.WaitDelivered(t, d.id, queueTimeout)
+	if n := len(app.ForID(forged.id)); n != 0 {
 		t.Errorf("the observed (forged) delivery was redelivered %d time(s)", n)
 	}
 }
@@ -905,9 +905,9 @@ func TestQueueObserveMode(t *testing.T) {
 // another route.
 func TestQueueRewrittenRoute(t *testing.T) {
 	const secret = "ssk_queue_rewrite_1e2f3a4b"
-	app := newQApp(t)
-	other := newQApp(t)
-	other.up(t)
+	app := harness.NewUpstream(t)
+	other := harness.NewUpstream(t)
+	other.Up(t)
 	g := startGateway(t, fmt.Sprintf(`
 	handle_path /hooks/* {
 		reready_verify {
@@ -918,41 +918,41 @@ func TestQueueRewrittenRoute(t *testing.T) {
 	}
 	handle {
 		reverse_proxy %s
-	}`, secret, app.addr, other.addr), nil, secret)
+	}`, secret, app.Addr, other.Addr), nil, secret)
 
 	// The app fails the first delivery with a long Retry-After: only a
 	// kick by a live success on the same route sends it again soon.
-	d := signEvent(t, rubySigner, secret, newEvent("complete"))
+	d := signEvent(t, harness.Ruby, secret, harness.NewEvent("complete"))
 	var failed bool
-	app.setRule(func(q *qRec) qAnswer {
-		if q.id() == d.id && !failed {
+	app.SetRule(func(q *harness.Request) harness.Answer {
+		if q.ID() == d.id && !failed {
 			failed = true
-			return qAnswer{status: 503, header: map[string]string{"Retry-After": "300"}}
+			return harness.Answer{Status: 503, Header: map[string]string{"Retry-After": "300"}}
 		}
-		return qAnswer{}
+		return harness.Answer{}
 	})
-	app.up(t)
+	app.Up(t)
 	wantQueued(t, d.post(t, g, "/hooks/reready?src=rr"), d.id)
-	live := signEvent(t, opensslSigner, secret, newEvent("complete"))
+	live := signEvent(t, harness.OpenSSL, secret, harness.NewEvent("complete"))
 	ok(t, live.post(t, g, "/hooks/reready?src=rr"))
-	liveURI := app.forID(live.id)[0].uri
+	liveURI := app.ForID(live.id)[0].URI
 
-	misrouted := func() []qRec {
-		var out []qRec
-		for _, r := range other.records() {
-			if r.uri != "/__ready" { // the harness's readiness probe
+	misrouted := func() []harness.Request {
+		var out []harness.Request
+		for _, r := range other.Records() {
+			if r.URI != "/__ready" { // the harness's readiness probe
 				out = append(out, r)
 			}
 		}
 		return out
 	}
-	waitUntil(t, "the queued delivery was not redelivered to the app after a live success on its route", 15*time.Second, func() bool {
-		return app.delivered(d.id) == 1 || len(misrouted()) > 0
+	harness.WaitUntil(t, "the queued delivery was not redelivered to the app after a live success on its route", 15*time.Second, func() bool {
+		return app.Delivered(d.id) == 1 || len(misrouted()) > 0
 	})
 	if recs := misrouted(); len(recs) > 0 {
-		t.Fatalf("the redelivery went to another route's upstream (%s), headers %v", recs[0].uri, recs[0].header)
+		t.Fatalf("the redelivery went to another route's upstream (%s), headers %v", recs[0].URI, recs[0].Header)
 	}
-	if got := app.forID(d.id)[0].uri; got != liveURI {
+	if got := app.ForID(d.id)[0].URI; got != liveURI {
 		t.Errorf("redelivered to %q; the live delivery went to %q", got, liveURI)
 	}
 }
@@ -965,10 +965,10 @@ func TestQueueRewrittenRoute(t *testing.T) {
 func TestQueueIgnoresTemporaryFiles(t *testing.T) {
 	const secret = "ssk_queue_tempfiles_9d0e1f2a"
 	storage := t.TempDir()
-	app := newQApp(t)
-	g := startGatewayWith(t, storageGlobal(storage), queueSite(secret, "", app.addr), nil, secret)
+	app := harness.NewUpstream(t)
+	g := startGatewayWith(t, storageGlobal(storage), queueSite(secret, "", app.Addr), nil, secret)
 
-	d := signEvent(t, rubySigner, secret, newEvent("complete"))
+	d := signEvent(t, harness.Ruby, secret, harness.NewEvent("complete"))
 	off := logOffset(g)
 	wantQueued(t, d.post(t, g, "/hooks/app"), d.id)
 	items := filepath.Join(storage, "reready_verify", "queue", "items")
@@ -984,7 +984,7 @@ func TestQueueIgnoresTemporaryFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitScans(t, g, 2)
+	g.WaitScans(t, 2, queueTimeout)
 	if items := queueList(t, g); len(items) != 1 || items[0].str("id") != d.id {
 		t.Errorf("the queue lists %v, want only %s", items, d.id)
 	}
@@ -993,13 +993,13 @@ func TestQueueIgnoresTemporaryFiles(t *testing.T) {
 			t.Errorf("%s was changed or removed (%v)", name, err)
 		}
 	}
-	if strings.Contains(g.logs.String()[off:], "corrupt") {
+	if strings.Contains(g.Logs.String()[off:], "corrupt") {
 		t.Errorf("a temporary file was taken for a corrupt item")
 	}
-	app.up(t)
-	app.waitDelivered(t, d.id, queueTimeout)
+	app.Up(t)
+	app.WaitDelivered(t, d.id, queueTimeout)
 	waitItem(t, g, d.id, "", logTimeout)
-	if n := app.delivered(d.id); n != 1 {
+	if n := app.Delivered(d.id); n != 1 {
 		t.Errorf("delivered %d times, want 1", n)
 	}
 }
@@ -1012,21 +1012,21 @@ func TestQueueIgnoresTemporaryFiles(t *testing.T) {
 // the route has the handler again, it is delivered once.
 func TestQueueRouteWithoutHandler(t *testing.T) {
 	const secret = "ssk_queue_no_handler_3c4d5e6f"
-	app := newQApp(t)
-	app.up(t)
-	g := startGateway(t, queueSite(secret, "", app.addr), nil, secret)
-	d := signEvent(t, rubySigner, secret, newEvent("complete"))
+	app := harness.NewUpstream(t)
+	app.Up(t)
+	g := startGateway(t, queueSite(secret, "", app.Addr), nil, secret)
+	d := signEvent(t, harness.Ruby, secret, harness.NewEvent("complete"))
 	var failed bool
-	app.setRule(func(q *qRec) qAnswer {
-		if q.id() == d.id && !failed {
+	app.SetRule(func(q *harness.Request) harness.Answer {
+		if q.ID() == d.id && !failed {
 			failed = true
-			return qAnswer{status: 503, header: map[string]string{"Retry-After": "1"}}
+			return harness.Answer{Status: 503, Header: map[string]string{"Retry-After": "1"}}
 		}
-		return qAnswer{}
+		return harness.Answer{}
 	})
 	wantQueued(t, d.post(t, g, "/hooks/app"), d.id)
 
-	src, err := os.ReadFile(g.config)
+	src, err := os.ReadFile(g.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1036,8 +1036,8 @@ func TestQueueRouteWithoutHandler(t *testing.T) {
 		t.Fatalf("no reready_verify /hooks/* in\n%s", src)
 	}
 	reloadWithAPI(t, g, bare)
-	n := len(app.records())
-	waitUntil(t, "no attempt was made through the bare route", queueTimeout, func() bool {
+	n := len(app.Records())
+	harness.WaitUntil(t, "no attempt was made through the bare route", queueTimeout, func() bool {
 		for _, e := range journalFor(t, g, d.id) {
 			if e.str("reason") == "route_unavailable" {
 				return true
@@ -1048,10 +1048,10 @@ func TestQueueRouteWithoutHandler(t *testing.T) {
 	// Go's transport sends a request's line and headers before reading its
 	// body, so the bare route's upstream may see those, cut short; never
 	// the delivery's body.
-	for _, r := range app.records()[n:] {
-		if len(r.body) > 0 {
+	for _, r := range app.Records()[n:] {
+		if len(r.Body) > 0 {
 			t.Errorf("an attempt through a route without reready_verify reached the app: %s %q, X-ReReady-Verified %q",
-				r.uri, r.body, r.header.Get("X-Reready-Verified"))
+				r.URI, r.Body, r.Header.Get("X-Reready-Verified"))
 		}
 	}
 	it := queueItem(t, g, d.id)
@@ -1060,12 +1060,12 @@ func TestQueueRouteWithoutHandler(t *testing.T) {
 	}
 
 	reloadWithAPI(t, g, string(src))
-	kick := signEvent(t, opensslSigner, secret, newEvent("complete"))
+	kick := signEvent(t, harness.OpenSSL, secret, harness.NewEvent("complete"))
 	ok(t, postAfterReload(t, g, "/hooks/app", kick.body, "X-ReReady-Signature-512", kick.sig))
-	rec := app.waitDelivered(t, d.id, 20*time.Second)
-	wantEventHeaders(t, rec.header, d.ev, d.ts, d.sig, attemptOf(rec), time.Unix(d.ts, 0), time.Now())
+	rec := app.WaitDelivered(t, d.id, 20*time.Second)
+	wantEventHeaders(t, rec.Header, d.ev, d.ts, d.sig, attemptOf(rec), time.Unix(d.ts, 0), time.Now())
 	waitItem(t, g, d.id, "", logTimeout)
-	if n := len(app.forID(d.id)); n != 2 { // the live 503, then this
+	if n := len(app.ForID(d.id)); n != 2 { // the live 503, then this
 		t.Errorf("the app got %d requests for it, want 2", n)
 	}
 }

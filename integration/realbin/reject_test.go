@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // Every way a delivery can be refused, spread over the three apps: the
@@ -26,9 +28,9 @@ func TestRejectedNeverReachApp(t *testing.T) {
 	reverse_proxy /hooks/php {{php}}`, nil, secret)
 
 	// signed returns a fresh event's body and a valid signature for it.
-	signed := func(t *testing.T, s signer, ev event) ([]byte, string) {
-		body := ev.body()
-		return body, s.sign(t, secret, now(), body)
+	signed := func(t *testing.T, s harness.Signer, ev harness.Event) ([]byte, string) {
+		body := ev.Body()
+		return body, s.Sign(t, secret, now(), body)
 	}
 	padding := `, "note": "` + strings.Repeat("x", 1200) + `"` // pushes the body over 1 KiB
 
@@ -40,62 +42,62 @@ func TestRejectedNeverReachApp(t *testing.T) {
 		reason string
 	}{
 		{"stale timestamp", python, func(t *testing.T, path string) reply {
-			body := newEvent("complete").body()
-			return g.post(t, path, body, "X-ReReady-Signature-512", rubySigner.sign(t, secret, now()-600, body))
+			body := harness.NewEvent("complete").Body()
+			return g.post(t, path, body, "X-ReReady-Signature-512", harness.Ruby.Sign(t, secret, now()-600, body))
 		}, 401, "timestamp_stale"},
 		{"future timestamp", node, func(t *testing.T, path string) reply {
-			body := newEvent("complete").body()
-			return g.post(t, path, body, "X-ReReady-Signature-512", opensslSigner.sign(t, secret, now()+600, body))
+			body := harness.NewEvent("complete").Body()
+			return g.post(t, path, body, "X-ReReady-Signature-512", harness.OpenSSL.Sign(t, secret, now()+600, body))
 		}, 401, "timestamp_future"},
 		{"forged: wrong secret", php, func(t *testing.T, path string) reply {
-			body := newEvent("complete").body()
-			return g.post(t, path, body, "X-ReReady-Signature-512", pythonSigner.sign(t, "ssk_guessed_secret", now(), body))
+			body := harness.NewEvent("complete").Body()
+			return g.post(t, path, body, "X-ReReady-Signature-512", harness.Python.Sign(t, "ssk_guessed_secret", now(), body))
 		}, 401, "signature_mismatch"},
 		{"tampered body", python, func(t *testing.T, path string) reply {
-			ev := newEvent("not_returned")
-			_, sig := signed(t, opensslSigner, ev)
+			ev := harness.NewEvent("not_returned")
+			_, sig := signed(t, harness.OpenSSL, ev)
 			ev.State = "complete" // same event, another state: the signature no longer fits
-			return g.post(t, path, ev.body(), "X-ReReady-Signature-512", sig)
+			return g.post(t, path, ev.Body(), "X-ReReady-Signature-512", sig)
 		}, 401, "signature_mismatch"},
 		{"tampered timestamp", node, func(t *testing.T, path string) reply {
-			body := newEvent("complete").body()
+			body := harness.NewEvent("complete").Body()
 			ts := now()
-			mac := macOf(rubySigner.sign(t, secret, ts, body))
+			mac := macOf(harness.Ruby.Sign(t, secret, ts, body))
 			return g.post(t, path, body, "X-ReReady-Signature-512", fmt.Sprintf("t=%d,v=%s", ts-1, mac))
 		}, 401, "signature_mismatch"},
 		{"no signature", php, func(t *testing.T, path string) reply {
-			return g.post(t, path, newEvent("complete").body())
+			return g.post(t, path, harness.NewEvent("complete").Body())
 		}, 401, "signature_missing"},
 		{"malformed signature", python, func(t *testing.T, path string) reply {
-			body, sig := signed(t, pythonSigner, newEvent("complete"))
+			body, sig := signed(t, harness.Python, harness.NewEvent("complete"))
 			return g.post(t, path, body, "X-ReReady-Signature-512", sig[:len(sig)-2])
 		}, 401, "signature_malformed"},
 		{"two signature headers", node, func(t *testing.T, path string) reply {
-			body, sig := signed(t, rubySigner, newEvent("complete"))
+			body, sig := signed(t, harness.Ruby, harness.NewEvent("complete"))
 			return g.post(t, path, body, "X-ReReady-Signature-512", sig, "X-ReReady-Signature-512", sig)
 		}, 401, "signature_duplicated"},
 		{"oversized, Content-Length", php, func(t *testing.T, path string) reply {
-			body, sig := signed(t, opensslSigner, event{ID: uuid(), State: "complete", Extra: padding})
+			body, sig := signed(t, harness.OpenSSL, harness.Event{ID: harness.UUID(), State: "complete", Extra: padding})
 			return g.post(t, path, body, "X-ReReady-Signature-512", sig)
 		}, 413, "body_too_large"},
 		{"oversized, chunked", python, func(t *testing.T, path string) reply {
-			body, sig := signed(t, pythonSigner, event{ID: uuid(), State: "complete", Extra: padding})
+			body, sig := signed(t, harness.Python, harness.Event{ID: harness.UUID(), State: "complete", Extra: padding})
 			return g.curlChunked(t, path, body, "X-ReReady-Signature-512", sig)
 		}, 413, "body_too_large"},
 		{"GET", node, func(t *testing.T, path string) reply {
 			return g.request(t, http.MethodGet, path, nil)
 		}, 405, "method_not_allowed"},
 		{"PUT, validly signed", python, func(t *testing.T, path string) reply {
-			body, sig := signed(t, rubySigner, newEvent("complete"))
+			body, sig := signed(t, harness.Ruby, harness.NewEvent("complete"))
 			return g.request(t, http.MethodPut, path, body, "X-ReReady-Signature-512", sig)
 		}, 405, "method_not_allowed"},
 		{"signed, but no state", php, func(t *testing.T, path string) reply {
-			body := []byte(`{ "device_return_id": "` + uuid() + `", "serial_number": null, "test": false }`)
-			return g.post(t, path, body, "X-ReReady-Signature-512", opensslSigner.sign(t, secret, now(), body))
+			body := []byte(`{ "device_return_id": "` + harness.UUID() + `", "serial_number": null, "test": false }`)
+			return g.post(t, path, body, "X-ReReady-Signature-512", harness.OpenSSL.Sign(t, secret, now(), body))
 		}, 400, "payload_missing_field"},
 		{"signed, but newline in device_return_id", node, func(t *testing.T, path string) reply {
 			body := []byte(`{ "device_return_id": "abc\nX-Injected: 1", "state": "complete", "test": false }`)
-			return g.post(t, path, body, "X-ReReady-Signature-512", pythonSigner.sign(t, secret, now(), body))
+			return g.post(t, path, body, "X-ReReady-Signature-512", harness.Python.Sign(t, secret, now(), body))
 		}, 400, "payload_invalid_string"},
 	}
 	for _, c := range cases {
@@ -117,7 +119,7 @@ func TestRejectedNeverReachApp(t *testing.T) {
 	// read: the client waiting on Expect: 100-continue gets 413, not 100.
 	t.Run("oversized, Expect: 100-continue", func(t *testing.T) {
 		m := mark(t)
-		conn, err := net.DialTimeout("tcp", strings.TrimPrefix(g.base, "http://"), replyTimeout)
+		conn, err := net.DialTimeout("tcp", strings.TrimPrefix(g.Base, "http://"), replyTimeout)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -125,7 +127,7 @@ func TestRejectedNeverReachApp(t *testing.T) {
 		conn.SetDeadline(time.Now().Add(replyTimeout))
 		fmt.Fprintf(conn, "POST /hooks/php HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"+
 			"Content-Length: 2048\r\nExpect: 100-continue\r\nX-ReReady-Signature-512: t=%d,v=%s\r\n\r\n",
-			strings.TrimPrefix(g.base, "http://"), now(), strings.Repeat("ab", 64))
+			strings.TrimPrefix(g.Base, "http://"), now(), strings.Repeat("ab", 64))
 		line, err := bufio.NewReader(conn).ReadString('\n')
 		if err != nil {
 			t.Fatalf("reading the status line: %v", err)
@@ -152,11 +154,11 @@ func TestHandleErrorsRenders401(t *testing.T) {
 	}`, nil, secret)
 
 	t.Run("forged", func(t *testing.T) {
-		ev := newEvent("complete")
-		body := ev.body()
+		ev := harness.NewEvent("complete")
+		body := ev.Body()
 		ts := now()
-		forged := rubySigner.sign(t, "ssk_attacker", ts, body)
-		expected := macOf(opensslSigner.sign(t, secret, ts, body))
+		forged := harness.Ruby.Sign(t, "ssk_attacker", ts, body)
+		expected := macOf(harness.OpenSSL.Sign(t, secret, ts, body))
 		m := mark(t)
 		r := g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", forged)
 		first, rest, _ := strings.Cut(r.body, "\n")

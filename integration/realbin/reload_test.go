@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // relMigrateReq is the sysctl that lets Linux move connections queued on a
@@ -139,8 +141,8 @@ func relReloadRun(t *testing.T) relReloadFigures {
 	l := relNewLedger(secrets)
 
 	// A delivery before the reloads.
-	first := newEvent("complete")
-	firstBody, ts := first.body(), now()
+	first := harness.NewEvent("complete")
+	firstBody, ts := first.Body(), now()
 	l.sent(ts, firstBody)
 	firstSig := relSign(secrets[0], ts, firstBody)
 	if status, reply, err := relPost(relClient, g, "/webhooks/reready", firstBody, firstSig); err != nil || status != http.StatusOK || reply != `{"ok":true}` {
@@ -165,8 +167,8 @@ func relReloadRun(t *testing.T) relReloadFigures {
 					return
 				default:
 				}
-				ev := newEvent(states[n%len(states)])
-				body, ts := ev.body(), now()
+				ev := harness.NewEvent(states[n%len(states)])
+				body, ts := ev.Body(), now()
 				l.sent(ts, body)
 				sig := relSign(firstSecret, ts, body)
 				var status int
@@ -256,8 +258,8 @@ func relReloadRun(t *testing.T) relReloadFigures {
 		t.Errorf("the delivery made before the reloads reached the app %d times, want 1", n)
 	}
 	// The last reload is in force: the newest secret verifies.
-	ev := newEvent("failed")
-	body, ts := ev.body(), now()
+	ev := harness.NewEvent("failed")
+	body, ts := ev.Body(), now()
 	l.sent(ts, body)
 	newest := secrets[len(secrets)-1]
 	if status, reply, err := relPost(relClient, g, "/webhooks/reready", body, relSign(newest, ts, body)); err != nil || status != http.StatusOK || reply != `{"ok":true}` {
@@ -271,16 +273,16 @@ func relReloadRun(t *testing.T) relReloadFigures {
 // first secret and runs `caddy reload` on it.
 func relReload(t *testing.T, g *gateway, secrets []string) {
 	t.Helper()
-	src, err := os.ReadFile(g.config)
+	src, err := os.ReadFile(g.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
 	re := regexp.MustCompile(`(?m)^(\s*secret) .*$`)
 	changed := re.ReplaceAllString(string(src), "${1} "+strings.Join(secrets, " "))
-	if err := os.WriteFile(g.config, []byte(changed), 0o600); err != nil {
+	if err := os.WriteFile(g.Config, []byte(changed), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	res := caddyCmd(t, nil, "reload", "--config", g.config, "--adapter", "caddyfile")
+	res := caddyCmd(t, nil, "reload", "--config", g.Config, "--adapter", "caddyfile")
 	if res.err != nil {
 		t.Fatalf("caddy reload: %v\n%s", res.err, res.output)
 	}
@@ -305,8 +307,8 @@ func TestReliabilityReloadSecretPrepended(t *testing.T) {
 	reverse_proxy /webhooks/reready `+app.addr, nil, old, added)
 	l := relNewLedger([]string{old, added})
 
-	ev := newEvent("complete")
-	body, ts := ev.body(), now()
+	ev := harness.NewEvent("complete")
+	body, ts := ev.Body(), now()
 	l.sent(ts, body)
 	sig := relSign(old, ts, body)
 	if status, reply, err := relPost(relClient, g, "/webhooks/reready", body, sig); err != nil || status != http.StatusOK || reply != `{"ok":true}` {

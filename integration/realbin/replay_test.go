@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // Replay suppression end to end: memory mode in one process (kept across
@@ -40,12 +42,12 @@ func wantStatus(t *testing.T, r reply, status int) {
 
 // signedEvent returns a fresh event, its body, its t and its signature by s
 // under secret.
-func signedEvent(t *testing.T, s signer, secret, state string) (event, []byte, int64, string) {
+func signedEvent(t *testing.T, s harness.Signer, secret, state string) (harness.Event, []byte, int64, string) {
 	t.Helper()
-	ev := newEvent(state)
-	body := ev.body()
+	ev := harness.NewEvent(state)
+	body := ev.Body()
 	ts := now()
-	return ev, body, ts, s.sign(t, secret, ts, body)
+	return ev, body, ts, s.Sign(t, secret, ts, body)
 }
 
 // ---- a controllable upstream ----------------------------------------------
@@ -180,7 +182,7 @@ func (a *ctlApp) waitCount(t *testing.T, n int) {
 
 // wantNew checks that exactly want requests arrived since n, each the
 // verified delivery of ev with body.
-func (a *ctlApp) wantNew(t *testing.T, n, want int, ev event, body []byte) {
+func (a *ctlApp) wantNew(t *testing.T, n, want int, ev harness.Event, body []byte) {
 	t.Helper()
 	recs := a.recordsSince(n)
 	if len(recs) != want {
@@ -259,13 +261,13 @@ var adminLine = regexp.MustCompile(`(?m)^\s*admin (127\.0\.0\.1:[0-9]+)\s*$`)
 // startGateway(With), read from its Caddyfile.
 func adminAddr(t *testing.T, g *gateway) string {
 	t.Helper()
-	src, err := os.ReadFile(g.config)
+	src, err := os.ReadFile(g.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
 	m := adminLine.FindSubmatch(src)
 	if m == nil {
-		t.Fatalf("no admin address in %s:\n%s", g.config, src)
+		t.Fatalf("no admin address in %s:\n%s", g.Config, src)
 	}
 	return string(m[1])
 }
@@ -280,7 +282,7 @@ func TestReplayMemory(t *testing.T) {
 	const secret, second, token = "ssk_replay_mem_4b5c6d7e", "ssk_replay_mem_second_8f9a", "tok_replay_mem_1d2e3f"
 	const otherEndpoint = "ssk_replay_mem_other_endpoint_2c3d"
 	ctl := startCtlApp(t)
-	dead, err := freePort()
+	dead, err := harness.ReservePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,7 +313,7 @@ func TestReplayMemory(t *testing.T) {
 	reverse_proxy /other {{node}}`, secret, second, token, ctl.addr, dead, otherEndpoint), nil, secret, second, token, otherEndpoint)
 
 	t.Run("repeat acknowledged without forwarding", func(t *testing.T) {
-		ev, body, ts, sig := signedEvent(t, rubySigner, secret, "complete")
+		ev, body, ts, sig := signedEvent(t, harness.Ruby, secret, "complete")
 		m := mark(t)
 		ok(t, g.post(t, "/mem/app", body, "X-ReReady-Signature-512", sig))
 		delivered(t, m.one(t, python), ev, body, "hmac", fmt.Sprint(ts), sig)
@@ -334,14 +336,14 @@ func TestReplayMemory(t *testing.T) {
 	})
 
 	t.Run("tampered body with a delivered signature is 401", func(t *testing.T) {
-		ev, body, ts, sig := signedEvent(t, opensslSigner, secret, "not_returned")
+		ev, body, ts, sig := signedEvent(t, harness.OpenSSL, secret, "not_returned")
 		m := mark(t)
 		ok(t, g.post(t, "/mem/app", body, "X-ReReady-Signature-512", sig))
 		delivered(t, m.one(t, python), ev, body, "hmac", fmt.Sprint(ts), sig)
 
 		tampered := ev
 		tampered.State = "complete"
-		for _, b := range [][]byte{tampered.body(), append(append([]byte{}, body...), ' ')} {
+		for _, b := range [][]byte{tampered.Body(), append(append([]byte{}, body...), ' ')} {
 			m := mark(t)
 			off := logOffset(g)
 			r := g.post(t, "/mem/app", b, "X-ReReady-Signature-512", sig)
@@ -359,11 +361,11 @@ func TestReplayMemory(t *testing.T) {
 	})
 
 	t.Run("forged request does not touch the replay state", func(t *testing.T) {
-		ev := newEvent("failed")
-		body := ev.body()
+		ev := harness.NewEvent("failed")
+		body := ev.Body()
 		ts := now()
-		forged := pythonSigner.sign(t, "ssk_replay_attacker", ts, body)
-		sig := pythonSigner.sign(t, secret, ts, body)
+		forged := harness.Python.Sign(t, "ssk_replay_attacker", ts, body)
+		sig := harness.Python.Sign(t, secret, ts, body)
 		m := mark(t)
 		wantStatus(t, g.post(t, "/mem/app", body, "X-ReReady-Signature-512", forged), http.StatusUnauthorized)
 		m.none(t)
@@ -379,11 +381,11 @@ func TestReplayMemory(t *testing.T) {
 		// signed with that endpoint's secret, with the same t and body.
 		// Both share this process's replay memory; neither may be taken
 		// for a repeat of the other.
-		ev := newEvent("pending_return_shipment")
-		body := ev.body()
+		ev := harness.NewEvent("pending_return_shipment")
+		body := ev.Body()
 		ts := now()
-		sigA := rubySigner.sign(t, secret, ts, body)
-		sigB := opensslSigner.sign(t, otherEndpoint, ts, body)
+		sigA := harness.Ruby.Sign(t, secret, ts, body)
+		sigB := harness.OpenSSL.Sign(t, otherEndpoint, ts, body)
 		m := mark(t)
 		ok(t, g.post(t, "/mem/app", body, "X-ReReady-Signature-512", sigA))
 		delivered(t, m.one(t, python), ev, body, "hmac", fmt.Sprint(ts), sigA)
@@ -400,10 +402,10 @@ func TestReplayMemory(t *testing.T) {
 	t.Run("a repeat is known by the v that matched", func(t *testing.T) {
 		// Signed under the second secret; re-sent with that v, alone or
 		// beside the first secret's v, it is the same delivery.
-		ev := newEvent("pending_return_shipment")
-		body := ev.body()
+		ev := harness.NewEvent("pending_return_shipment")
+		body := ev.Body()
 		ts := now()
-		sig2 := rubySigner.sign(t, second, ts, body)
+		sig2 := harness.Ruby.Sign(t, second, ts, body)
 		m := mark(t)
 		ok(t, g.post(t, "/two", body, "X-ReReady-Signature-512", sig2))
 		delivered(t, m.one(t, node), ev, body, "hmac", fmt.Sprint(ts), sig2)
@@ -416,7 +418,7 @@ func TestReplayMemory(t *testing.T) {
 	})
 
 	t.Run("repeat after a non-2xx answer is forwarded", func(t *testing.T) {
-		ev, body, _, sig := signedEvent(t, rubySigner, secret, "pending_outbound_shipment")
+		ev, body, _, sig := signedEvent(t, harness.Ruby, secret, "pending_outbound_shipment")
 		n := ctl.count()
 		ctl.failNext(http.StatusInternalServerError)
 		r := g.post(t, "/mem/ctl", body, "X-ReReady-Signature-512", sig)
@@ -433,7 +435,7 @@ func TestReplayMemory(t *testing.T) {
 	})
 
 	t.Run("repeat after the upstream was down is not acknowledged", func(t *testing.T) {
-		_, body, _, sig := signedEvent(t, opensslSigner, secret, "complete")
+		_, body, _, sig := signedEvent(t, harness.OpenSSL, secret, "complete")
 		for i := 1; i <= 2; i++ {
 			r := g.post(t, "/mem/down", body, "X-ReReady-Signature-512", sig)
 			if r.status != http.StatusBadGateway {
@@ -443,10 +445,10 @@ func TestReplayMemory(t *testing.T) {
 	})
 
 	t.Run("repeat in flight is 409", func(t *testing.T) {
-		ev, body, _, sig := signedEvent(t, pythonSigner, secret, "pending_return_shipment_delivery")
+		ev, body, _, sig := signedEvent(t, harness.Python, secret, "pending_return_shipment_delivery")
 		n := ctl.count()
 		hold := ctl.holdNext()
-		first := sendAsync(t, g.base, "/mem/ctl", body, "X-ReReady-Signature-512", sig)
+		first := sendAsync(t, g.Base, "/mem/ctl", body, "X-ReReady-Signature-512", sig)
 		ctl.waitCount(t, n+1)
 
 		for i := 1; i <= 2; i++ {
@@ -463,8 +465,8 @@ func TestReplayMemory(t *testing.T) {
 	})
 
 	t.Run("token-only requests are not tracked", func(t *testing.T) {
-		ev := newEvent("complete")
-		body := ev.body()
+		ev := harness.NewEvent("complete")
+		body := ev.Body()
 		for i := 1; i <= 2; i++ {
 			m := mark(t)
 			ok(t, g.post(t, "/tok?token="+token, body))
@@ -473,7 +475,7 @@ func TestReplayMemory(t *testing.T) {
 	})
 
 	t.Run("replay off forwards repeats", func(t *testing.T) {
-		ev, body, ts, sig := signedEvent(t, rubySigner, secret, "complete")
+		ev, body, ts, sig := signedEvent(t, harness.Ruby, secret, "complete")
 		for i := 1; i <= 2; i++ {
 			m := mark(t)
 			ok(t, g.post(t, "/off", body, "X-ReReady-Signature-512", sig))
@@ -525,7 +527,7 @@ func reloadWithAPI(t *testing.T, g *gateway, src string) {
 func postAfterReload(t *testing.T, g *gateway, target string, body []byte, hdr ...string) reply {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
-		r, err := sendRaw(g.base, http.MethodPost, target, body, hdr...)
+		r, err := sendRaw(g.Base, http.MethodPost, target, body, hdr...)
 		if err == nil {
 			return r
 		}
@@ -541,13 +543,13 @@ func postAfterReload(t *testing.T, g *gateway, target string, body []byte, hdr .
 // one line listing secrets.
 func caddyfileWithSecrets(t *testing.T, g *gateway, secrets ...string) string {
 	t.Helper()
-	src, err := os.ReadFile(g.config)
+	src, err := os.ReadFile(g.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
 	re := regexp.MustCompile(`(?m)^(\s*)secret .*$`)
 	if len(re.FindAll(src, -1)) != 1 {
-		t.Fatalf("want exactly one secret line in %s:\n%s", g.config, src)
+		t.Fatalf("want exactly one secret line in %s:\n%s", g.Config, src)
 	}
 	return re.ReplaceAllString(string(src), "${1}secret "+strings.Join(secrets, " "))
 }
@@ -564,20 +566,20 @@ func TestReplayMemorySurvivesReload(t *testing.T) {
 	reverse_proxy /webhooks/reready {{python}}`
 	g := startGateway(t, site, nil, oldSecret, newSecret)
 
-	ev, body, ts, sig := signedEvent(t, rubySigner, oldSecret, "complete")
+	ev, body, ts, sig := signedEvent(t, harness.Ruby, oldSecret, "complete")
 	m := mark(t)
 	ok(t, g.post(t, "/webhooks/reready", body, "X-ReReady-Signature-512", sig))
 	delivered(t, m.one(t, python), ev, body, "hmac", fmt.Sprint(ts), sig)
 
 	// Not accepted yet: proves the reload below changes the config.
-	_, nbody, _, nsig := signedEvent(t, opensslSigner, newSecret, "complete")
+	_, nbody, _, nsig := signedEvent(t, harness.OpenSSL, newSecret, "complete")
 	m = mark(t)
 	wantStatus(t, g.post(t, "/webhooks/reready", nbody, "X-ReReady-Signature-512", nsig), http.StatusUnauthorized)
 	m.none(t)
 
 	// Reload 1 (CLI): the new secret added after the old one.
 	reloadWithCLI(t, g, caddyfileWithSecrets(t, g, oldSecret, newSecret))
-	ev2, body2, ts2, sig2 := signedEvent(t, opensslSigner, newSecret, "failed")
+	ev2, body2, ts2, sig2 := signedEvent(t, harness.OpenSSL, newSecret, "failed")
 	m = mark(t)
 	ok(t, postAfterReload(t, g, "/webhooks/reready", body2, "X-ReReady-Signature-512", sig2))
 	delivered(t, m.one(t, python), ev2, body2, "hmac", fmt.Sprint(ts2), sig2)
@@ -616,7 +618,7 @@ func TestReplayMemorySurvivesSecretRotation(t *testing.T) {
 	reverse_proxy /webhooks/reready {{python}}`, nil, oldSecret, newSecret)
 
 	reloadWithCLI(t, g, caddyfileWithSecrets(t, g, oldSecret, newSecret))
-	ev, body, ts, sig := signedEvent(t, rubySigner, newSecret, "complete")
+	ev, body, ts, sig := signedEvent(t, harness.Ruby, newSecret, "complete")
 	m := mark(t)
 	ok(t, postAfterReload(t, g, "/webhooks/reready", body, "X-ReReady-Signature-512", sig))
 	delivered(t, m.one(t, python), ev, body, "hmac", fmt.Sprint(ts), sig)
@@ -673,7 +675,7 @@ func TestReplayStorageTwoGateways(t *testing.T) {
 		first, then *gateway
 	}{{"delivered through A, repeated at B", a, b}, {"delivered through B, repeated at A", b, a}} {
 		t.Run(c.name, func(t *testing.T) {
-			ev, body, ts, sig := signedEvent(t, rubySigner, secret, "complete")
+			ev, body, ts, sig := signedEvent(t, harness.Ruby, secret, "complete")
 			m := mark(t)
 			ok(t, c.first.post(t, "/hooks/app", body, "X-ReReady-Signature-512", sig))
 			delivered(t, m.one(t, python), ev, body, "hmac", fmt.Sprint(ts), sig)
@@ -696,10 +698,10 @@ func TestReplayStorageTwoGateways(t *testing.T) {
 	})
 
 	t.Run("in flight on A is 409 at B", func(t *testing.T) {
-		ev, body, _, sig := signedEvent(t, opensslSigner, secret, "pending_return_shipment")
+		ev, body, _, sig := signedEvent(t, harness.OpenSSL, secret, "pending_return_shipment")
 		n := ctl.count()
 		hold := ctl.holdNext()
-		first := sendAsync(t, a.base, "/hooks/ctl", body, "X-ReReady-Signature-512", sig)
+		first := sendAsync(t, a.Base, "/hooks/ctl", body, "X-ReReady-Signature-512", sig)
 		ctl.waitCount(t, n+1)
 
 		off := logOffset(b)
@@ -716,7 +718,7 @@ func TestReplayStorageTwoGateways(t *testing.T) {
 	})
 
 	t.Run("failed on A, retried through B", func(t *testing.T) {
-		ev, body, _, sig := signedEvent(t, pythonSigner, secret, "failed")
+		ev, body, _, sig := signedEvent(t, harness.Python, secret, "failed")
 		n := ctl.count()
 		ctl.failNext(http.StatusServiceUnavailable)
 		wantStatus(t, a.post(t, "/hooks/ctl", body, "X-ReReady-Signature-512", sig), http.StatusServiceUnavailable)
@@ -729,7 +731,7 @@ func TestReplayStorageTwoGateways(t *testing.T) {
 		msite := storageSite(secret, "memory", ctl.addr)
 		c := startGatewayWith(t, global, msite, nil, secret)
 		d := startGatewayWith(t, global, msite, nil, secret)
-		ev, body, ts, sig := signedEvent(t, rubySigner, secret, "complete")
+		ev, body, ts, sig := signedEvent(t, harness.Ruby, secret, "complete")
 		for _, g := range []*gateway{c, d} {
 			m := mark(t)
 			ok(t, g.post(t, "/hooks/app", body, "X-ReReady-Signature-512", sig))
@@ -752,7 +754,7 @@ func TestReplayStorageUnavailable(t *testing.T) {
 	}
 	g := startGatewayWith(t, "\tstorage file_system "+root, storageSite(secret, "storage", "127.0.0.1:1"), nil, secret)
 
-	_, body, _, sig := signedEvent(t, rubySigner, secret, "complete")
+	_, body, _, sig := signedEvent(t, harness.Ruby, secret, "complete")
 	for i := 1; i <= 2; i++ {
 		m := mark(t)
 		off := logOffset(g)
@@ -765,7 +767,7 @@ func TestReplayStorageUnavailable(t *testing.T) {
 		waitLogSince(t, g, off, `"level":"error"`, `"replay store failed; refusing the delivery so that the sender retries"`,
 			`"reason":"replay_store_unavailable"`, `"status":503`)
 		// Logged once: one line for the one rejection.
-		if n := strings.Count(g.logs.String()[off:], `"reason":"replay_store_unavailable"`); n != 1 {
+		if n := strings.Count(g.Logs.String()[off:], `"reason":"replay_store_unavailable"`); n != 1 {
 			t.Errorf("%d log lines for one rejection", n)
 		}
 	}
@@ -789,7 +791,7 @@ func TestReplayStorageFleetMidRotation(t *testing.T) {
 	a := startGatewayWith(t, global, site(oldSecret+" "+newSecret), nil, oldSecret, newSecret)
 	b := startGatewayWith(t, global, site(newSecret), nil, newSecret)
 
-	ev, body, ts, sig := signedEvent(t, rubySigner, newSecret, "complete")
+	ev, body, ts, sig := signedEvent(t, harness.Ruby, newSecret, "complete")
 	m := mark(t)
 	ok(t, a.post(t, "/hooks/app", body, "X-ReReady-Signature-512", sig))
 	delivered(t, m.one(t, python), ev, body, "hmac", fmt.Sprint(ts), sig)
