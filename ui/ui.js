@@ -10,6 +10,7 @@
 	const SLOW_EVERY = 5; // the queue and the summary at least every 5th poll
 	const MAX_ROWS = 200; // deliveries kept on the page
 	const TIMELINE_LIMIT = 1000;
+	const PAGE = 100; // deliveries per page of a time range
 
 	const $ = (id) => document.getElementById(id);
 
@@ -44,6 +45,15 @@
 		online: null,
 		drop: null, // { item } the open drop dialog is about
 		dropFrom: '', // the data-key of the button that opened it
+		range: { since: '', until: '' }, // a time range: older history, page by page
+		cursor: '', // the range's next (older) page, from X-Reready-Next-Cursor
+		detail: '', // the delivery whose detail is open
+		confirm: null, // what confirming the open confirmation runs
+		confirmFrom: null, // the button that opened it
+		// What this gateway answers, found out when the page loads (null:
+		// not yet known). An older gateway has none of these: the page
+		// hides them.
+		features: { history: null, replay: null, pause: null },
 	};
 
 	// ---- building elements -------------------------------------------------
@@ -161,27 +171,45 @@
 		return { body, res };
 	}
 
+	// postJSON posts a JSON body (or none) to the API, same-origin as every
+	// change the page makes.
+	function postJSON(path, body) {
+		const opts = { method: 'POST' };
+		if (body !== undefined) {
+			opts.headers = { Accept: 'application/json', 'Content-Type': 'application/json' };
+			opts.body = JSON.stringify(body);
+		}
+		return api(path, opts);
+	}
+
+	// compact leaves out the empty values of an object.
+	const compact = (o) => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== '' && v !== undefined && v !== null));
+
 	function query(params) {
 		const q = new URLSearchParams();
 		for (const [k, v] of Object.entries(params)) if (v !== '' && v !== undefined && v !== null) q.set(k, String(v));
 		return q.toString();
 	}
 
-	// ---- the URL holds the filters and the open timeline -----------------------
+	// ---- the URL holds the filters, the time range, the open timeline and detail
 
 	function readURL() {
 		const q = new URLSearchParams(location.search);
 		st.filters = { return_id: q.get('return_id') || '', state: q.get('state') || '', outcome: q.get('outcome') || '' };
+		st.range = { since: q.get('since') || '', until: q.get('until') || '' };
 		st.timeline = q.get('timeline') || '';
+		st.detail = q.get('delivery') || '';
 		st.hideTest = q.get('hide_test') === '1';
 		$('f-hide-test').checked = st.hideTest;
 		$('f-return').value = st.filters.return_id;
 		$('f-state').value = st.filters.state;
 		$('f-outcome').value = st.filters.outcome;
+		$('f-since').value = st.range.since;
+		$('f-until').value = st.range.until;
 	}
 
 	function writeURL(push) {
-		const q = query(Object.assign({}, st.filters, { hide_test: st.hideTest ? '1' : '', timeline: st.timeline }));
+		const q = query(Object.assign({}, st.filters, st.range, { hide_test: st.hideTest ? '1' : '', timeline: st.timeline, delivery: st.detail }));
 		const url = location.pathname + (q ? '?' + q : '');
 		if (url !== location.pathname + location.search) history[push ? 'pushState' : 'replaceState'](null, '', url);
 	}
@@ -226,7 +254,21 @@
 			td('Return id', returnButton(d.device_return_id)),
 			td('Attempt', d.attempt || '—', { class: 'num' }),
 			td('Latency', ms(d.duration_ms), { class: 'num' }),
+			td('Node', d.node || '—'),
+			td('Delivery', detailButton(d.delivery_id)),
 		]);
+	}
+
+	// detailButton opens a delivery's detail, where the gateway has them;
+	// its text is the id's short form, as in the queue.
+	function detailButton(id) {
+		if (!id) return '—';
+		if (!st.features.history) return h('span', { class: 'id', title: id, text: shortId(id) });
+		return h('button', {
+			type: 'button', class: 'link', text: shortId(id), title: id,
+			'aria-label': 'Details of delivery ' + id,
+			onclick: () => openDetail(id, true),
+		});
 	}
 
 	function emptyRow(cols, text) {
@@ -237,11 +279,13 @@
 	const shown = (d) => !(st.hideTest && d.test);
 
 	// renderDeliveries adds the new rows on top (keeping focus where it is),
-	// or, with added null, redraws all; fresh lists rows to highlight.
+	// or, with added null, redraws all; fresh lists rows to highlight. In a
+	// time range, added rows are an older page: they go at the bottom.
 	function renderDeliveries(added, fresh) {
 		const tbody = $('deliveries').tBodies[0];
 		st.rendered = true;
 		const rows = st.rows.filter(shown);
+		const range = ranged();
 		if (added === null) {
 			const freshSeqs = new Set((fresh || []).map((d) => d.seq));
 			tbody.replaceChildren(...rows.map((d) => deliveryRow(d, freshSeqs.has(d.seq))));
@@ -250,19 +294,96 @@
 			if (empty) empty.remove();
 			const frag = document.createDocumentFragment();
 			for (const d of added.filter(shown)) frag.append(deliveryRow(d, true));
-			tbody.prepend(frag);
-			while (tbody.rows.length > MAX_ROWS) tbody.lastElementChild.remove();
+			if (range) {
+				tbody.append(frag);
+			} else {
+				tbody.prepend(frag);
+				while (tbody.rows.length > MAX_ROWS) tbody.lastElementChild.remove();
+			}
 		}
 		const hidden = st.rows.length - rows.length;
 		if (rows.length === 0) {
 			const filtered = st.filters.return_id || st.filters.state || st.filters.outcome;
-			tbody.replaceChildren(emptyRow(8, hidden ? 'Only test events, hidden (untick Hide test events to see them).'
-				: filtered ? 'No deliveries match these filters.' : 'No deliveries yet.'));
+			tbody.replaceChildren(emptyRow(10, hidden ? 'Only test events, hidden (untick Hide test events to see them).'
+				: range ? 'No deliveries in this range' + (filtered ? ' match these filters.' : '.')
+					: filtered ? 'No deliveries match these filters.' : 'No deliveries yet.'));
 		}
-		const newest = st.rows.length >= MAX_ROWS ? ' newest' : '';
+		const newest = !range && st.rows.length >= MAX_ROWS ? ' newest' : '';
+		const more = range && st.cursor ? ', older ones to load' : '';
 		$('deliveries-count').textContent = !st.rows.length ? ''
-			: hidden ? '(' + rows.length + ' shown, ' + hidden + ' test hidden' + (newest ? ', of the ' + MAX_ROWS + ' newest' : '') + ')'
-				: '(' + rows.length + newest + ')';
+			: hidden ? '(' + rows.length + ' shown, ' + hidden + ' test hidden' + (newest ? ', of the ' + MAX_ROWS + ' newest' : '') + more + ')'
+				: '(' + rows.length + newest + more + ')';
+		$('range-more').hidden = !(range && st.cursor);
+	}
+
+	// ---- a time range: older history, page by page --------------------------------
+
+	// ranged: the table shows a time range (which the gateway can answer)
+	// instead of the live deliveries.
+	const ranged = () => !!(st.features.history && (st.range.since || st.range.until));
+
+	// rangeQuery is the range and the filters, as the API takes them.
+	const rangeQuery = () => compact(Object.assign({}, st.range, st.filters));
+
+	// loadRange reads the range's first page, or with a cursor the next
+	// (older) one, which goes below the rows already shown.
+	async function loadRange(cursor) {
+		const gen = st.gen;
+		let r;
+		try {
+			r = await api('deliveries?' + query(Object.assign(rangeQuery(), { limit: PAGE, cursor })));
+		} catch (e) {
+			if (gen !== st.gen) return;
+			if (!e.status) throw e; // no answer: the page says it is not updating
+			sayAt('range-msg', 'Could not read this range: ' + e.message, true);
+			if (!cursor) {
+				st.rows = [];
+				st.cursor = '';
+				renderDeliveries(null);
+			}
+			return;
+		}
+		if (gen !== st.gen) return; // the range or the filters changed meanwhile
+		const page = Array.isArray(r.body) ? r.body : [];
+		st.cursor = r.res.headers.get('X-Reready-Next-Cursor') || '';
+		sayAt('range-msg', '');
+		if (cursor) {
+			st.rows = st.rows.concat(page);
+			renderDeliveries(page);
+		} else {
+			st.rows = page;
+			renderDeliveries(null);
+		}
+	}
+
+	async function loadOlder() {
+		const btn = $('range-more');
+		if (!st.cursor || btn.disabled) return;
+		const focused = document.activeElement === btn;
+		btn.disabled = true;
+		try {
+			await loadRange(st.cursor);
+		} catch (e) {
+			offline(e);
+		} finally {
+			btn.disabled = false;
+			// Disabled, the button lost the focus: back on it, or on the
+			// heading when the last page is in.
+			if (focused) (btn.hidden ? $('deliveries-h') : btn).focus();
+		}
+	}
+
+	// showRange says what the table holds: the live deliveries or a range.
+	function showRange() {
+		const range = ranged();
+		$('range-note').hidden = !range;
+		$('replay-range').hidden = !(range && st.features.replay);
+		if (range) {
+			$('range-what').textContent = 'from ' + (st.range.since || 'the oldest kept') + ' until ' + (st.range.until || 'now');
+		} else {
+			$('range-more').hidden = true;
+			sayAt('range-msg', '');
+		}
 	}
 
 	function resetRows() {
@@ -343,8 +464,11 @@
 		]);
 	}
 
-	function say(text, isError) {
-		const m = $('action-msg');
+	const say = (text, isError) => sayAt('action-msg', text, isError);
+
+	// sayAt puts a message (as text) in one of the page's message lines.
+	function sayAt(id, text, isError) {
+		const m = $(id);
 		m.textContent = text;
 		m.classList.toggle('err', !!isError);
 	}
@@ -557,6 +681,336 @@
 		].flat());
 	}
 
+	// ---- a delivery's detail -----------------------------------------------------
+
+	function openDetail(id, push) {
+		st.detail = id;
+		writeURL(push);
+		loadDetail(true).catch(offline);
+	}
+
+	function closeDetail() {
+		st.detail = '';
+		writeURL(true);
+		$('detail').hidden = true;
+		$('deliveries-h').focus();
+	}
+
+	async function loadDetail(focus) {
+		const id = st.detail;
+		const sec = $('detail');
+		if (!id || !st.features.history) {
+			sec.hidden = true;
+			return;
+		}
+		$('detail-id').textContent = id;
+		sayAt('detail-msg', '');
+		let body = null;
+		try {
+			({ body } = await api('deliveries/' + encodeURIComponent(id)));
+		} catch (e) {
+			if (!e.status) throw e;
+			if (st.detail !== id) return;
+			showDetail(null);
+			sayAt('detail-msg', 'No detail for this delivery: ' + e.message, true);
+			return reveal(sec, focus);
+		}
+		if (st.detail !== id) return;
+		showDetail(body && Array.isArray(body.entries) ? body : null);
+		if (!body || !Array.isArray(body.entries)) sayAt('detail-msg', 'This gateway does not show a delivery\'s detail.', true);
+		reveal(sec, focus);
+	}
+
+	function reveal(sec, focus) {
+		sec.hidden = false;
+		if (focus) {
+			sec.focus({ preventScroll: true });
+			sec.scrollIntoView({ block: 'start' });
+		}
+	}
+
+	// showDetail fills the detail from the API's answer (null: nothing).
+	function showDetail(d) {
+		const entries = d ? d.entries : [];
+		$('detail-where').replaceChildren(...(d && (d.host || d.uri) ? ['Received at ', h('code', { text: (d.host || '') + (d.uri || '') })] : []));
+		$('detail-replay').hidden = !(d && st.features.replay);
+		const tbody = $('detail-entries').tBodies[0];
+		tbody.replaceChildren(...entries.map((e) => h('tr', { data: rowData({ seq: e.seq, outcome: cls(e.outcome) }, e.test) }, [
+			td('Time', timeEl(e.time)),
+			td('Outcome', [badge(e.outcome), e.reason ? h('span', { class: 'reason', text: e.reason }) : null]),
+			td('Status', status(e), { class: 'num' }),
+			td('State', e.state || '—'),
+			td('Return id', e.device_return_id || '—'),
+			td('Attempt', e.attempt || '—', { class: 'num' }),
+			td('Latency', ms(e.duration_ms), { class: 'num' }),
+			td('Node', e.node || '—'),
+		])));
+		if (entries.length === 0) tbody.append(emptyRow(8, 'No journal entries.'));
+
+		const pre = $('detail-body');
+		pre.textContent = '';
+		pre.hidden = true;
+		if (!d) {
+			$('detail-body-note').textContent = '';
+		} else if (typeof d.body !== 'string') {
+			$('detail-body-note').textContent = 'Not kept: the history keeps bodies only when its bodies option is on.';
+		} else {
+			const b = bodyText(d.body);
+			$('detail-body-note').textContent = b.note;
+			pre.textContent = b.text;
+			pre.hidden = false;
+		}
+
+		const hb = $('detail-headers').tBodies[0];
+		const hs = d && d.headers && typeof d.headers === 'object' ? d.headers : null;
+		$('detail-headers-note').textContent = !d ? '' : hs ? 'As received.' : 'Not kept: the history keeps headers with the bodies.';
+		$('detail-headers').hidden = !hs;
+		const rows = [];
+		for (const name of Object.keys(hs || {}).sort()) {
+			for (const v of [].concat(hs[name])) rows.push(h('tr', null, [td('Name', h('code', { text: name })), td('Value', String(v))]));
+		}
+		hb.replaceChildren(...rows);
+	}
+
+	// bodyText decodes a body (base64 of its exact bytes) for display: UTF-8
+	// text, JSON indented.
+	function bodyText(b64) {
+		let bytes;
+		try {
+			bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+		} catch (e) {
+			return { text: '', note: 'The body could not be decoded (not base64).' };
+		}
+		const size = bytes.length + (bytes.length === 1 ? ' byte' : ' bytes');
+		let text;
+		try {
+			text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+		} catch (e) {
+			return { text: new TextDecoder('utf-8').decode(bytes), note: size + ', not valid UTF-8 (shown with replacement characters).' };
+		}
+		const pretty = prettyJSON(text);
+		return pretty === null ? { text, note: size + ', as received.' } : { text: pretty, note: size + ' of JSON, indented for reading.' };
+	}
+
+	// prettyJSON indents a JSON text by two spaces, or returns null if it is
+	// not JSON. It only moves white space: strings, numbers and the order of
+	// keys stay exactly as received (a parse and re-encode would round big
+	// numbers and drop duplicate keys).
+	function prettyJSON(text) {
+		try {
+			JSON.parse(text);
+		} catch (e) {
+			return null;
+		}
+		const ws = ' \t\n\r';
+		let out = '';
+		let depth = 0;
+		const nl = () => '\n' + '  '.repeat(depth);
+		for (let i = 0; i < text.length; i++) {
+			const c = text[i];
+			if (c === '"') {
+				let j = i + 1;
+				while (text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
+				out += text.slice(i, j + 1);
+				i = j;
+			} else if (ws.includes(c)) {
+				continue;
+			} else if (c === '{' || c === '[') {
+				let j = i + 1;
+				while (ws.includes(text[j])) j++;
+				if (text[j] === (c === '{' ? '}' : ']')) {
+					out += c + text[j];
+					i = j;
+				} else {
+					depth++;
+					out += c + nl();
+				}
+			} else if (c === '}' || c === ']') {
+				depth--;
+				out += nl() + c;
+			} else if (c === ',') {
+				out += ',' + nl();
+			} else if (c === ':') {
+				out += ': ';
+			} else {
+				out += c;
+			}
+		}
+		return out;
+	}
+
+	// ---- confirmations -----------------------------------------------------------
+
+	// askConfirm asks before a change: title and text, the confirming button's
+	// label; run runs on confirming. The focus goes back to from.
+	function askConfirm(title, text, ok, from, run) {
+		st.confirm = run;
+		st.confirmFrom = from;
+		$('confirm-h').textContent = title;
+		$('confirm-desc').textContent = text;
+		$('confirm-ok').textContent = ok;
+		$('confirm-dialog').showModal();
+		$('confirm-cancel').focus(); // the safe choice first
+	}
+
+	function confirmed() {
+		const run = st.confirm;
+		st.confirm = null;
+		$('confirm-dialog').close();
+		backFromConfirm();
+		if (run) run();
+	}
+
+	function backFromConfirm() {
+		const from = st.confirmFrom;
+		if (from && from.isConnected && !from.hidden) from.focus();
+	}
+
+	// ---- replay ------------------------------------------------------------------
+
+	const deliveries = (n) => n + (n === 1 ? ' delivery' : ' deliveries');
+
+	// askReplay asks the gateway how many deliveries body selects (a dry
+	// run), and on confirming, replays them. what says which, msg is
+	// the message line for the outcome.
+	async function askReplay(body, what, btn, msg) {
+		const focused = document.activeElement === btn;
+		btn.disabled = true;
+		let r;
+		try {
+			r = await postJSON('replay', Object.assign({}, body, { dry_run: true }));
+		} catch (e) {
+			sayAt(msg, 'Replay refused: ' + e.message, true);
+			return;
+		} finally {
+			btn.disabled = false;
+			if (focused) btn.focus(); // disabled, it lost the focus
+		}
+		const n = r.body && typeof r.body.count === 'number' ? r.body.count : 0;
+		if (n === 0) {
+			sayAt(msg, 'Nothing to replay: no kept delivery matches (' + what + ').');
+			return;
+		}
+		askConfirm('Replay ' + deliveries(n) + '?',
+			(n === 1 ? 'It is' : 'They are') + ' sent again to the app, in order per return, with X-ReReady-Replay: ' + what + '.',
+			'Replay', btn, () => replay(body, msg));
+	}
+
+	async function replay(body, msg) {
+		try {
+			const { body: r } = await postJSON('replay', body);
+			const n = r && typeof r.count === 'number' ? r.count : 0;
+			sayAt(msg, 'Replay asked for ' + deliveries(n) + ': sent again to the app, in order per return.');
+		} catch (e) {
+			sayAt(msg, 'Replay refused: ' + e.message, true);
+		}
+		refreshSlow().catch(offline);
+	}
+
+	function replayOne() {
+		const id = st.detail;
+		askReplay({ ids: [id] }, 'delivery ' + id, $('detail-replay'), 'detail-msg');
+	}
+
+	function replayRange() {
+		const q = rangeQuery();
+		const filters = ['return_id', 'state', 'outcome'].filter((k) => q[k]).map((k) => k.replace('_', ' ') + ' ' + q[k]);
+		askReplay(q, 'every kept delivery ' + $('range-what').textContent + (filters.length ? ', ' + filters.join(', ') : ''), $('replay-range'), 'range-msg');
+	}
+
+	// ---- pause -------------------------------------------------------------------
+
+	async function loadPause() {
+		let body;
+		try {
+			({ body } = await api('pause'));
+		} catch (e) {
+			// An older gateway (404) or one without a queue (409) cannot pause.
+			if (e.status === 404 || e.status === 409) {
+				st.features.pause = false;
+				return;
+			}
+			throw e;
+		}
+		st.features.pause = !!(body && Array.isArray(body.paused));
+		if (st.features.pause) renderPause(body.paused);
+	}
+
+	const pausedAll = (p) => !p.path || p.path === '*';
+
+	function renderPause(paused) {
+		st.paused = paused;
+		const all = paused.find(pausedAll);
+		$('pause').classList.toggle('paused', paused.length > 0);
+		$('pause-state').replaceChildren(...(paused.length === 0 ? [h('li', { text: 'Delivery to the app is running.' })] : paused.map((p) => h('li', null, [
+			pausedAll(p) ? 'Delivery paused' : ['Delivery to ', h('code', { text: p.path }), ' paused'],
+			' since ', timeEl(p.since), ' by ', h('span', { class: 'by', text: p.by || 'unknown' }), '.',
+			pausedAll(p) ? null : [' ', h('button', {
+				type: 'button', text: 'Resume ' + p.path, 'aria-label': 'Resume delivery to ' + p.path,
+				onclick: (ev) => setPause(false, p.path, ev.currentTarget),
+			})],
+		].flat()))));
+		const btn = $('pause-toggle');
+		btn.textContent = all ? 'Resume delivery' : 'Pause delivery…';
+	}
+
+	function togglePause() {
+		const btn = $('pause-toggle');
+		if ((st.paused || []).some(pausedAll)) return setPause(false, '', btn);
+		askConfirm('Pause delivery to the app?',
+			'Nothing is sent to the app until delivery is resumed; deliveries that arrive meanwhile wait in the queue.',
+			'Pause delivery', btn, () => setPause(true, '', btn));
+	}
+
+	// setPause pauses or resumes delivery: every path, or one.
+	async function setPause(pause, path, btn) {
+		// A disabled button loses the focus: it comes back after.
+		const focused = document.activeElement === btn;
+		btn.disabled = true;
+		try {
+			const { body } = await postJSON(pause ? 'pause' : 'resume', path ? { path } : undefined);
+			if (body && Array.isArray(body.paused)) renderPause(body.paused);
+			sayAt('pause-msg', '');
+		} catch (e) {
+			sayAt('pause-msg', (pause ? 'Pausing' : 'Resuming') + ' failed: ' + e.message, true);
+		} finally {
+			btn.disabled = false;
+			if (focused || document.activeElement === document.body) (btn.isConnected ? btn : $('pause-toggle')).focus();
+		}
+	}
+
+	// ---- what the gateway answers ------------------------------------------------------
+
+	// probe finds out what the gateway answers, for what is not known yet:
+	// a time range (an invalid since is refused with 400; an older gateway
+	// ignores it), replay (GET is no method of it, so anything but 404
+	// means it is there) and pause. It returns whether anything changed.
+	async function probe() {
+		const f = st.features;
+		const before = JSON.stringify(f);
+		const known = (key, yes) => (e) => {
+			if (e.status === 404 || e.status === 409) f[key] = false;
+			else if (e.status) f[key] = yes(e.status);
+		};
+		await Promise.all([
+			f.history === null && api('deliveries?' + query({ since: 'not-a-time', limit: 1 }))
+				.then(() => { f.history = false; }, known('history', (s) => s === 400 ? true : null)),
+			f.replay === null && api('replay')
+				.then(() => { f.replay = true; }, known('replay', (s) => s === 401 || s >= 500 ? null : true)),
+			f.pause === null && loadPause().catch(() => {}),
+		]);
+		return JSON.stringify(f) !== before;
+	}
+
+	// applyFeatures shows what the gateway answers and hides the rest.
+	function applyFeatures() {
+		const f = st.features;
+		for (const e of document.querySelectorAll('.needs-history')) e.hidden = !f.history;
+		$('pause').hidden = !f.pause;
+		$('detail-replay').hidden = $('detail-replay').hidden || !f.replay;
+		showRange();
+	}
+
 	// ---- the loop --------------------------------------------------------------
 
 	function setLive(ok, err) {
@@ -579,7 +1033,14 @@
 	const offline = (e) => setLive(false, e);
 
 	async function refreshSlow() {
-		await Promise.all([loadQueue(), loadSummary()]);
+		if (Object.values(st.features).includes(null) && await probe()) {
+			applyFeatures();
+			if (st.features.history) {
+				resetRows(); // the rows get their detail buttons, or the range is read
+				if (st.detail) loadDetail(false).catch(offline);
+			}
+		}
+		await Promise.all([loadQueue(), loadSummary(), st.features.pause && loadPause().then(applyFeatures)]);
 		if (st.timeline) await loadTimeline(false);
 	}
 
@@ -588,7 +1049,9 @@
 		st.busy = true;
 		clearTimeout(st.timer);
 		try {
-			const added = await pollDeliveries();
+			let added = [];
+			if (!ranged()) added = await pollDeliveries();
+			else if (!st.rendered) await loadRange('');
 			if (added.length > 0 || st.ticks % SLOW_EVERY === 0) await refreshSlow();
 			st.ticks++;
 			setLive(true);
@@ -603,6 +1066,7 @@
 
 	function restart() {
 		resetRows();
+		showRange();
 		st.ticks = 0;
 		if (st.busy) {
 			st.again = true;
@@ -616,6 +1080,7 @@
 	$('filters').addEventListener('submit', (ev) => {
 		ev.preventDefault();
 		st.filters = { return_id: $('f-return').value.trim(), state: $('f-state').value.trim(), outcome: $('f-outcome').value };
+		st.range = { since: $('f-since').value.trim(), until: $('f-until').value.trim() };
 		writeURL(true);
 		restart();
 	});
@@ -623,6 +1088,8 @@
 		$('f-return').value = '';
 		$('f-state').value = '';
 		$('f-outcome').value = '';
+		$('f-since').value = '';
+		$('f-until').value = '';
 		$('f-hide-test').checked = false;
 		st.hideTest = false;
 		$('filters').requestSubmit();
@@ -636,6 +1103,21 @@
 	$('timeline-close').addEventListener('click', closeTimeline);
 	$('timeline').addEventListener('keydown', (ev) => {
 		if (ev.key === 'Escape') closeTimeline();
+	});
+	$('detail-close').addEventListener('click', closeDetail);
+	$('detail').addEventListener('keydown', (ev) => {
+		if (ev.key === 'Escape') closeDetail();
+	});
+	$('detail-replay').addEventListener('click', replayOne);
+	$('range-more').addEventListener('click', loadOlder);
+	$('replay-range').addEventListener('click', replayRange);
+	$('pause-toggle').addEventListener('click', togglePause);
+	$('confirm-ok').addEventListener('click', confirmed);
+	$('confirm-cancel').addEventListener('click', () => $('confirm-dialog').close());
+	$('confirm-dialog').addEventListener('close', () => {
+		if ($('confirm-dialog').open) return;
+		st.confirm = null;
+		backFromConfirm();
 	});
 	$('drop-confirm').addEventListener('click', confirmDrop);
 	$('drop-cancel').addEventListener('click', () => $('drop-dialog').close());
@@ -651,6 +1133,7 @@
 		readURL();
 		restart();
 		loadTimeline(false).catch(offline);
+		loadDetail(false).catch(offline);
 	});
 	let resizing = 0;
 	window.addEventListener('resize', () => {
@@ -661,7 +1144,13 @@
 		if (!document.hidden) tick();
 	});
 
+	// First what the gateway answers, so a bookmarked range or detail opens
+	// as such, then the live updates.
 	readURL();
-	tick();
-	if (st.timeline) loadTimeline(false).catch(offline);
+	probe().catch(() => {}).then(() => {
+		applyFeatures();
+		tick();
+		if (st.timeline) loadTimeline(false).catch(offline);
+		if (st.detail) loadDetail(false).catch(offline);
+	});
 })();
