@@ -104,7 +104,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("reready: metrics: %v", err)
 		}
-		a.history = newHistory(a.History, bounded(ctx.Storage()), a.logger, nodeName(), a.journal.epoch, writes)
+		a.history = newHistory(a.History, bounded(ctx.Storage()), a.logger, a.journal.epoch, writes)
 	}
 	return nil
 }

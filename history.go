@@ -129,22 +129,26 @@ func registerHistoryMetrics(reg prometheus.Registerer) (*prometheus.CounterVec, 
 }
 
 // nodeName names this gateway in the history: Caddy's instance id (kept
-// in its data directory), else the host name. Tests replace it.
+// in its data directory), else the host name. Tests replace it; use
+// thisNode.
 var nodeName = sync.OnceValue(func() string {
 	if id, err := caddy.InstanceID(); err == nil {
 		return id.String()
 	}
 	if h, err := os.Hostname(); err == nil && h != "" {
-		return safeNode(h)
+		return h
 	}
 	return "unknown"
 })
+
+// thisNode is this process's node as entries and batch names carry it.
+func thisNode() string { return safeNode(nodeName()) }
 
 // safeNode keeps a node name usable in a storage key.
 func safeNode(s string) string {
 	s = strings.Map(func(r rune) rune {
 		switch {
-		case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9', r == '.', r == '_':
+		case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9', r == '.', r == '_', r == '-':
 			return r
 		}
 		return '_'
@@ -193,6 +197,8 @@ type history struct {
 	writes  *prometheus.CounterVec
 	now     func() time.Time
 
+	pendingMax int // historyPendingMax; tests lower it
+
 	mu        sync.Mutex
 	buf       []journalEntry // not yet batched, oldest first
 	spare     []journalEntry // the flusher's last buffer, reused
@@ -206,15 +212,15 @@ type history struct {
 	once sync.Once
 
 	// The flusher's own (flushMu: the flusher and the last flush at stop).
-	flushMu     sync.Mutex
-	pending     []storedBatch  // failed batches, oldest first
-	failedBody  []*historyBody // bodies whose write failed
-	failing     bool           // a write failed and none succeeded since
-	droppedLog  bool           // drops were logged this outage
-	storedBody  map[string]struct{} // bodies known stored, by delivery id
+	flushMu    sync.Mutex
+	pending    []storedBatch       // failed batches, oldest first
+	failedBody []*historyBody      // bodies whose write failed
+	failing    bool                // a write failed and none succeeded since
+	droppedLog bool                // drops were logged this outage
+	storedBody map[string]struct{} // bodies known stored, by delivery id
 }
 
-func newHistory(cfg *HistoryConfig, st certmagic.Storage, logger *zap.Logger, node, epoch string, writes *prometheus.CounterVec) *history {
+func newHistory(cfg *HistoryConfig, st certmagic.Storage, logger *zap.Logger, epoch string, writes *prometheus.CounterVec) *history {
 	keep := time.Duration(cfg.Keep)
 	if keep <= 0 {
 		keep = DefaultHistoryKeep
@@ -223,8 +229,8 @@ func newHistory(cfg *HistoryConfig, st certmagic.Storage, logger *zap.Logger, no
 		writes = historyWrites()
 	}
 	return &history{
-		storage: st, logger: logger, node: safeNode(node), epoch: epoch, keep: keep, bodies: cfg.Bodies,
-		writes: writes, now: time.Now,
+		storage: st, logger: logger, node: thisNode(), epoch: epoch, keep: keep, bodies: cfg.Bodies,
+		writes: writes, now: time.Now, pendingMax: historyPendingMax,
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 		storedBody: map[string]struct{}{},
 	}
@@ -465,7 +471,7 @@ func (h *history) flush(ctx context.Context) {
 	h.spare = buf[:0]
 	h.mu.Unlock()
 
-	if over := pendingEntries(h.pending) - historyPendingMax; over > 0 {
+	if over := pendingEntries(h.pending) - h.pendingMax; over > 0 {
 		for over > 0 && len(h.pending) > 0 {
 			over -= h.pending[0].entries
 			dropped += h.pending[0].entries
@@ -477,7 +483,7 @@ func (h *history) flush(ctx context.Context) {
 		if !h.droppedLog {
 			h.droppedLog = true
 			h.logger.Error("history: dropping the oldest entries not yet written to storage",
-				zap.Int("dropped", dropped), zap.Int("bound", historyPendingMax))
+				zap.Int("dropped", dropped), zap.Int("bound", h.pendingMax))
 		}
 	}
 

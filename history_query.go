@@ -180,7 +180,7 @@ func queryRange(ctx context.Context, a *App, j *journal, q rangeQuery) ([]Delive
 		limit = DefaultDeliveryLimit
 	}
 	limit = min(limit, maxDeliveryLimit)
-	node := nodeName()
+	node := thisNode()
 	found := map[string]keyed{}
 	for _, k := range j.ringEntries(node, limit+1, func(k entryKey, e *journalEntry) bool {
 		return q.in(k) && (q.f.ReturnID == "" || e.returnID.peek() == q.f.ReturnID) &&
@@ -255,7 +255,7 @@ type DeliveryRecord struct {
 func deliveryRecord(ctx context.Context, a *App, j *journal, id deliveryID) (rec DeliveryRecord, ok bool, err error) {
 	rec = DeliveryRecord{DeliveryID: id.String(), Entries: []Delivery{}}
 	found := map[string]keyed{}
-	for _, k := range j.ringEntries(nodeName(), maxDeliveryLimit, func(_ entryKey, e *journalEntry) bool { return e.id == id }) {
+	for _, k := range j.ringEntries(thisNode(), maxDeliveryLimit, func(_ entryKey, e *journalEntry) bool { return e.id == id }) {
 		found[k.key.id()] = k
 	}
 	if a != nil && a.history != nil {
@@ -383,7 +383,7 @@ func serveDelivery(w http.ResponseWriter, r *http.Request) *opsError {
 
 // withNode sets this process's node on entries of its journal.
 func withNode(ds []Delivery) []Delivery {
-	node := nodeName()
+	node := thisNode()
 	for i := range ds {
 		ds[i].Node = node
 	}
