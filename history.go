@@ -200,9 +200,10 @@ type history struct {
 	pendingMax int // historyPendingMax; tests lower it
 
 	mu        sync.Mutex
-	buf       []journalEntry // not yet batched, oldest first
-	spare     []journalEntry // the flusher's last buffer, reused
-	bodyQ     []*historyBody // not yet written
+	buf       []journalEntry      // not yet batched, oldest first
+	spare     []journalEntry      // the flusher's last buffer, reused
+	bodyQ     []*historyBody      // not yet written
+	bodyIDs   map[string]struct{} // of bodyQ
 	bodyBytes int
 	dropped   int // dropped from buf since the last flush
 
@@ -369,15 +370,18 @@ func (h *history) keepBody(b *historyBody) {
 	b.Node, b.At = h.node, h.now().UTC()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, q := range h.bodyQ {
-		if q.DeliveryID == b.DeliveryID {
-			return // the first one the app got
-		}
+	if _, dup := h.bodyIDs[b.DeliveryID]; dup {
+		return // the first one the app got
 	}
+	if h.bodyIDs == nil {
+		h.bodyIDs = map[string]struct{}{}
+	}
+	h.bodyIDs[b.DeliveryID] = struct{}{}
 	h.bodyQ = append(h.bodyQ, b)
 	h.bodyBytes += len(b.Body)
 	for h.bodyBytes > historyBodyBytesMax && len(h.bodyQ) > 1 {
 		h.bodyBytes -= len(h.bodyQ[0].Body)
+		delete(h.bodyIDs, h.bodyQ[0].DeliveryID)
 		h.bodyQ[0] = nil
 		h.bodyQ = h.bodyQ[1:]
 	}
@@ -462,7 +466,7 @@ func (h *history) flush(ctx context.Context) {
 	buf, dropped := h.buf, h.dropped
 	h.buf, h.dropped = h.spare[:0], 0
 	bodies := h.bodyQ
-	h.bodyQ, h.bodyBytes = nil, 0
+	h.bodyQ, h.bodyBytes, h.bodyIDs = nil, 0, nil
 	h.mu.Unlock()
 
 	h.pending = append(h.pending, h.batches(buf)...)
