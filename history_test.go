@@ -638,3 +638,31 @@ func TestHistoryCaddyfile(t *testing.T) {
 		t.Errorf("Validate with keep 1m: %v", err)
 	}
 }
+
+// A delivery queued as it arrived has its body kept from the queue item,
+// with the trusted headers the live path would have sent.
+func TestHistoryBodiesOfAQueuedDelivery(t *testing.T) {
+	rig := newQueueRig(t, QueueConfig{})
+	dir := t.TempDir()
+	withNodeName(t, "node-a")
+	rig.h.app.history = newHistory(&HistoryConfig{Bodies: true}, &certmagic.FileStorage{Path: dir}, zap.NewNop(), rig.h.app.journal.epoch, nil)
+	body := eventBody("ret-q", verify.StateComplete)
+	resp, err := rig.serve(body, rig.now.Unix(), func(w http.ResponseWriter, r *http.Request) error { w.WriteHeader(502); return nil })
+	if err != nil || resp.Code != http.StatusAccepted {
+		t.Fatalf("%d %v, want 202", resp.Code, err)
+	}
+	rig.h.app.history.flush(context.Background())
+	id, _ := parseDeliveryID(resp.Header().Get(hdrDeliveryID))
+	data, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(bodyKey(id))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b historyBody
+	if err := json.Unmarshal(data, &b); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b.Body, body) || b.Headers[hdrState] != verify.StateComplete || b.Headers[hdrDeliveryID] != id.String() ||
+		b.Headers[hdrDeviceReturnID] != "ret-q" || b.Headers[hdrVerified] != "hmac" || b.Headers[hdrSignature] != "" || b.URI != "/hook" {
+		t.Fatalf("kept %+v", b)
+	}
+}
