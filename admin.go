@@ -79,7 +79,12 @@ func serveDeliveries(w http.ResponseWriter, r *http.Request) *opsError {
 		return err
 	}
 	w.Header().Set(journalHeader, processJournal.epoch)
-	return writeJSON(w, processJournal.query(f))
+	if q, ok, err := rangeOf(r, f, time.Now()); err != nil {
+		return err
+	} else if ok {
+		return serveDeliveryRange(w, r, q)
+	}
+	return writeJSON(w, withNode(processJournal.query(f)))
 }
 
 // serveSummary answers GET /summary.

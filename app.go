@@ -38,6 +38,10 @@ type App struct {
 	// first. Default: 10000.
 	JournalSize int `json:"journal_size,omitempty"`
 
+	// Keep the journal in Caddy's storage as well (history.go). Default:
+	// off.
+	History *HistoryConfig `json:"history,omitempty"`
+
 	ctx     caddy.Context
 	logger  *zap.Logger
 	journal *journal
@@ -46,6 +50,7 @@ type App struct {
 	metrics *metrics
 	queueOn bool
 	starts  []func() // background work of handlers, started with the config
+	history *history // nil without the history option
 
 	// Set by Start; read by handlers, which may serve before it runs
 	// (Caddy starts apps in no set order).
@@ -94,6 +99,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.metrics, err = registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("reready: metrics: %v", err)
 	}
+	if a.History != nil {
+		writes, err := registerHistoryMetrics(ctx.GetMetricsRegistry())
+		if err != nil {
+			return fmt.Errorf("reready: metrics: %v", err)
+		}
+		a.history = newHistory(a.History, bounded(ctx.Storage()), a.logger, a.journal.epoch, writes)
+	}
 	return nil
 }
 
@@ -102,7 +114,7 @@ func (a *App) Validate() error {
 	if a.JournalSize < 0 || a.JournalSize > maxJournalSize {
 		return fmt.Errorf("reready: journal_size %d: want 1 to %d (0 for the default, %d)", a.JournalSize, maxJournalSize, DefaultJournalSize)
 	}
-	return nil
+	return a.History.validate()
 }
 
 // useQueue is called by a handler with `queue` on, while provisioning.
@@ -129,6 +141,7 @@ func (a *App) Start() error {
 	for _, start := range a.starts {
 		start()
 	}
+	a.history.start()
 	if a.queueOn {
 		w := newWorker(a, a.queue, a.logger)
 		a.worker.Store(w)
@@ -151,6 +164,7 @@ func (a *App) Stop() error {
 		}
 	}
 	a.worker.Load().stop()
+	a.history.stopAndFlush()
 	return nil
 }
 
@@ -242,9 +256,11 @@ func (a *App) changed(id string) {
 // kick tells the worker a delivery on path succeeded.
 func (a *App) kick(path string) { a.worker.Load().kick(path) }
 
-// record adds an entry to the journal.
+// record adds an entry to the journal and, with history on, hands it to
+// the history's buffer (no storage call).
 func (a *App) record(e journalEntry) {
-	a.journal.add(e)
+	e = a.journal.add(e)
+	a.history.add(e)
 }
 
 // recordItem journals what happened to a queued item and emits the
@@ -271,6 +287,7 @@ func (a *App) recordItem(it *queueItem, outcome string, reason Reason, res attem
 	}
 	e.returnID.set(it.DeviceReturnID)
 	a.record(e)
+	a.history.keepItem(it)
 	switch outcome {
 	case OutcomeRedelivered:
 		a.emit("reready.redelivered", it, res)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
@@ -321,5 +322,46 @@ func BenchmarkParsePayload(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkHandlerHistoryVsOff runs the handler with the reready app's
+// history on (its flusher writing to a file_system storage meanwhile) and
+// off in alternating rounds, and reports the median per-round ratio of
+// their times per op ("x-off"); "bodies" keeps each delivery's body too.
+func BenchmarkHandlerHistoryVsOff(b *testing.B) {
+	for _, bodies := range []bool{false, true} {
+		for _, n := range benchSizes[:2] {
+			name := sizeName(n)
+			if bodies {
+				name += "/bodies"
+			}
+			b.Run(name, func(b *testing.B) {
+				off := newHandlerRig(b, n, false)
+				on := newHandlerRig(b, n, false)
+				cfg := &HistoryConfig{Bodies: bodies}
+				on.h.app.history = newHistory(cfg, &certmagic.FileStorage{Path: b.TempDir()}, zap.NewNop(), on.h.app.journal.epoch, nil)
+				on.h.app.history.start()
+				b.Cleanup(on.h.app.history.stopAndFlush)
+				per := max(1, min(len(off.reqs), (4<<20)/n))
+				var ratios, onNs, offNs []float64
+				for b.Loop() {
+					off.build(per)
+					t0 := time.Now()
+					off.run(per)
+					toff := time.Since(t0)
+					on.build(per)
+					t0 = time.Now()
+					on.run(per)
+					ton := time.Since(t0)
+					ratios = append(ratios, float64(ton)/float64(toff))
+					onNs = append(onNs, float64(ton)/float64(per))
+					offNs = append(offNs, float64(toff)/float64(per))
+				}
+				b.ReportMetric(median(ratios), "x-off")
+				b.ReportMetric(median(onNs), "history-ns/op")
+				b.ReportMetric(median(offNs), "off-ns/op")
+			})
+		}
 	}
 }

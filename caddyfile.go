@@ -186,6 +186,10 @@ func unmarshalQueue(d *caddyfile.Dispenser) (*QueueConfig, error) {
 //	{
 //	    reready {
 //	        journal_size <n>   # journal entries kept in memory, default 10000
+//	        history [{         # the journal in Caddy's storage too; default off
+//	            keep <duration>  # default 30d, at least 1h
+//	            bodies           # keep bodies and trusted headers; default off
+//	        }]
 //	    }
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
@@ -194,23 +198,74 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 		return nil, d.Errf("reready takes no value, only a block; got %q", d.Val())
 	}
 	app := new(App)
-	err := eachOption(d, 0, "reready", func(opt, v string) error {
+	seen := map[string]bool{}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("duplicate reready option %s: it may be given once", opt)
+		}
+		seen[opt] = true
 		switch opt {
 		case "journal_size":
+			v, err := oneArg(d)
+			if err != nil {
+				return nil, err
+			}
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 || n > maxJournalSize {
-				return d.Errf("invalid journal_size %q: want a whole number from 1 to %d", v, maxJournalSize)
+				return nil, d.Errf("invalid journal_size %q: want a whole number from 1 to %d", v, maxJournalSize)
 			}
 			app.JournalSize = n
+		case "history":
+			h, err := unmarshalHistory(d)
+			if err != nil {
+				return nil, err
+			}
+			app.History = h
 		default:
-			return d.Errf("unknown reready option %q: want journal_size", opt)
+			return nil, d.Errf("unknown reready option %q: want journal_size or history", opt)
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
 	}
 	return httpcaddyfile.App{Name: "reready", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// unmarshalHistory reads the history option and its optional block.
+func unmarshalHistory(d *caddyfile.Dispenser) (*HistoryConfig, error) {
+	if d.NextArg() {
+		return nil, d.Errf("history takes no value, only an optional block; got %q", d.Val())
+	}
+	h := new(HistoryConfig)
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("duplicate history option %s: it may be given once", opt)
+		}
+		seen[opt] = true
+		switch opt {
+		case "keep":
+			v, err := oneArg(d)
+			if err != nil {
+				return nil, err
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil {
+				return nil, d.Errf("invalid history keep %q: %v", v, err)
+			}
+			if dur < time.Hour {
+				return nil, d.Errf("invalid history keep %q: want at least 1h (history is kept and removed by the hour)", v)
+			}
+			h.Keep = caddy.Duration(dur)
+		case "bodies":
+			if d.NextArg() {
+				return nil, d.Errf("history bodies takes no value; got %q", d.Val())
+			}
+			h.Bodies = true
+		default:
+			return nil, d.Errf("unknown history option %q: want keep or bodies", opt)
+		}
+	}
+	return h, nil
 }
 
 // eachOption runs f on each "<option> <value>" line of the block at

@@ -492,7 +492,7 @@ func readInput(file string, stdin io.Reader) ([]byte, error) {
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "reready",
-		Usage: "sign|send|verify|deliveries|queue",
+		Usage: "sign|send|verify|deliveries|queue|show",
 		Short: "Signs, sends and verifies ReReady webhook deliveries",
 		Long: `
 Tools for the reready_verify handler, built on the same signing and checking
@@ -503,6 +503,7 @@ code:
   verify      checks a captured X-ReReady-Signature-512 value against a body
   deliveries  shows the delivery journal of a running gateway
   queue       lists, retries and drops a running gateway's queued deliveries
+  show        shows one delivery: its journal entries and, when kept, its body
 
 --secret defaults to the REREADY_SIGNING_SECRET environment variable, so the
 secret need not appear on the command line or in shell history. The HMAC key

@@ -100,6 +100,8 @@ type deliveriesOptions struct {
 	JSON     bool
 	Follow   bool
 	Poll     time.Duration // --follow's polling interval; 0 means 1s
+	Since    string        // a range, from the history too (command_history.go)
+	Until    string
 }
 
 // query is the API request: the newest Limit entries, or with follow,
@@ -130,6 +132,9 @@ func (o deliveriesOptions) query(after uint64, follow bool) string {
 // runDeliveries prints the journal, oldest first; with Follow it goes on
 // printing new entries until ctx ends, across reloads and restarts.
 func runDeliveries(ctx context.Context, o deliveriesOptions, stdout, stderr io.Writer) error {
+	if o.Since != "" || o.Until != "" {
+		return runDeliveriesRange(o, stdout, stderr)
+	}
 	if o.Outcome != "" && !slices.Contains(Outcomes, o.Outcome) {
 		return fmt.Errorf("invalid --outcome %q: want one of %s", o.Outcome, strings.Join(Outcomes, ", "))
 	}
@@ -481,7 +486,7 @@ func adminFlags(fl caddycmd.Flags) adminOptions {
 // opsCommands are the deliveries and queue subcommands.
 func opsCommands() []*cobra.Command {
 	deliveries := &cobra.Command{
-		Use:   "deliveries [--return-id <id>] [--state <state>] [--outcome <outcome>] [--test | --no-test] [--limit <n>] [--json] [--follow] [--address <admin>]",
+		Use:   "deliveries [--return-id <id>] [--state <state>] [--outcome <outcome>] [--test | --no-test] [--limit <n>] [--since <when>] [--until <when>] [--json] [--follow] [--address <admin>]",
 		Short: "Shows the delivery journal of a running gateway",
 		Long: `
 Prints the journal of a running gateway: every request its reready_verify
@@ -496,6 +501,12 @@ them. Longer values are cut short with "…" so the columns stay aligned.
 The journal is kept in memory by each Caddy process (10,000 entries by
 default; see the reready global option) and survives caddy reload.
 
+--since and --until (an RFC 3339 time, or a duration back from now: 2h,
+7d) list a range instead, from the history in Caddy's storage as well
+when the reready history option is on (every gateway sharing the storage;
+each entry once, with the node that recorded it): every entry of the
+range, or the newest --limit.
+
 --follow keeps printing new entries (polling every second) until Ctrl-C,
 through reloads and restarts. --json prints the entries as JSON (a JSON
 line per entry with --follow).
@@ -508,6 +519,10 @@ localhost:2019.
 		RunE: cobraRun(func(fl caddycmd.Flags, c *cobra.Command) error {
 			ctx, stop := signal.NotifyContext(c.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			limit := fl.Int("limit")
+			if !c.Flags().Changed("limit") && (fl.String("since") != "" || fl.String("until") != "") {
+				limit = 0 // the whole range
+			}
 			return runDeliveries(ctx, deliveriesOptions{
 				adminOptions: adminFlags(fl),
 				ReturnID:     fl.String("return-id"),
@@ -515,9 +530,11 @@ localhost:2019.
 				Outcome:      fl.String("outcome"),
 				Test:         fl.Bool("test"),
 				NoTest:       fl.Bool("no-test"),
-				Limit:        fl.Int("limit"),
+				Limit:        limit,
 				JSON:         fl.Bool("json"),
 				Follow:       fl.Bool("follow"),
+				Since:        fl.String("since"),
+				Until:        fl.String("until"),
 			}, c.OutOrStdout(), c.ErrOrStderr())
 		}),
 	}
@@ -529,6 +546,7 @@ localhost:2019.
 	deliveries.Flags().Int("limit", DefaultDeliveryLimit, "Show at most this many (the newest)")
 	deliveries.Flags().Bool("json", false, "Print JSON")
 	deliveries.Flags().BoolP("follow", "f", false, "Keep printing new entries")
+	rangeFlags(deliveries)
 	addAdminFlags(deliveries)
 
 	queue := &cobra.Command{
@@ -571,7 +589,7 @@ localhost:2019.
 	}
 	queue.Flags().Bool("json", false, "Print JSON")
 	addAdminFlags(queue)
-	return []*cobra.Command{deliveries, queue}
+	return []*cobra.Command{deliveries, queue, showCommand()}
 }
 
 // lastSeq is the newest sequence number among ds (oldest first).

@@ -24,7 +24,9 @@
 //
 // The `reready` app (app.go) owns what outlives a request: the delivery
 // journal (journal.go: a bounded ring of every outcome, per process, kept
-// across reloads) and, when a handler has `queue` on, the store-and-forward
+// across reloads; with `history`, history.go writes it to Caddy's storage
+// in batches, sweeps it past keep and keeps bodies, and history_query.go
+// reads the ring and the storage together by range and by delivery) and, when a handler has `queue` on, the store-and-forward
 // queue. A delivery the app failed is stored (queue.go: one item per
 // delivery and one line per return in Caddy's storage, shared by every
 // gateway on that storage; storage.go: the locks, retries and listings it
@@ -40,7 +42,7 @@
 // `http.handlers.reready_ui` (ui.go, with the embedded HTML, CSS and
 // JavaScript in ui/), and the `caddy reready` command (command.go: sign,
 // send and verify; command_ops.go: deliveries and queue, through the admin
-// endpoint). Both APIs go through the same routes (routes.go: a ServeMux).
+// endpoint; command_history.go: deliveries --since and show). Both APIs go through the same routes (routes.go: a ServeMux).
 //
 // Tests sit beside the file they test; integration/ holds the in-process
 // end-to-end tests (caddytest), integration/realbin the tests of a real

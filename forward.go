@@ -375,6 +375,7 @@ func (h *Handler) journalLive(r *http.Request, st *requestState, start time.Time
 		}
 	}
 	h.app.record(e)
+	h.keepLive(r, st)
 }
 
 // keyNumber is the 1-based position of the secret that matched, 0 when no

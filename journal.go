@@ -87,6 +87,7 @@ type Delivery struct {
 	Host           string  `json:"host"`
 	Path           string  `json:"path"`
 	RemoteAddr     string  `json:"remote_addr"`
+	Node           string  `json:"node"` // the gateway that recorded it (history.go)
 }
 
 func (e *journalEntry) view() Delivery {
@@ -211,8 +212,8 @@ func (j *journal) intern(s string) string {
 // add records e, assigning its sequence number and, unless it has one
 // (tests), its time: now, and never before the entry added last, so the
 // newest entry by seq is also the newest by time. Its host and path are
-// replaced by the journal's own copies.
-func (j *journal) add(e journalEntry) {
+// replaced by the journal's own copies. It returns the entry as recorded.
+func (j *journal) add(e journalEntry) journalEntry {
 	j.mu.Lock()
 	e.host, e.path = j.intern(e.host), j.intern(e.path)
 	if e.at.IsZero() {
@@ -232,6 +233,7 @@ func (j *journal) add(e journalEntry) {
 		j.start = (j.start + 1) % len(j.ring)
 	}
 	j.mu.Unlock()
+	return e
 }
 
 // DeliveryFilter selects journal entries. Zero fields match everything.

@@ -18,6 +18,7 @@ var opsRoutes = []struct {
 	serve   opsFunc
 }{
 	{"GET /deliveries", serveDeliveries},
+	{"GET /deliveries/{id}", serveDelivery},
 	{"GET /summary", serveSummary},
 	{"GET /queue", serveQueue},
 	{"POST /queue/{id}/retry", serveRetry},

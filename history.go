@@ -1,0 +1,709 @@
+package rereadyverify
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/verify"
+)
+
+// This file is the delivery history: every journal entry written to
+// Caddy's configured storage as well, in batches, so that gateways sharing
+// the storage share one history that outlives their processes; and, with
+// `bodies`, each verified delivery's body and the trusted headers it was
+// sent with. The memory journal stays the live view; queries (history_query.go)
+// read both.
+//
+// Storage layout, under reready_verify/history/:
+//
+//	<YYYY-MM-DDTHH>/<node>-<epoch>-<first seq>.json   one batch: entries of that UTC hour
+//	bodies/<YYYY-MM-DDTHH>/<delivery id>               one delivery's body, by the hour of the id's t
+//	swept                                              when the fleet last swept
+//
+// A batch holds the entries of one process (node and journal epoch) of one
+// hour, so its key is unique and is never written twice by two gateways;
+// reading a range or sweeping lists only the hours concerned. A body is
+// stored once per delivery id: its hour comes from the id itself, so it is
+// found without a listing.
+//
+// Nothing here sits on the request path: App.record appends the entry to
+// a bounded buffer in memory (no allocation, no storage call); a flusher
+// goroutine writes it within historyFlushInterval. A write that fails is
+// retried at the next flush; past historyPendingMax entries waiting, the
+// oldest are dropped, counted in caddy_reready_history_writes_total and
+// logged once per outage. A crash loses what was not yet flushed: at most
+// the last historyFlushInterval of entries (more while the storage fails).
+
+// HistoryConfig is the `history` option of the reready app: the journal
+// kept in Caddy's storage, shared by the gateways that share it.
+type HistoryConfig struct {
+	// How long entries (and bodies) are kept; whole hours past it are
+	// removed. Default: 30d. At least 1h.
+	Keep caddy.Duration `json:"keep,omitempty"`
+
+	// Also keep each verified delivery's exact body and the trusted
+	// X-ReReady-* headers it was sent with (never the signature header,
+	// the token or a MAC), once per delivery id. Default: off.
+	Bodies bool `json:"bodies,omitempty"`
+}
+
+const (
+	// DefaultHistoryKeep is how long history is kept by default.
+	DefaultHistoryKeep = 30 * 24 * time.Hour
+
+	historyPrefix       = "reready_verify/history"
+	historyBodiesPrefix = historyPrefix + "/bodies"
+	historySweepKey     = historyPrefix + "/swept"
+	historyHourLayout   = "2006-01-02T15"
+
+	// historyFlushInterval is how often the buffer is written.
+	historyFlushInterval = 2 * time.Second
+	// historyBatchMax bounds one batch; a buffer this full is written at
+	// once.
+	historyBatchMax = 2000
+	// historyBufferMax bounds the entries waiting in the buffer (while a
+	// flush is stuck in a slow write); past it, the oldest quarter goes.
+	historyBufferMax = 100_000
+	// historyPendingMax bounds the entries of failed batches kept for the
+	// next flush; past it, the oldest batches are dropped.
+	historyPendingMax = 100_000
+	// historyBodyBytesMax bounds the body bytes waiting to be written.
+	historyBodyBytesMax = 64 << 20
+	// historyStopWait bounds the last flush when the app stops.
+	historyStopWait = 5 * time.Second
+	// historySweepInterval is how often the fleet removes what is past
+	// keep (one gateway sweeps; the others find the sweep recent).
+	historySweepInterval = 5 * time.Minute
+	// historyLockWait bounds the wait for the sweep's storage lock.
+	historyLockWait = 5 * time.Second
+	// historyDeliveryWindow is how long after a delivery's t its entries
+	// are looked for by GET /deliveries/{id} (a queued delivery is retried
+	// for max_age, 72h by default).
+	historyDeliveryWindow = 8 * 24 * time.Hour
+)
+
+// Results of writes, the result label of
+// caddy_reready_history_writes_total.
+const (
+	historyWritten = "written" // entries stored
+	historyFailed  = "failed"  // entries of a write that failed (retried: counted at each try)
+	historyDropped = "dropped" // entries given up on, past the bound
+)
+
+// historyWrites is caddy_reready_history_writes_total, created once per
+// process.
+var historyWrites = sync.OnceValue(func() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "reready", Name: "history_writes_total",
+		Help: "Journal entries written to the history in Caddy's storage, by result: written; failed (in a write that failed, retried at the next flush, so counted at each try); dropped (given up on while the storage failed, past the bound).",
+	}, []string{"result"})
+})
+
+// registerHistoryMetrics registers historyWrites on reg and returns the
+// counter vector reg exports.
+func registerHistoryMetrics(reg prometheus.Registerer) (*prometheus.CounterVec, error) {
+	c := historyWrites()
+	if r, ok := reg.(*prometheus.Registry); reg == nil || ok && r == nil {
+		return c, nil
+	}
+	existing, err := register(reg, c)
+	if err != nil {
+		return nil, err
+	}
+	return as[*prometheus.CounterVec](existing)
+}
+
+// nodeName names this gateway in the history: Caddy's instance id (kept
+// in its data directory), else the host name. Tests replace it; use
+// thisNode.
+var nodeName = sync.OnceValue(func() string {
+	if id, err := caddy.InstanceID(); err == nil {
+		return id.String()
+	}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "unknown"
+})
+
+// thisNode is this process's node as entries and batch names carry it.
+func thisNode() string { return safeNode(nodeName()) }
+
+// safeNode keeps a node name usable in a storage key.
+func safeNode(s string) string {
+	s = strings.Map(func(r rune) rune {
+		switch {
+		case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9', r == '.', r == '_', r == '-':
+			return r
+		}
+		return '_'
+	}, s)
+	return verify.Clip(s, 64)
+}
+
+// historyBatch is a batch as stored.
+type historyBatch struct {
+	Node    string     `json:"node"`
+	Epoch   string     `json:"epoch"`
+	Entries []Delivery `json:"entries"`
+}
+
+// historyBody is a kept body as stored: what a replay needs to send the
+// delivery again through its route.
+type historyBody struct {
+	DeliveryID string            `json:"delivery_id"`
+	Node       string            `json:"node"`
+	At         time.Time         `json:"at"`   // when it was kept
+	Body       []byte            `json:"body"` // exact bytes
+	Headers    map[string]string `json:"headers"`
+	Host       string            `json:"host"`
+	URI        string            `json:"uri"` // as the client sent it, without the token
+	TLS        bool              `json:"tls"`
+	Server     string            `json:"server"`
+	Port       int               `json:"port"`
+}
+
+// storedBatch is a batch ready to write (or waiting to be written again).
+type storedBatch struct {
+	key     string
+	data    []byte
+	entries int
+}
+
+// history writes a config's journal entries to storage. Its add and
+// keep* methods are safe for concurrent use; a nil *history does nothing.
+type history struct {
+	storage certmagic.Storage
+	logger  *zap.Logger
+	node    string
+	epoch   string
+	keep    time.Duration
+	bodies  bool
+	writes  *prometheus.CounterVec
+	now     func() time.Time
+
+	pendingMax int // historyPendingMax; tests lower it
+
+	mu        sync.Mutex
+	buf       []journalEntry      // not yet batched, oldest first
+	spare     []journalEntry      // the flusher's last buffer, reused
+	bodyQ     []*historyBody      // not yet written
+	bodyIDs   map[string]struct{} // of bodyQ
+	bodyBytes int
+	dropped   int // dropped from buf since the last flush
+
+	wake chan struct{}
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+
+	// The flusher's own (flushMu: the flusher and the last flush at stop).
+	flushMu    sync.Mutex
+	pending    []storedBatch       // failed batches, oldest first
+	failedBody []*historyBody      // bodies whose write failed
+	failing    bool                // a write failed and none succeeded since
+	droppedLog bool                // drops were logged this outage
+	storedBody map[string]struct{} // bodies known stored, by delivery id
+}
+
+func newHistory(cfg *HistoryConfig, st certmagic.Storage, logger *zap.Logger, epoch string, writes *prometheus.CounterVec) *history {
+	keep := time.Duration(cfg.Keep)
+	if keep <= 0 {
+		keep = DefaultHistoryKeep
+	}
+	if writes == nil {
+		writes = historyWrites()
+	}
+	return &history{
+		storage: st, logger: logger, node: thisNode(), epoch: epoch, keep: keep, bodies: cfg.Bodies,
+		writes: writes, now: time.Now, pendingMax: historyPendingMax,
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		storedBody: map[string]struct{}{},
+	}
+}
+
+// validate checks the configuration.
+func (c *HistoryConfig) validate() error {
+	if c == nil {
+		return nil
+	}
+	if k := time.Duration(c.Keep); k != 0 && k < time.Hour {
+		return fmt.Errorf("reready: history keep %s: want at least 1h (history is kept and removed by the hour)", k)
+	}
+	return nil
+}
+
+// add queues a journal entry, as the journal stored it, for the next
+// flush. It never blocks on storage and, once the buffer has grown, does
+// not allocate.
+func (h *history) add(e journalEntry) {
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	if len(h.buf) >= historyBufferMax {
+		n := historyBufferMax / 4
+		copy(h.buf, h.buf[n:])
+		clear(h.buf[len(h.buf)-n:])
+		h.buf = h.buf[:len(h.buf)-n]
+		h.dropped += n
+	}
+	h.buf = append(h.buf, e)
+	full := len(h.buf) == historyBatchMax
+	h.mu.Unlock()
+	if full {
+		select {
+		case h.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// keepingBodies reports whether bodies are kept.
+func (h *history) keepingBodies() bool { return h != nil && h.bodies }
+
+// keepLive keeps a live delivery's body and the trusted headers it was
+// forwarded with, when bodies are on: only a delivery that passed every
+// check (its payload parsed) and got an id. r is the request as
+// forwardable rewrote it. Off, it costs a nil check and a bool.
+func (h *Handler) keepLive(r *http.Request, st *requestState) {
+	if h.app == nil {
+		return
+	}
+	hist := h.app.history
+	if !hist.keepingBodies() || st == nil || st.id.isZero() || st.auth.reason != "" || st.auth.verified == "" || st.event.State == "" || st.body.buf == nil {
+		return
+	}
+	b := &historyBody{
+		DeliveryID: st.deliveryID(),
+		Body:       append([]byte(nil), st.body.buf...),
+		Headers:    trustedHeaders(r.Header),
+		Host:       r.Host,
+		URI:        h.uriWithoutToken(r, st),
+		TLS:        r.TLS != nil,
+	}
+	b.Server, b.Port = h.app.serverOf(r)
+	hist.keepBody(b)
+}
+
+// uriWithoutToken is the URI the client sent, without ?token= (as newItem
+// makes a queue item's).
+func (h *Handler) uriWithoutToken(r *http.Request, st *requestState) string {
+	uri := originalURI(r)
+	if st.auth.stripQuery {
+		if path, query, ok := strings.Cut(uri, "?"); ok {
+			query, _ = h.verifier.CheckToken(query)
+			uri = path
+			if query != "" {
+				uri += "?" + query
+			}
+		}
+	}
+	return uri
+}
+
+// trustedHeaders copies the X-ReReady-* headers of a rewritten request:
+// ours, since forwardable replaced any the client sent; the signature
+// header, which the client sent, is left out.
+func trustedHeaders(hdr http.Header) map[string]string {
+	out := make(map[string]string, 8)
+	for k, v := range hdr {
+		if k != hdrSignature && isReReadyHeader(k) && len(v) > 0 {
+			out[k] = v[0]
+		}
+	}
+	return out
+}
+
+// keepItem keeps a queued item's body, when bodies are on and the live
+// path has not (a delivery queued as it arrived, or before bodies were
+// on): its trusted headers are made again from its payload, as the live
+// path set them.
+func (h *history) keepItem(it *queueItem) {
+	if !h.keepingBodies() || len(it.Body) == 0 {
+		return
+	}
+	id, ok := parseDeliveryID(it.ID)
+	if !ok {
+		return
+	}
+	st := new(requestState)
+	ev, err := verify.ParsePayloadInto(it.Body, st.strs[:0])
+	if err != nil {
+		return
+	}
+	st.event, st.id = ev, id
+	st.auth = auth{verified: it.Verified, signed: it.Timestamp != ""}
+	st.auth.sig.T = it.Timestamp
+	hdr := http.Header{}
+	setEventHeaders(hdr, st)
+	h.keepBody(&historyBody{
+		DeliveryID: it.ID,
+		Body:       append([]byte(nil), it.Body...),
+		Headers:    trustedHeaders(hdr),
+		Host:       it.Host,
+		URI:        it.URI,
+		TLS:        it.TLS,
+		Server:     it.Server,
+		Port:       it.Port,
+	})
+}
+
+// keepBody queues a body for the next flush; bodies past
+// historyBodyBytesMax waiting push out the oldest.
+func (h *history) keepBody(b *historyBody) {
+	b.Node, b.At = h.node, h.now().UTC()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, dup := h.bodyIDs[b.DeliveryID]; dup {
+		return // the first one the app got
+	}
+	if h.bodyIDs == nil {
+		h.bodyIDs = map[string]struct{}{}
+	}
+	h.bodyIDs[b.DeliveryID] = struct{}{}
+	h.bodyQ = append(h.bodyQ, b)
+	h.bodyBytes += len(b.Body)
+	for h.bodyBytes > historyBodyBytesMax && len(h.bodyQ) > 1 {
+		h.bodyBytes -= len(h.bodyQ[0].Body)
+		delete(h.bodyIDs, h.bodyQ[0].DeliveryID)
+		h.bodyQ[0] = nil
+		h.bodyQ = h.bodyQ[1:]
+	}
+}
+
+// start runs the flusher and the sweeper until stop.
+func (h *history) start() {
+	if h == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(historyFlushInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			case <-h.wake:
+			}
+			fctx, fcancel := context.WithTimeout(ctx, time.Minute)
+			h.flush(fctx)
+			fcancel()
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		h.sweepLoop(ctx)
+	}()
+	go func() {
+		<-h.stop
+		cancel()
+		wg.Wait()
+		close(h.done)
+	}()
+}
+
+// stopAndFlush stops the flusher and the sweeper and writes what is
+// buffered, waiting at most historyStopWait.
+func (h *history) stopAndFlush() {
+	if h == nil {
+		return
+	}
+	h.once.Do(func() {
+		close(h.stop)
+		ctx, cancel := context.WithTimeout(context.Background(), historyStopWait)
+		defer cancel()
+		select {
+		case <-h.done:
+		case <-ctx.Done():
+		}
+		h.flush(ctx)
+		h.flushMu.Lock()
+		if n := pendingEntries(h.pending); n > 0 {
+			h.logger.Error("history: entries not written to storage before the config stopped; they are lost", zap.Int("entries", n))
+			h.writes.WithLabelValues(historyDropped).Add(float64(n))
+		}
+		h.flushMu.Unlock()
+	})
+}
+
+// hourOf is the name of t's hour folder.
+func hourOf(t time.Time) string { return t.UTC().Format(historyHourLayout) }
+
+// bodyKey is where a delivery's body is kept.
+func bodyKey(id deliveryID) string {
+	return historyBodiesPrefix + "/" + hourOf(time.Unix(id.t, 0)) + "/" + id.String()
+}
+
+// flush writes the buffer as batches, after the batches of earlier
+// flushes that failed, and then the bodies. It stops at the first failed
+// write (the storage is likely down): the rest waits for the next flush.
+func (h *history) flush(ctx context.Context) {
+	h.flushMu.Lock()
+	defer h.flushMu.Unlock()
+
+	h.mu.Lock()
+	buf, dropped := h.buf, h.dropped
+	h.buf, h.dropped = h.spare[:0], 0
+	bodies := h.bodyQ
+	h.bodyQ, h.bodyBytes, h.bodyIDs = nil, 0, nil
+	h.mu.Unlock()
+
+	h.pending = append(h.pending, h.batches(buf)...)
+	clear(buf)
+	h.mu.Lock()
+	h.spare = buf[:0]
+	h.mu.Unlock()
+
+	if over := pendingEntries(h.pending) - h.pendingMax; over > 0 {
+		for over > 0 && len(h.pending) > 0 {
+			over -= h.pending[0].entries
+			dropped += h.pending[0].entries
+			h.pending = h.pending[1:]
+		}
+	}
+	if dropped > 0 {
+		h.writes.WithLabelValues(historyDropped).Add(float64(dropped))
+		if !h.droppedLog {
+			h.droppedLog = true
+			h.logger.Error("history: dropping the oldest entries not yet written to storage",
+				zap.Int("dropped", dropped), zap.Int("bound", h.pendingMax))
+		}
+	}
+
+	for len(h.pending) > 0 {
+		b := h.pending[0]
+		if err := h.storage.Store(ctx, b.key, b.data); err != nil {
+			h.writes.WithLabelValues(historyFailed).Add(float64(b.entries))
+			h.failed(err)
+			break
+		}
+		h.writes.WithLabelValues(historyWritten).Add(float64(b.entries))
+		h.pending[0] = storedBatch{}
+		h.pending = h.pending[1:]
+		h.recovered()
+	}
+	if len(h.pending) == 0 {
+		h.pending = nil
+	}
+
+	bodies = append(h.failedBody, bodies...)
+	h.failedBody = nil
+	for i, b := range bodies {
+		if h.failing {
+			h.failedBody = append(h.failedBody, bodies[i:]...)
+			break
+		}
+		if err := h.storeBody(ctx, b); err != nil {
+			h.failed(err)
+			h.failedBody = append(h.failedBody, bodies[i:]...)
+			break
+		}
+	}
+	for bytes, i := 0, len(h.failedBody)-1; i >= 0; i-- {
+		if bytes += len(h.failedBody[i].Body); bytes > historyBodyBytesMax {
+			h.logger.Warn("history: dropping kept bodies not yet written to storage", zap.Int("bodies", i+1))
+			h.failedBody = h.failedBody[i+1:]
+			break
+		}
+	}
+}
+
+// storeBody writes a body unless one is stored for its delivery already
+// (the first the app got is kept).
+func (h *history) storeBody(ctx context.Context, b *historyBody) error {
+	if _, ok := h.storedBody[b.DeliveryID]; ok {
+		return nil
+	}
+	id, ok := parseDeliveryID(b.DeliveryID)
+	if !ok {
+		return nil
+	}
+	key := bodyKey(id)
+	if !h.storage.Exists(ctx, key) {
+		data, err := json.Marshal(b)
+		if err != nil {
+			return nil
+		}
+		if err := h.storage.Store(ctx, key, data); err != nil {
+			return err
+		}
+	}
+	if len(h.storedBody) >= 10_000 {
+		clear(h.storedBody)
+	}
+	h.storedBody[b.DeliveryID] = struct{}{}
+	return nil
+}
+
+// failed notes a failed write, logging the first of an outage.
+func (h *history) failed(err error) {
+	if !h.failing {
+		h.failing = true
+		h.logger.Error("history: writing to storage failed; entries are kept in memory and written again at the next flush",
+			zap.Int("waiting", pendingEntries(h.pending)), zap.Error(err))
+	}
+}
+
+// recovered notes a write that worked after an outage.
+func (h *history) recovered() {
+	if h.failing {
+		h.failing, h.droppedLog = false, false
+		h.logger.Info("history: writing to storage works again")
+	}
+}
+
+func pendingEntries(bs []storedBatch) int {
+	n := 0
+	for _, b := range bs {
+		n += b.entries
+	}
+	return n
+}
+
+// batches turns buffered entries into batches: one per hour of their
+// times, of at most historyBatchMax entries.
+func (h *history) batches(buf []journalEntry) []storedBatch {
+	var out []storedBatch
+	for len(buf) > 0 {
+		hour := hourOf(buf[0].at)
+		n := 1
+		for n < len(buf) && n < historyBatchMax && hourOf(buf[n].at) == hour {
+			n++
+		}
+		b := historyBatch{Node: h.node, Epoch: h.epoch, Entries: make([]Delivery, n)}
+		for i := range n {
+			b.Entries[i] = buf[i].view()
+			b.Entries[i].Node = h.node
+		}
+		data, err := json.Marshal(b)
+		if err == nil {
+			key := fmt.Sprintf("%s/%s/%s-%s-%d.json", historyPrefix, hour, h.node, h.epoch, buf[0].seq)
+			out = append(out, storedBatch{key: key, data: data, entries: n})
+		}
+		buf = buf[n:]
+	}
+	return out
+}
+
+// ---------------------------------------------------------------------
+// Sweeping
+
+// sweepLoop sweeps now and then until ctx ends.
+func (h *history) sweepLoop(ctx context.Context) {
+	// A little after start, so a fleet's gateways started together do
+	// not all try at once; then every interval.
+	first := time.NewTimer(historyFlushInterval + time.Duration(len(h.node)%7)*time.Second)
+	defer first.Stop()
+	select {
+	case <-ctx.Done():
+		return
+	case <-first.C:
+	}
+	tick := time.NewTicker(historySweepInterval)
+	defer tick.Stop()
+	for {
+		sctx, cancel := context.WithTimeout(ctx, time.Minute)
+		if n, err := h.sweep(sctx); err != nil && ctx.Err() == nil {
+			h.logger.Warn("history: sweeping storage", zap.Int("deleted", n), zap.Error(err))
+		} else if n > 0 {
+			h.logger.Debug("history: swept storage", zap.Int("hours_deleted", n))
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// sweep deletes the hour folders (entries and bodies) wholly past keep,
+// unless another gateway swept within the interval. It holds the sweep's
+// storage lock, taken without waiting for another holder; the lock is
+// advisory, and deleting a folder twice is harmless.
+func (h *history) sweep(ctx context.Context) (deleted int, err error) {
+	lctx, cancel := context.WithTimeout(ctx, historyLockWait)
+	defer cancel()
+	unlock, ok, err := tryLockStorage(lctx, h.storage, historySweepKey)
+	if err != nil || !ok {
+		return 0, err
+	}
+	defer unlock(ctx, h.logger)
+	now := h.now()
+	if data, err := h.storage.Load(ctx, historySweepKey); err == nil {
+		if last, perr := strconv.ParseInt(string(data), 10, 64); perr == nil && now.UnixNano()-last < int64(historySweepInterval)/2 && now.UnixNano() >= last {
+			return 0, nil
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return 0, err
+	}
+	cutoff := now.Add(-h.keep)
+	for _, prefix := range []string{historyPrefix, historyBodiesPrefix} {
+		hours, err := listHours(ctx, h.storage, prefix)
+		if err != nil {
+			return deleted, err
+		}
+		for _, hr := range hours {
+			if hr.start.Add(time.Hour).After(cutoff) {
+				continue
+			}
+			if err := h.storage.Delete(ctx, hr.key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return deleted, fmt.Errorf("deleting %s: %w", hr.key, err)
+			}
+			deleted++
+		}
+	}
+	return deleted, h.storage.Store(ctx, historySweepKey, strconv.AppendInt(nil, now.UnixNano(), 10))
+}
+
+// historyHour is an hour folder.
+type historyHour struct {
+	key   string
+	start time.Time
+}
+
+// hourName matches an hour folder's name.
+var hourName = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}T\d{2}$`)
+
+// listHours lists the hour folders under prefix, in no set order. A
+// listing that fails is an error, never an empty list.
+func listHours(ctx context.Context, st certmagic.Storage, prefix string) ([]historyHour, error) {
+	keys, err := listKeys(ctx, st, prefix)
+	if err != nil {
+		return nil, err
+	}
+	var out []historyHour
+	for _, k := range keys {
+		name := baseName(k)
+		if !hourName.MatchString(name) {
+			continue
+		}
+		t, err := time.Parse(historyHourLayout, name)
+		if err != nil {
+			continue
+		}
+		out = append(out, historyHour{key: prefix + "/" + name, start: t})
+	}
+	return out, nil
+}
