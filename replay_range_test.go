@@ -183,3 +183,51 @@ func TestReplayRefusals(t *testing.T) {
 	}
 	_ = certmagic.FileStorage{}
 }
+
+// caddy reready replay asks for a dry run, shows the count, replays only
+// once confirmed, and says what it did; --dry-run and a refusal too.
+func TestCommandReplay(t *testing.T) {
+	rig := newRedeliveryRig(t)
+	rig.withHistory(t, true)
+	a := rig.h.app
+	for _, st := range []string{verify.StatePendingReturnShipment, verify.StateComplete} {
+		rig.now = rig.now.Add(time.Second)
+		if resp, err := rig.serve(eventBody("ret-C", st), rig.now.Unix(), rig.app.next); err != nil || resp.Code != 200 {
+			t.Fatalf("live: %d %v", resp.Code, err)
+		}
+	}
+	a.history.flush(context.Background())
+	addr, _, _ := fakeAdmin(t, a)
+	o := replayOptions{adminOptions: adminOptions{Address: addr}, Request: ReplayRequest{Since: "1h", ReturnID: "ret-C"}}
+
+	run := func(o replayOptions, stdin string) (string, string, error) {
+		var out, errOut strings.Builder
+		err := runReplay(o, strings.NewReader(stdin), &out, &errOut)
+		return out.String(), errOut.String(), err
+	}
+	dry := o
+	dry.DryRun = true
+	out, _, err := run(dry, "")
+	if err != nil || !strings.Contains(out, "2 deliveries selected") {
+		t.Fatalf("--dry-run: %v\n%s", err, out)
+	}
+	out, errOut, err := run(o, "n\n")
+	if err == nil || !strings.Contains(errOut, "Replay 2 deliveries?") || len(rig.items(t)) != 0 {
+		t.Fatalf("declined: %v, asked %q, %d queued", err, errOut, len(rig.items(t)))
+	}
+	out, _, err = run(o, "y\n")
+	if err != nil || !strings.Contains(out, "replayed 2 deliveries (replay ") || len(rig.items(t)) != 2 {
+		t.Fatalf("confirmed: %v\n%s; %d queued", err, out, len(rig.items(t)))
+	}
+	yes := o
+	yes.Yes = true
+	out, errOut, err = run(yes, "")
+	if err != nil || !strings.Contains(out, "0 deliveries selected") && !strings.Contains(out, "skipped 2") {
+		t.Fatalf("again, while queued: %v\n%s%s", err, out, errOut)
+	}
+
+	a.queueOn = false
+	if _, _, err := run(yes, ""); err == nil || !strings.Contains(err.Error(), "needs `queue`") || !strings.Contains(err.Error(), "409") {
+		t.Fatalf("refused: %v", err)
+	}
+}
