@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
@@ -49,8 +50,12 @@ type App struct {
 	events  *caddyevents.App
 	metrics *metrics
 	queueOn bool
-	starts  []func() // background work of handlers, started with the config
-	history *history // nil without the history option
+	// The largest max_age and max_items of the handlers with queue on.
+	queueMaxAge   time.Duration
+	queueMaxItems int
+	replays       prometheus.Counter // caddy_reready_replays_total
+	starts        []func()           // background work of handlers, started with the config
+	history       *history           // nil without the history option
 
 	// Set by Start; read by handlers, which may serve before it runs
 	// (Caddy starts apps in no set order).
@@ -106,6 +111,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 		a.history = newHistory(a.History, bounded(ctx.Storage()), a.logger, a.journal.epoch, writes)
 	}
+	if a.replays, err = registerReplayMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("reready: metrics: %v", err)
+	}
 	return nil
 }
 
@@ -117,8 +125,14 @@ func (a *App) Validate() error {
 	return a.History.validate()
 }
 
-// useQueue is called by a handler with `queue` on, while provisioning.
-func (a *App) useQueue() { a.queueOn = true }
+// useQueue is called by a handler with `queue` on, while provisioning. A
+// replay (replay_range.go) queues with the largest max_age and max_items
+// of the config's handlers.
+func (a *App) useQueue(q *QueueConfig) {
+	a.queueOn = true
+	a.queueMaxAge = max(a.queueMaxAge, time.Duration(q.MaxAge))
+	a.queueMaxItems = max(a.queueMaxItems, q.MaxItems)
+}
 
 // startWithConfig has a handler's background work (the storage replay
 // sweep) start when the config starts, not when it is provisioned. The
@@ -287,7 +301,9 @@ func (a *App) recordItem(it *queueItem, outcome string, reason Reason, res attem
 	}
 	e.returnID.set(it.DeviceReturnID)
 	a.record(e)
-	a.history.keepItem(it)
+	if it.ReplayID == "" { // a replay's body is kept already, as it first arrived
+		a.history.keepItem(it)
+	}
 	switch outcome {
 	case OutcomeRedelivered:
 		a.emit("reready.redelivered", it, res)

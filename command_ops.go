@@ -589,7 +589,7 @@ localhost:2019.
 	}
 	queue.Flags().Bool("json", false, "Print JSON")
 	addAdminFlags(queue)
-	return []*cobra.Command{deliveries, queue, showCommand()}
+	return []*cobra.Command{deliveries, queue, showCommand(), replayCommand()}
 }
 
 // lastSeq is the newest sequence number among ds (oldest first).

@@ -495,6 +495,9 @@ func (st *requestState) deliveryHeaders(set func(k, v string)) {
 	if rd := st.redelivery; rd != nil {
 		set(hdrAttempt, strconv.Itoa(rd.attempt))
 		set(hdrReceivedAt, rd.item.ReceivedAt.UTC().Format(time.RFC3339))
+		if rd.item.ReplayID != "" {
+			set(hdrReplay, rd.item.ReplayID)
+		}
 	}
 }
 

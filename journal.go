@@ -328,6 +328,8 @@ func (e *journalEntry) live() bool {
 	switch e.outcome {
 	case OutcomeRetrying, OutcomeRedelivered, OutcomeDead:
 		return false
+	case OutcomeQueued:
+		return e.reason != ReasonReplayRequested
 	}
 	return true
 }

@@ -209,7 +209,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if h.Queue.MaxItems == 0 {
 			h.Queue.MaxItems = DefaultQueueMaxItems
 		}
-		h.app.useQueue()
+		h.app.useQueue(h.Queue)
 	}
 
 	// Only signature-verified requests take part in replay suppression.

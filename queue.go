@@ -98,6 +98,10 @@ type queueItem struct {
 	// Set aside: an item that could not be read, kept with its raw bytes.
 	Corrupt bool   `json:"corrupt,omitempty"`
 	Raw     []byte `json:"raw,omitempty"`
+
+	// Put back on the queue by an operator's replay (replay_range.go):
+	// its id, sent as X-ReReady-Replay.
+	ReplayID string `json:"replay_id,omitempty"`
 }
 
 // deadline is when the item stops being retried by itself.
@@ -127,6 +131,7 @@ type QueueItem struct {
 	LastError       string  `json:"last_error"`
 	Path            string  `json:"path"`              // the request path it is delivered to (its route)
 	AppFailingSince *string `json:"app_failing_since"` // while its route's app fails (as this gateway saw), since when
+	ReplayID        *string `json:"replay_id"`         // the operator's replay that queued it again; null otherwise
 }
 
 func (it *queueItem) view() QueueItem {
@@ -139,6 +144,9 @@ func (it *queueItem) view() QueueItem {
 		Attempts:       it.Attempts,
 		LastError:      it.LastError,
 		Path:           it.path(),
+	}
+	if it.ReplayID != "" {
+		v.ReplayID = &it.ReplayID
 	}
 	if it.Attempts > 0 && it.LastStatus != 0 {
 		st := it.LastStatus

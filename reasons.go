@@ -88,6 +88,7 @@ const (
 	ReasonUpstreamFailed    Reason = "upstream_failed"    // queued: the app failed live
 	ReasonHeld              Reason = "held"               // queued behind an earlier delivery of its return
 	ReasonResentDead        Reason = "resent_dead"        // a resend of a given-up delivery: forwarded, or queued again
+	ReasonReplayRequested   Reason = "replay_requested"   // queued again by an operator's replay (POST /reready/replay)
 	ReasonRedeliveryFailed  Reason = "redelivery_failed"  // an attempt failed; it is tried again
 	ReasonRedeliveryTimeout Reason = "redelivery_timeout" // an attempt ran out of time
 	ReasonRouteUnavailable  Reason = "route_unavailable"  // the item's server or route is gone

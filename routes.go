@@ -20,6 +20,7 @@ var opsRoutes = []struct {
 	{"GET /deliveries", serveDeliveries},
 	{"GET /deliveries/{id}", serveDelivery},
 	{"GET /summary", serveSummary},
+	{"POST /replay", serveReplay},
 	{"GET /queue", serveQueue},
 	{"POST /queue/{id}/retry", serveRetry},
 	{"DELETE /queue/{id}", serveDrop},
