@@ -504,6 +504,7 @@ code:
   deliveries  shows the delivery journal of a running gateway
   queue       lists, retries and drops a running gateway's queued deliveries
   show        shows one delivery: its journal entries and, when kept, its body
+  replay      sends past deliveries again from the history (after an app bug)
 
 --secret defaults to the REREADY_SIGNING_SECRET environment variable, so the
 secret need not appear on the command line or in shell history. The HMAC key
