@@ -135,11 +135,10 @@ type requestState struct {
 	nextErr      error // what it returned
 
 	id         deliveryID
-	idText     string // id.String(), once needed, in idBuf
-	idBuf      [64]byte
+	idText     string      // id.String(), once needed, in idBuf
+	idBuf      [48]byte    // "<t>-<32 hex>": t has at most 10 digits (a longer id would be copied, not cut)
 	queued     bool        // stored for redelivery and answered 202
 	resentDead bool        // a resend of a dead queued delivery, reopened by the replay gate
-	queueW     queueWriter // the response writer with the queue on
 	redelivery *redelivery // set when this is a redelivery
 }
 
