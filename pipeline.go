@@ -43,7 +43,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if r.ContentLength > h.MaxBody {
 		return h.reject(w, r, start, nil, fail(ReasonBodyTooLarge, "Content-Length %d exceeds max_body %d", r.ContentLength, h.MaxBody))
 	}
-	ref, f := h.readBody(w, r)
+	ref, f := h.readBody(w, r, start)
 	if f != nil {
 		return h.reject(w, r, start, nil, f)
 	}
@@ -251,10 +251,10 @@ func (h *Handler) replayTTL(ts int64) time.Duration {
 	return ttl
 }
 
-// readBody reads the body under max_body and body_timeout.
-func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) (*[]byte, *Failure) {
+// readBody reads the body under max_body and body_timeout, which runs
+// from start (the handler's entry).
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, start time.Time) (*[]byte, *Failure) {
 	timeout := time.Duration(h.BodyTimeout)
-	start := time.Now()
 	viaDeadline := setReadDeadline(w, start.Add(timeout)) == nil
 	var timer *time.Timer
 	if !viaDeadline {
