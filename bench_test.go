@@ -118,16 +118,18 @@ func benchHandler(b *testing.B, n int, replay bool) {
 }
 
 // BenchmarkHandlerQueueVsOff runs the handler with `queue` on (the app up,
-// nothing queued: staged answer headers, the worker's view of held
-// returns) and off in alternating rounds, and reports the median per-round
-// ratio of their times per op ("x-off").
+// nothing queued: the answer writer, and a look in the storage for the
+// return's line, which the live path makes for every delivery) and off in
+// alternating rounds, and reports the median per-round ratio of their
+// times per op ("x-off").
 func BenchmarkHandlerQueueVsOff(b *testing.B) {
 	for _, n := range benchSizes[:2] {
 		b.Run(sizeName(n), func(b *testing.B) {
 			off := newHandlerRig(b, n, false)
 			on := newHandlerRigWith(b, n, false, &QueueConfig{})
 			// A worker that has scanned the (empty) queue, as in a running
-			// gateway: the live path then skips the storage lookup.
+			// gateway. (The live path asks the storage all the same: another
+			// gateway may have queued a delivery of the return a moment ago.)
 			w := newWorker(on.h.app, on.h.app.queue, zap.NewNop())
 			on.h.app.worker.Store(w)
 			per := max(1, min(len(off.reqs), (4<<20)/n))

@@ -63,7 +63,7 @@ func (h *Handler) forwardOrQueue(w http.ResponseWriter, r *http.Request, next ca
 		return h.enqueue(w, r, st, start, ReasonHeld, 0, "", nil)
 	}
 
-	qw := &st.queueW
+	qw := new(queueWriter) // not in st: a request with the queue off needs no room for it
 	qw.reset(w, &st.status.code)
 	err = h.nextQueued(qw, r, next, st, start)
 	st.nextReturned, st.nextErr = true, err

@@ -37,14 +37,28 @@ func (h *Handler) forwardable(r *http.Request, st *requestState) {
 	r.ContentLength = int64(len(st.body.buf))
 	r.TransferEncoding = nil
 	r.Trailer = nil // trailers would reopen chunked framing and carry X-ReReady-* past us
-	delete(r.Header, "Transfer-Encoding")
-	delete(r.Header, "Expect")
-	delete(r.Header, "Trailer")
+	dropClientHeaders(r.Header)
 	dropReReadyConnectionTokens(r.Header)
 	setContentLength(r.Header, len(st.body.buf))
 	setEventHeaders(r.Header, st)
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Map(st.placeholder)
+	}
+}
+
+// dropClientHeaders removes, in one pass over the map, the body framing
+// headers the rewritten body replaces (Transfer-Encoding, Expect, Trailer)
+// and every client-sent X-ReReady-* header (matching case-insensitively
+// and treating '_' and '.' as '-', since PHP, CGI and others fold them
+// together) except the signature; setEventHeaders then sets the trusted
+// ones.
+func dropClientHeaders(hdr http.Header) {
+	for k := range hdr {
+		switch {
+		case k == "Transfer-Encoding", k == "Expect", k == "Trailer",
+			k != hdrSignature && isReReadyHeader(k):
+			delete(hdr, k)
+		}
 	}
 }
 
@@ -83,18 +97,11 @@ func setContentLength(hdr http.Header, n int) {
 	hdr["Content-Length"] = []string{string(digits)}
 }
 
-// setEventHeaders removes every client-sent X-ReReady-* header (matching
-// case-insensitively and treating '_' and '.' as '-', since PHP, CGI and
-// others fold them together) except the signature, then sets the trusted
-// ones. An observed (unverified) request gets only X-ReReady-Verified:
-// none and X-ReReady-Reject-Reason.
+// setEventHeaders sets the trusted X-ReReady-* headers, once
+// dropClientHeaders has removed the client's. An observed (unverified)
+// request gets only X-ReReady-Verified: none and X-ReReady-Reject-Reason.
 func setEventHeaders(hdr http.Header, st *requestState) {
 	ev, a, vals := &st.event, &st.auth, st.hdrs[:0]
-	for k := range hdr {
-		if k != hdrSignature && isReReadyHeader(k) {
-			delete(hdr, k)
-		}
-	}
 	// One backing array (vals, cap 12) for all values instead of one slice
 	// per header.
 	set := func(k, v string) {

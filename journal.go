@@ -213,11 +213,16 @@ func (j *journal) intern(s string) string {
 // (tests), its time: now, and never before the entry added last, so the
 // newest entry by seq is also the newest by time. Its host and path are
 // replaced by the journal's own copies. It returns the entry as recorded.
+// The clock is read before the lock is taken, to keep the critical
+// section short.
 func (j *journal) add(e journalEntry) journalEntry {
+	stamp := e.at.IsZero()
+	if stamp {
+		e.at = time.Now()
+	}
 	j.mu.Lock()
 	e.host, e.path = j.intern(e.host), j.intern(e.path)
-	if e.at.IsZero() {
-		e.at = time.Now()
+	if stamp {
 		if e.at.Before(j.lastAt) {
 			e.at = j.lastAt
 		}

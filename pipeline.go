@@ -43,7 +43,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if r.ContentLength > h.MaxBody {
 		return h.reject(w, r, start, nil, fail(ReasonBodyTooLarge, "Content-Length %d exceeds max_body %d", r.ContentLength, h.MaxBody))
 	}
-	ref, f := h.readBody(w, r)
+	ref, f := h.readBody(w, r, start)
 	if f != nil {
 		return h.reject(w, r, start, nil, f)
 	}
@@ -135,11 +135,10 @@ type requestState struct {
 	nextErr      error // what it returned
 
 	id         deliveryID
-	idText     string // id.String(), once needed, in idBuf
-	idBuf      [64]byte
+	idText     string      // id.String(), once needed, in idBuf
+	idBuf      [48]byte    // "<t>-<32 hex>": t has at most 10 digits (a longer id would be copied, not cut)
 	queued     bool        // stored for redelivery and answered 202
 	resentDead bool        // a resend of a dead queued delivery, reopened by the replay gate
-	queueW     queueWriter // the response writer with the queue on
 	redelivery *redelivery // set when this is a redelivery
 }
 
@@ -252,10 +251,10 @@ func (h *Handler) replayTTL(ts int64) time.Duration {
 	return ttl
 }
 
-// readBody reads the body under max_body and body_timeout.
-func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) (*[]byte, *Failure) {
+// readBody reads the body under max_body and body_timeout, which runs
+// from start (the handler's entry).
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, start time.Time) (*[]byte, *Failure) {
 	timeout := time.Duration(h.BodyTimeout)
-	start := time.Now()
 	viaDeadline := setReadDeadline(w, start.Add(timeout)) == nil
 	var timer *time.Timer
 	if !viaDeadline {

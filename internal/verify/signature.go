@@ -373,15 +373,18 @@ type Result struct {
 	Key, V int
 	// MAC is the MAC that matched (with T, it names the delivery).
 	MAC [MACSize]byte
-
-	items sigItems
 }
 
 // Verify checks a header value against body at time now and fills res.
-// The error is a *Failure.
+// The error is a *Failure. The parsed header stays on Verify's stack, so
+// a Result kept per request is small.
 func (v *Verifier) Verify(header string, body []byte, now time.Time, res *Result) error {
-	it := &res.items
-	*it = sigItems{}
+	var it sigItems
+	return v.verify(header, body, now, res, &it)
+}
+
+// verify is Verify with the parsed header in it, for VerifySignature.
+func (v *Verifier) verify(header string, body []byte, now time.Time, res *Result, it *sigItems) error {
 	if err := it.parse(header); err != nil {
 		*it = sigItems{}
 		return err
@@ -402,14 +405,15 @@ func (v *Verifier) Verify(header string, body []byte, now time.Time, res *Result
 // returns the parsed signature and the index of the v that matched.
 func (v *Verifier) VerifySignature(header string, body []byte, now time.Time) (Signature, int, error) {
 	var res Result
-	err := v.Verify(header, body, now, &res)
-	if res.items.t == "" {
+	var it sigItems
+	err := v.verify(header, body, now, &res, &it)
+	if it.t == "" {
 		return Signature{}, -1, err
 	}
 	if err != nil {
-		return res.items.signature(), -1, err
+		return it.signature(), -1, err
 	}
-	return res.items.signature(), res.V, nil
+	return it.signature(), res.V, nil
 }
 
 // CheckTimestamp rejects a t further than the tolerance from now.

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Before/after load harness: two gateway binaries (say, built from a base
+# commit and from the working tree) measured in the same rounds, so a
+# change's effect is read as a ratio of one run rather than across runs on
+# a machine whose speed drifts.
+#
+#   bench/load-ab.sh OLD-BIN NEW-BIN [rounds] [seconds-per-round] [body-bytes]
+#
+# Each binary runs one gateway process with load.sh's three sites: A
+# (reverse_proxy alone; its client sends the X-ReReady-* headers B adds),
+# B (reready_verify + reverse_proxy, replay off) and C (B with queue on,
+# file_system storage, app up). One upstream serves both. In every round
+# the six runs take turns being first. Reported per binary: B/A and C/A
+# (verify and queue-on ratios against a plain proxy in the same process),
+# C/B; and across binaries, new/old for A, B and C. Ratios are given raw
+# and speed-corrected as load.sh does (rps x upstream CPU per request).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OLD=$(realpath "$1")
+NEW=$(realpath "$2")
+ROUNDS=${3:-11}
+SECS=${4:-4}
+SIZE=${5:-256}
+SECRET=ssk_bench_5d2e8a71c9f04b36
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port); ADMIN_UP=$(free_port)
+cat >"$work/upstream.caddyfile" <<CF
+{
+	admin 127.0.0.1:$ADMIN_UP
+	default_bind 127.0.0.1
+}
+http://127.0.0.1:$UP {
+	respond "ok" 200
+}
+CF
+declare -A PORT
+gateway() { # $1 = old|new, $2 = binary
+	local pa pb pc admin
+	pa=$(free_port); pb=$(free_port); pc=$(free_port); admin=$(free_port)
+	PORT[$1a]=$pa; PORT[$1b]=$pb; PORT[$1c]=$pc
+	cat >"$work/$1.caddyfile" <<CF
+{
+	admin 127.0.0.1:$admin
+	default_bind 127.0.0.1
+	storage file_system $work/storage-$1
+}
+http://127.0.0.1:$pa {
+	reverse_proxy 127.0.0.1:$UP
+}
+http://127.0.0.1:$pb {
+	reready_verify {
+		secret $SECRET
+		replay off
+	}
+	reverse_proxy 127.0.0.1:$UP
+}
+http://127.0.0.1:$pc {
+	reready_verify {
+		secret $SECRET
+		replay off
+		queue
+	}
+	reverse_proxy 127.0.0.1:$UP
+}
+CF
+	XDG_DATA_HOME=$work/data-$1 XDG_CONFIG_HOME=$work/config-$1 \
+		"$2" run --config "$work/$1.caddyfile" --adapter caddyfile >"$work/$1.log" 2>&1 &
+	pids+=($!)
+}
+XDG_DATA_HOME=$work/data XDG_CONFIG_HOME=$work/config \
+	"$NEW" run --config "$work/upstream.caddyfile" --adapter caddyfile >"$work/upstream.log" 2>&1 &
+UPPID=$!
+pids+=($UPPID)
+gateway old "$OLD"
+gateway new "$NEW"
+for port in $UP "${PORT[@]}"; do
+	for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+done
+
+id=e025d043-c41d-4167-8bd3-24cc66345696
+base="{\"device_return_id\":\"$id\",\"serial_number\":null,\"state\":\"complete\",\"test\":false,\"ticket_url\":null,\"url\":\"https://www.reready.co/device_returns/$id\",\"note\":\""
+pad=$((SIZE - ${#base} - 2)); [ $pad -lt 0 ] && pad=0
+body="$base$(head -c $pad /dev/zero | tr '\0' x)\"}"
+printf '%s' "$body" >"$work/body.json"
+t=$(date +%s)
+mac=$( (printf '%s.' "$t"; cat "$work/body.json") | openssl dgst -sha512 -hmac "$SECRET" -r | cut -d' ' -f1)
+sig="t=$t,v=$mac"
+for v in oldb oldc newb newc; do
+	code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Content-Type: application/json" \
+		-H "X-ReReady-Signature-512: $sig" --data-binary @"$work/body.json" "http://127.0.0.1:${PORT[$v]}/")
+	if [ "$code" != 200 ]; then
+		echo "load-ab: $v answered $code to a valid request" >&2
+		cat "$work/old.log" "$work/new.log" >&2
+		exit 1
+	fi
+done
+
+lua() { # $1 = with the headers B adds (1) or not (0)
+	cat <<LUA
+wrk.method = "POST"
+local f = io.open("$work/body.json", "rb"); wrk.body = f:read("*a"); f:close()
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-ReReady-Signature-512"] = "$sig"
+if $1 == 1 then
+	wrk.headers["X-ReReady-State"] = "complete"
+	wrk.headers["X-ReReady-Device-Return-Id"] = "$id"
+	wrk.headers["X-ReReady-Test"] = "false"
+	wrk.headers["X-ReReady-Url"] = "https://www.reready.co/device_returns/$id"
+	wrk.headers["X-ReReady-Timestamp"] = "$t"
+	wrk.headers["X-ReReady-Verified"] = "hmac"
+	wrk.headers["X-ReReady-Delivery-Id"] = "$t-0123456789abcdef0123456789abcdef"
+end
+local bad = 0
+response = function(status) if status ~= 200 then bad = bad + 1 end end
+done = function() if bad > 0 then io.stderr:write("non-200 answers: " .. bad .. "\n") end end
+LUA
+}
+lua 1 >"$work/same.lua"
+lua 0 >"$work/plain.lua"
+
+upcpu() { awk '{print $14+$15}' "/proc/$UPPID/stat"; }
+run() { # port script -> "rps upstream-ticks-per-1e6-requests"
+	local c0 c1 out
+	c0=$(upcpu)
+	out=$(timeout $((SECS + 20)) wrk -t2 -c32 -d"${SECS}s" -s "$2" "http://127.0.0.1:$1/" 2>&1)
+	c1=$(upcpu)
+	if grep -q "non-200" <<<"$out"; then echo "load-ab: $out" >&2; exit 1; fi
+	awk -v c0="$c0" -v c1="$c1" '/^Requests\/sec:/ {r=$2} /requests in/ {n=$1} END {printf "%s %.1f\n", r, (c1-c0)*1e6/n}' <<<"$out"
+}
+script() { case $1 in *a) echo "$work/same.lua" ;; *) echo "$work/plain.lua" ;; esac; }
+ratio() { awk -v x="$1" -v y="$2" 'BEGIN {printf "%.3f", y/x}'; }
+corr() { awk -v rx="$1" -v ux="$2" -v ry="$3" -v uy="$4" 'BEGIN {printf "%.3f", (ry*uy)/(rx*ux)}'; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+echo "load-ab: old=$OLD new=$NEW; ${ROUNDS} rounds of ${SECS}s, ${SIZE}-byte body, wrk -t2 -c32, replay off, $(nproc) cores"
+for v in olda oldb oldc newa newb newc; do run "${PORT[$v]}" "$(script $v)" >/dev/null; done # warm-up
+cols=(oldB/A oldC/A oldC/B newB/A newC/A newC/B nA/oA nB/oB nC/oC)
+printf '%-5s %8s %8s %8s %8s %8s %8s' round olda oldb oldc newa newb newc
+printf ' %7s' "${cols[@]}"; echo
+declare -A R U S SC
+order=(olda newa oldb newb oldc newc)
+for r in $(seq "$ROUNDS"); do
+	k=$(((r - 1) % 6))
+	o=("${order[@]:$k}" "${order[@]:0:$k}")
+	for v in "${o[@]}"; do read -r R[$v] U[$v] <<<"$(run "${PORT[$v]}" "$(script $v)")"; done
+	pairs=("olda oldb" "olda oldc" "oldb oldc" "newa newb" "newa newc" "newb newc" "olda newa" "oldb newb" "oldc newc")
+	printf '%-5s %8s %8s %8s %8s %8s %8s' "$r" "${R[olda]}" "${R[oldb]}" "${R[oldc]}" "${R[newa]}" "${R[newb]}" "${R[newc]}"
+	for i in "${!pairs[@]}"; do
+		read -r x y <<<"${pairs[$i]}"
+		q=$(ratio "${R[$x]}" "${R[$y]}"); qc=$(corr "${R[$x]}" "${U[$x]}" "${R[$y]}" "${U[$y]}")
+		S[$i]+="$q "; SC[$i]+="$qc "
+		printf ' %7s' "$q"
+	done
+	echo
+done
+echo "load-ab: medians over $ROUNDS rounds (raw / speed-corrected):"
+for i in "${!cols[@]}"; do
+	printf '  %-7s %s / %s\n' "${cols[$i]}" "$(printf '%s\n' ${S[$i]} | median)" "$(printf '%s\n' ${SC[$i]} | median)"
+done
