@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/reready-verify/caddy-reready-verify/internal/rrtest/harness"
 )
 
 // The history option: the journal kept in Caddy's storage, across
@@ -52,20 +54,20 @@ func entriesOf(es []obj, id string) []obj {
 func TestHistoryRestart(t *testing.T) {
 	const secret = "ssk_history_restart_5a6b7c"
 	dir := t.TempDir()
-	app := newQApp(t)
-	app.up(t)
-	site := historySite(secret, app.addr)
+	app := harness.NewUpstream(t)
+	app.Up(t)
+	site := historySite(secret, app.Addr)
 	g1 := startGatewayBinOn(t, caddyBin, 0, historyGlobal(dir), site, nil, secret)
-	d := signEvent(t, rubySigner, secret, newEvent("complete"))
+	d := signEvent(t, harness.Ruby, secret, harness.NewEvent("complete"))
 	if r := d.post(t, g1, "/hooks/app?x=1"); r.status != http.StatusOK {
 		t.Fatalf("delivery: %d %q", r.status, r.body)
 	}
 	// Written within a flush interval (2s); then the process goes.
-	waitUntil(t, "the entry did not reach the history", 3*logTimeout, func() bool {
+	harness.WaitUntil(t, "the entry did not reach the history", 3*logTimeout, func() bool {
 		return len(entriesOf(historyRange(t, g1), d.id)) == 1 && bytes.Contains(readTree(t, dir), []byte(d.id))
 	})
 	time.Sleep(2500 * time.Millisecond) // a flush past the one that wrote the entry: nothing more pending
-	g1.kill(t)
+	g1.Kill(t)
 
 	g2 := startGatewayBinOn(t, caddyBin, portOf(t, g1), historyGlobal(dir), site, nil, secret)
 	if got := entriesOf(journalQuery(t, g2, "limit=10000"), d.id); len(got) != 0 {
@@ -109,7 +111,7 @@ func TestHistoryRestart(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, caddyBin, append([]string{"reready"}, args...)...)
-		cmd.Env = caddyEnv(t.TempDir())
+		cmd.Env = harness.CaddyEnv(t.TempDir())
 		var out, errOut bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &errOut
 		if err := cmd.Run(); err != nil {
@@ -140,13 +142,13 @@ func TestHistoryRestart(t *testing.T) {
 func TestHistoryFleet(t *testing.T) {
 	const secret = "ssk_history_fleet_8d9e0f"
 	dir := t.TempDir()
-	app := newQApp(t)
-	app.up(t)
-	site := historySite(secret, app.addr)
+	app := harness.NewUpstream(t)
+	app.Up(t)
+	site := historySite(secret, app.Addr)
 	g1 := startGatewayBinOn(t, caddyBin, 0, historyGlobal(dir), site, nil, secret)
 	g2 := startGatewayBinOn(t, caddyBin, 0, historyGlobal(dir), site, nil, secret)
-	d1 := signEvent(t, rubySigner, secret, newEvent("complete"))
-	d2 := signEvent(t, opensslSigner, secret, newEvent("pending_inspection"))
+	d1 := signEvent(t, harness.Ruby, secret, harness.NewEvent("complete"))
+	d2 := signEvent(t, harness.OpenSSL, secret, harness.NewEvent("pending_inspection"))
 	if r := d1.post(t, g1, "/hooks/app"); r.status != 200 {
 		t.Fatalf("d1: %d %q", r.status, r.body)
 	}
@@ -155,7 +157,7 @@ func TestHistoryFleet(t *testing.T) {
 	}
 	nodes := map[string]string{}
 	for _, g := range []*gateway{g1, g2} {
-		waitUntil(t, "the other gateway's entry did not show", 3*logTimeout, func() bool {
+		harness.WaitUntil(t, "the other gateway's entry did not show", 3*logTimeout, func() bool {
 			es := historyRange(t, g)
 			return len(entriesOf(es, d1.id)) > 0 && len(entriesOf(es, d2.id)) > 0
 		})
@@ -163,11 +165,11 @@ func TestHistoryFleet(t *testing.T) {
 		for _, d := range []signed{d1, d2} {
 			got := entriesOf(es, d.id)
 			if len(got) != 1 {
-				t.Fatalf("%s shows %d entries of %s, want 1: %v", g.base, len(got), d.id, got)
+				t.Fatalf("%s shows %d entries of %s, want 1: %v", g.Base, len(got), d.id, got)
 			}
 			n := got[0].str("node")
 			if n == "" || nodes[d.id] != "" && nodes[d.id] != n {
-				t.Fatalf("%s: entry of %s has node %q (elsewhere %q)", g.base, d.id, n, nodes[d.id])
+				t.Fatalf("%s: entry of %s has node %q (elsewhere %q)", g.Base, d.id, n, nodes[d.id])
 			}
 			nodes[d.id] = n
 		}
