@@ -55,11 +55,16 @@ var uiFiles embed.FS
 // page, so that `handle` and `handle_path` prefixes both work:
 //
 //	GET    ui.js, ui.css, favicon.svg       the page's script, style, icon
-//	GET    api/deliveries?return_id=&state=&outcome=&limit=&after=
+//	GET    api/deliveries?return_id=&state=&outcome=&test=&limit=&after=
+//	GET    api/deliveries?since=&until=&cursor=&…   a range, from the history too
+//	GET    api/deliveries/<id>              one delivery: its entries, and its body when kept
 //	GET    api/summary                      counters and per-minute chart data, last hour
+//	POST   api/replay                       put past deliveries back on the queue
 //	GET    api/queue
 //	POST   api/queue/<id>/retry
 //	DELETE api/queue/<id>
+//
+// (and every other route of routes.go: the page's API is the admin API).
 //
 // The API answers exactly what the admin API's /reready/... answers,
 // through the same routes (opsMux, routes.go): another method on one of
@@ -70,8 +75,10 @@ var uiFiles embed.FS
 // change the queue. Every response carries a strict Content-Security-Policy
 // (scripts and styles from the same origin only, no framing),
 // X-Content-Type-Options: nosniff and Referrer-Policy: no-referrer. No
-// secret, token, MAC, signature or body is ever served: the journal and
-// the queue's views hold none.
+// secret, token, MAC or signature is ever served: the journal, the
+// history and the queue's views hold none. A delivery's body is served
+// (api/deliveries/<id>) only when the history keeps bodies, to whoever
+// may load the page: protect it as you would the app.
 //
 // Caddyfile: `reready_ui` takes no arguments and no block. It sorts right
 // after reready_verify.
