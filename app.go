@@ -46,6 +46,7 @@ type App struct {
 	metrics *metrics
 	queueOn bool
 	starts  []func() // background work of handlers, started with the config
+	pause   pauseCache
 
 	// Set by Start; read by handlers, which may serve before it runs
 	// (Caddy starts apps in no set order).

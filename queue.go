@@ -174,6 +174,7 @@ type queue struct {
 	logger   *zap.Logger
 	lockWait time.Duration
 	returns  *dirProbe // file_system: the returns' directory, for held
+	pauseDir *dirProbe // file_system: the pause record's directory, for loadPause
 }
 
 func newQueue(st certmagic.Storage, logger *zap.Logger) *queue {
@@ -183,6 +184,7 @@ func newQueue(st certmagic.Storage, logger *zap.Logger) *queue {
 	q := &queue{storage: st, logger: logger, lockWait: queueLockWait}
 	if fsys, ok := st.(*certmagic.FileStorage); ok {
 		q.returns = newDirProbe(fsys, queueReturnsPrefix)
+		q.pauseDir = newDirProbe(fsys, pausePrefix)
 	}
 	return q
 }

@@ -87,6 +87,7 @@ func statusFor(r Reason) int {
 const (
 	ReasonUpstreamFailed    Reason = "upstream_failed"    // queued: the app failed live
 	ReasonHeld              Reason = "held"               // queued behind an earlier delivery of its return
+	ReasonPaused            Reason = "paused"             // queued: its path is paused (POST /reready/pause)
 	ReasonResentDead        Reason = "resent_dead"        // a resend of a given-up delivery: forwarded, or queued again
 	ReasonRedeliveryFailed  Reason = "redelivery_failed"  // an attempt failed; it is tried again
 	ReasonRedeliveryTimeout Reason = "redelivery_timeout" // an attempt ran out of time

@@ -101,7 +101,7 @@ func TestOpsRoutesUnknownPath(t *testing.T) {
 						t.Fatalf("status %d, Allow %q; want 404 and no Allow", code, hdr.Get("Allow"))
 					}
 					if !strings.HasPrefix(msg, "not found: no such operation") ||
-						!strings.HasSuffix(msg, "; want /deliveries, /summary, /queue, /queue/<id>/retry or /queue/<id>") {
+						!strings.HasSuffix(msg, "; want /deliveries, /summary, /queue, /queue/<id>/retry, /queue/<id>, /pause or /resume") {
 						t.Errorf("error %q", msg)
 					}
 				})
@@ -129,7 +129,7 @@ func TestOpsRoutesHead(t *testing.T) {
 
 // The 404 message lists the routes from their patterns.
 func TestOpsPaths(t *testing.T) {
-	if want := "/deliveries, /summary, /queue, /queue/<id>/retry or /queue/<id>"; opsPaths != want {
+	if want := "/deliveries, /summary, /queue, /queue/<id>/retry, /queue/<id>, /pause or /resume"; opsPaths != want {
 		t.Fatalf("opsPaths %q, want %q", opsPaths, want)
 	}
 }
