@@ -503,6 +503,8 @@ code:
   verify      checks a captured X-ReReady-Signature-512 value against a body
   deliveries  shows the delivery journal of a running gateway
   queue       lists, retries and drops a running gateway's queued deliveries
+  pause       holds deliveries in the queue until resumed (--status: what is paused)
+  resume      ends a pause; held deliveries go, in each return's order
 
 --secret defaults to the REREADY_SIGNING_SECRET environment variable, so the
 secret need not appear on the command line or in shell history. The HMAC key
@@ -646,6 +648,7 @@ signature_mismatch. The command fails when the signature is invalid.
 			verifyCmd.Flags().String("file", "", "Read the body from this file instead of stdin")
 			cmd.AddCommand(verifyCmd)
 			cmd.AddCommand(opsCommands()...)
+			cmd.AddCommand(pauseCommands()...)
 		},
 	})
 }
