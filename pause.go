@@ -257,7 +257,6 @@ func (a *App) pausedLive(ctx context.Context, path string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	a.pause.hint.Store(&pauseHint{state: s, at: time.Now()})
 	_, paused := s.covers(path)
 	return paused, nil
 }

@@ -447,3 +447,26 @@ func (s *faultyPauseStorage) Load(ctx context.Context, key string) ([]byte, erro
 	}
 	return s.Storage.Load(ctx, key)
 }
+
+// BenchmarkPausedLive is the live path's pause check alone: nothing paused
+// (file_system: one fstatat), and another path paused (a read and a
+// parse of the record).
+func BenchmarkPausedLive(b *testing.B) {
+	for _, paused := range []string{"", "/other"} {
+		b.Run("paused="+paused, func(b *testing.B) {
+			a := testApp(b)
+			if paused != "" {
+				if _, err := a.queue.pause(context.Background(), paused, time.Now(), "bench"); err != nil {
+					b.Fatal(err)
+				}
+			}
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				if p, err := a.pausedLive(ctx, "/hook"); p || err != nil {
+					b.Fatal(p, err)
+				}
+			}
+		})
+	}
+}
