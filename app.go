@@ -32,7 +32,8 @@ func init() {
 //
 // Events it emits through Caddy's events app: reready.queued,
 // reready.redelivered and reready.dead, with data id, device_return_id,
-// state, test, attempt, status and error.
+// state, test, attempt, status and error; reready.paused and
+// reready.resumed (pause.go), with data path, since and by.
 type App struct {
 	// Most journal entries kept in memory, per process; the oldest go
 	// first. Default: 10000.
