@@ -320,7 +320,13 @@ func (w *worker) pausedForScan(ctx context.Context) (PauseState, error) {
 	}
 	w.recovered("pause", "queue: the pause state can be read again")
 	w.app.pause.hint.Store(&pauseHint{state: s, at: time.Now()})
-	w.app.metrics.setPaused(s.paths())
+	// Set at a worker's first scan (the gauge may hold a previous config's
+	// view), then only on a change: a scrape never sees a series missing
+	// for a moment. paths is never nil.
+	if paths := s.paths(); w.pausedPaths == nil || !slices.Equal(paths, w.pausedPaths) {
+		w.app.metrics.setPaused(paths)
+		w.pausedPaths = paths
+	}
 	return s, nil
 }
 

@@ -74,6 +74,8 @@ type worker struct {
 	pending atomic.Int64
 	dead    atomic.Int64
 	oldest  atomic.Int64 // unix nanoseconds of the oldest pending item's arrival; 0 if none
+
+	pausedPaths []string // as the last scan read them (pause.go), for the gauge; the scan's own
 }
 
 // route is what the worker knows of a route whose deliveries fail.
