@@ -129,9 +129,21 @@ func (q *queue) logCorruptPause(err error) {
 // few times; an error means the gateway cannot tell. On file_system the
 // record's absence (nothing paused, the usual case) is one fstatat.
 func (q *queue) loadPause(ctx context.Context) (PauseState, error) {
+	var seen fileID
+	known := false
 	if q.pauseDir != nil {
-		if found, ok, err := q.pauseDir.exists(baseName(pauseKey)); ok && err == nil && !found {
+		name := baseName(pauseKey)
+		if found, ok, err := q.pauseDir.exists(name); ok && err == nil && !found {
 			return PauseState{}, nil
+		}
+		// Something is paused: the record as last parsed, if the file is
+		// still that version (identified afresh by this stat).
+		id, found, ok, err := q.pauseDir.identity(name)
+		if ok && err == nil && found {
+			if c := q.pauseParsed.Load(); c != nil && c.id == id {
+				return c.state, nil
+			}
+			seen, known = id, true
 		}
 	}
 	var data []byte
@@ -152,8 +164,25 @@ func (q *queue) loadPause(ctx context.Context) (PauseState, error) {
 	s, err := decodePause(data)
 	if err != nil {
 		q.logCorruptPause(err)
+		return s, nil
+	}
+	// Kept only if the file was the same version before and after the
+	// read, so what is kept is what that version holds.
+	if known {
+		if id, found, ok, err := q.pauseDir.identity(baseName(pauseKey)); ok && err == nil && found && id == seen {
+			q.pauseParsed.Store(&parsedPause{id: id, state: s})
+		}
 	}
 	return s, nil
+}
+
+// parsedPause is the pause record of one version of its file (file_system
+// only), so that while something is paused the live path parses it once,
+// not per delivery. Every read stats the file first: a version written
+// since, by any gateway, is read afresh.
+type parsedPause struct {
+	id    fileID
+	state PauseState
 }
 
 // updatePause changes the pause state under its storage lock: change gets

@@ -470,3 +470,48 @@ func BenchmarkPausedLive(b *testing.B) {
 		})
 	}
 }
+
+// On file_system the record is parsed once per version of its file: a
+// write by another gateway on the same directory (a new version, even of
+// the same size within the same second) is read afresh at once.
+func TestPauseParsedPerVersion(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	q1 := newQueue(&certmagic.FileStorage{Path: dir}, zap.NewNop())
+	q2 := newQueue(&certmagic.FileStorage{Path: dir}, zap.NewNop())
+	at := time.Unix(1744831201, 0)
+	if _, err := q1.pause(ctx, "/a", at, "x"); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // parsed, then from the kept parse
+		if s, err := q2.loadPause(ctx); err != nil || !slices.Equal(s.paths(), []string{"/a"}) {
+			t.Fatalf("%+v %v", s, err)
+		}
+	}
+	if q2.pauseParsed.Load() == nil {
+		t.Fatal("the parsed record was not kept")
+	}
+	// The same size: /a resumed, /b paused by the other gateway.
+	if _, err := q1.resume(ctx, pauseAll); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q1.pause(ctx, "/b", at, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := q2.loadPause(ctx); err != nil || !slices.Equal(s.paths(), []string{"/b"}) {
+		t.Fatalf("after the other gateway's write: %+v %v, want /b", s, err)
+	}
+	data, _ := json.Marshal(PauseState{Paused: []Pause{{Path: "/c", Since: at, By: "x"}}})
+	if err := q1.storage.Store(ctx, pauseKey, data); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := q2.loadPause(ctx); err != nil || !slices.Equal(s.paths(), []string{"/c"}) {
+		t.Fatalf("after a store of the same size: %+v %v, want /c", s, err)
+	}
+	if _, err := q1.resume(ctx, pauseAll); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := q2.loadPause(ctx); err != nil || len(s.Paused) != 0 {
+		t.Fatalf("after the resume: %+v %v, want nothing paused", s, err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -175,6 +176,8 @@ type queue struct {
 	lockWait time.Duration
 	returns  *dirProbe // file_system: the returns' directory, for held
 	pauseDir *dirProbe // file_system: the pause record's directory, for loadPause
+
+	pauseParsed atomic.Pointer[parsedPause] // file_system: the pause record, as last parsed (pause.go)
 }
 
 func newQueue(st certmagic.Storage, logger *zap.Logger) *queue {
