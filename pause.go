@@ -127,7 +127,9 @@ func (q *queue) logCorruptPause(err error) {
 
 // loadPause reads the pause state from storage, retrying a failed read a
 // few times; an error means the gateway cannot tell. On file_system the
-// record's absence (nothing paused, the usual case) is one fstatat.
+// record's absence (nothing paused, the usual case) is one fstatat, and
+// while it exists a second fstatat finds whether it is the version
+// parsed last (parsedPause).
 func (q *queue) loadPause(ctx context.Context) (PauseState, error) {
 	var seen fileID
 	known := false
