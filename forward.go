@@ -50,18 +50,19 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 // next of status 5xx, 408 or 429, such as 502 for an app that is down, or
 // such an answer) is stored and answered 202. Any other answer or error is
 // passed on. A delivery to a paused path (pause.go) is queued as it
-// arrives. When the storage cannot say whether the path is paused or the
-// return has queued deliveries, the sender gets 503: forwarding could
-// break the pause or overtake one.
+// arrives (reason held rather than paused when its return has queued
+// deliveries anyway). When the storage cannot say whether the return has
+// queued deliveries or the path is paused, the sender gets 503:
+// forwarding could overtake one or break the pause.
 func (h *Handler) forwardOrQueue(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, st *requestState, start time.Time) error {
-	paused, err := h.app.pausedLive(r.Context(), originalPath(r))
-	held := false
-	if err == nil && !paused {
-		held, err = h.app.queue.held(r.Context(), st.event.DeviceReturnID)
+	held, err := h.app.queue.held(r.Context(), st.event.DeviceReturnID)
+	paused := false
+	if err == nil && !held {
+		paused, err = h.app.pausedLive(r.Context(), originalPath(r))
 	}
 	if err != nil {
 		msg := "queue: cannot tell whether this return has queued deliveries; refusing with 503 so that its order is kept"
-		if !held && errors.Is(err, errPauseUnreadable) {
+		if errors.Is(err, errPauseUnreadable) {
 			msg = "queue: cannot tell whether this delivery's path is paused; refusing with 503 so that the pause holds"
 		}
 		h.logger.Error(msg, zap.String("delivery_id", st.deliveryID()), zap.Error(err))
@@ -69,11 +70,11 @@ func (h *Handler) forwardOrQueue(w http.ResponseWriter, r *http.Request, next ca
 		h.journalLive(r, st, start, OutcomeRejected, ReasonQueueUnavailable, http.StatusServiceUnavailable, 0)
 		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("reready_verify: %s: %v", ReasonQueueUnavailable, err))
 	}
-	if paused {
-		return h.enqueue(w, r, st, start, ReasonPaused, 0, "", nil)
-	}
 	if held {
 		return h.enqueue(w, r, st, start, ReasonHeld, 0, "", nil)
+	}
+	if paused {
+		return h.enqueue(w, r, st, start, ReasonPaused, 0, "", nil)
 	}
 
 	qw := &st.queueW
