@@ -124,6 +124,13 @@ func testPauseFleet(t *testing.T, st *backend) {
 	if n := len(queueList(t, g2)); n != len(sent) {
 		t.Fatalf("the queue lists %d deliveries, want %d", n, len(sent))
 	}
+	// Each gateway's worker has read the pause: the gauge says so.
+	for _, g := range []*gateway{g1, g2} {
+		m, raw := scrape(t, adminAddr(t, g))
+		if m[seriesKey("caddy_reready_paused", "path", "/hooks/app")] != 1 {
+			t.Fatalf("caddy_reready_paused{path=/hooks/app} is not 1:\n%s", raw)
+		}
+	}
 
 	// Resume on gateway 2 (the admin API, no body: every path).
 	if status, b := adminDo(t, g2, http.MethodPost, "/reready/resume"); status != http.StatusOK || !strings.Contains(string(b), `"paused":[]`) {
@@ -151,6 +158,10 @@ func testPauseFleet(t *testing.T, st *backend) {
 	}
 	if ps := pauseState(t, g1); len(ps) != 0 {
 		t.Fatalf("still paused after the resume: %v", ps)
+	}
+	waitScans(t, g1, 1)
+	if m, raw := scrape(t, adminAddr(t, g1)); m[seriesKey("caddy_reready_paused", "path", "/hooks/app")] != 0 {
+		t.Fatalf("caddy_reready_paused{path=/hooks/app} after the resume:\n%s", raw)
 	}
 
 	// Pause without a path, with the pause --status and resume CLI forms.
