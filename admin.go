@@ -25,6 +25,9 @@ func init() {
 //	GET    /reready/queue
 //	POST   /reready/queue/<id>/retry
 //	DELETE /reready/queue/<id>
+//	GET    /reready/pause     what is paused (pause.go)
+//	POST   /reready/pause     {"path": "..."} or no body: every path
+//	POST   /reready/resume    the same
 //
 // They are routed by opsMux (routes.go), as the page's API is: another
 // method on one of these paths is refused 405 with Allow, and errors are

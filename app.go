@@ -33,7 +33,8 @@ func init() {
 //
 // Events it emits through Caddy's events app: reready.queued,
 // reready.redelivered and reready.dead, with data id, device_return_id,
-// state, test, attempt, status and error.
+// state, test, attempt, status and error; reready.paused and
+// reready.resumed (pause.go), with data path, since and by.
 type App struct {
 	// Most journal entries kept in memory, per process; the oldest go
 	// first. Default: 10000.
@@ -56,6 +57,7 @@ type App struct {
 	replays       prometheus.Counter // caddy_reready_replays_total
 	starts        []func()           // background work of handlers, started with the config
 	history       *history           // nil without the history option
+	pause         pauseCache
 
 	// Set by Start; read by handlers, which may serve before it runs
 	// (Caddy starts apps in no set order).

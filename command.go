@@ -505,6 +505,8 @@ code:
   queue       lists, retries and drops a running gateway's queued deliveries
   show        shows one delivery: its journal entries and, when kept, its body
   replay      sends past deliveries again from the history (after an app bug)
+  pause       holds deliveries in the queue until resumed (--status: what is paused)
+  resume      ends a pause; held deliveries go, in each return's order
 
 --secret defaults to the REREADY_SIGNING_SECRET environment variable, so the
 secret need not appear on the command line or in shell history. The HMAC key
@@ -648,6 +650,7 @@ signature_mismatch. The command fails when the signature is invalid.
 			verifyCmd.Flags().String("file", "", "Read the body from this file instead of stdin")
 			cmd.AddCommand(verifyCmd)
 			cmd.AddCommand(opsCommands()...)
+			cmd.AddCommand(pauseCommands()...)
 		},
 	})
 }

@@ -34,15 +34,21 @@
 // (worker.go: one per running config, with its settings and backoff)
 // scans the queue, probes a failing app with one delivery at a time, and
 // redelivers each return's deliveries in order through the same route, in
-// process (redeliver.go: the round trip). Metrics are in metrics.go.
+// process (redeliver.go: the round trip). Pause and resume (pause.go: one
+// record in the same storage, read by every live delivery and every scan)
+// hold a path's deliveries in the queue until resumed. Metrics are in
+// metrics.go.
 //
 // Three views read the journal and the queue through the same functions:
 // the admin API `admin.api.reready` (admin.go: /reready/deliveries,
-// /reready/queue and its retry and drop), the deliveries page
+// /reready/queue and its retry and drop; pause.go: /reready/pause and
+// /reready/resume), the deliveries page
 // `http.handlers.reready_ui` (ui.go, with the embedded HTML, CSS and
 // JavaScript in ui/), and the `caddy reready` command (command.go: sign,
-// send and verify; command_ops.go: deliveries and queue, through the admin
-// endpoint; command_history.go: deliveries --since and show). Both APIs go through the same routes (routes.go: a ServeMux).
+// send and verify; command_ops.go: deliveries and queue; command_history.go:
+// deliveries --since and show; command_replay.go: replay; command_pause.go:
+// pause and resume; all through the admin endpoint). Both APIs go through
+// the same routes (routes.go: a ServeMux).
 //
 // Tests sit beside the file they test; integration/ holds the in-process
 // end-to-end tests (caddytest), integration/realbin the tests of a real

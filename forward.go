@@ -39,6 +39,7 @@ const journalClip = 256
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, st *requestState, start time.Time) error {
 	st.status.ResponseWriter = w
 	defer func() { h.journalLive(r, st, start, OutcomeForwarded, "", st.answered(), st.upstreamStatus()) }()
+	h.warnIfPaused(r, start) // without `queue` a paused path is forwarded, with a warning
 	err := next.ServeHTTP(&st.status, r)
 	st.nextReturned, st.nextErr = true, err
 	return err
@@ -48,19 +49,32 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 // queued deliveries waits behind them; one the app fails (an error from
 // next of status 5xx, 408 or 429, such as 502 for an app that is down, or
 // such an answer) is stored and answered 202. Any other answer or error is
-// passed on. When the storage cannot say whether the return has queued
-// deliveries, the sender gets 503: forwarding could overtake one.
+// passed on. A delivery to a paused path (pause.go) is queued as it
+// arrives (reason held rather than paused when its return has queued
+// deliveries anyway). When the storage cannot say whether the return has
+// queued deliveries or the path is paused, the sender gets 503:
+// forwarding could overtake one or break the pause.
 func (h *Handler) forwardOrQueue(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, st *requestState, start time.Time) error {
 	held, err := h.app.queue.held(r.Context(), st.event.DeviceReturnID)
+	paused := false
+	if err == nil && !held {
+		paused, err = h.app.pausedLive(r.Context(), originalPath(r))
+	}
 	if err != nil {
-		h.logger.Error("queue: cannot tell whether this return has queued deliveries; refusing with 503 so that its order is kept",
-			zap.String("delivery_id", st.deliveryID()), zap.Error(err))
+		msg := "queue: cannot tell whether this return has queued deliveries; refusing with 503 so that its order is kept"
+		if errors.Is(err, errPauseUnreadable) {
+			msg = "queue: cannot tell whether this delivery's path is paused; refusing with 503 so that the pause holds"
+		}
+		h.logger.Error(msg, zap.String("delivery_id", st.deliveryID()), zap.Error(err))
 		w.Header().Set("Retry-After", "10")
 		h.journalLive(r, st, start, OutcomeRejected, ReasonQueueUnavailable, http.StatusServiceUnavailable, 0)
 		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("reready_verify: %s: %v", ReasonQueueUnavailable, err))
 	}
 	if held {
 		return h.enqueue(w, r, st, start, ReasonHeld, 0, "", nil)
+	}
+	if paused {
+		return h.enqueue(w, r, st, start, ReasonPaused, 0, "", nil)
 	}
 
 	qw := new(queueWriter) // not in st: a request with the queue off needs no room for it

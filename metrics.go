@@ -27,6 +27,7 @@ import (
 //	caddy_reready_queue_oldest_age_seconds        age of the oldest pending one
 //	caddy_reready_redeliveries_total{result,probe} attempts: delivered, failed, dead
 //	caddy_reready_queue_scans_total               scans of the queue completed
+//	caddy_reready_paused{path}                    1 while a path is paused ("*": every path)
 
 // Request outcomes, the outcome label of caddy_reready_requests_total.
 const (
@@ -62,6 +63,7 @@ type metrics struct {
 	duration prometheus.Observer
 
 	redeliveries *prometheus.CounterVec
+	paused       *prometheus.GaugeVec
 
 	verified prometheus.Counter      // requests{verified,""}
 	byState  [][2]prometheus.Counter // events by verify.States index; the last row is unknown
@@ -79,6 +81,7 @@ var processMetrics struct {
 	entries    prometheus.GaugeFunc
 	evictions  prometheus.CounterFunc
 	redeliver  *prometheus.CounterVec
+	paused     *prometheus.GaugeVec
 	collectors []prometheus.Collector
 }
 
@@ -120,6 +123,10 @@ func initProcessMetrics() {
 		Namespace: ns, Subsystem: sub, Name: "redeliveries_total",
 		Help: "Redelivery attempts of queued deliveries, by result (delivered, failed, dead) and probe (true: the one attempt of a route whose app is failing).",
 	}, []string{"result", "probe"})
+	pm.paused = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: ns, Subsystem: sub, Name: "paused",
+		Help: "1 for each request path whose deliveries are paused (held in the queue), \"*\" for every path; as the redelivery worker last read the storage.",
+	}, []string{"path"})
 	queueGauge := func(status string, n func(*worker) int64) prometheus.GaugeFunc {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: ns, Subsystem: sub, Name: "queue_items",
@@ -152,7 +159,7 @@ func initProcessMetrics() {
 		return 0
 	})
 	pm.collectors = []prometheus.Collector{pm.requests, pm.events, pm.duration, pm.entries, pm.evictions,
-		pm.redeliver, oldest, scans,
+		pm.redeliver, pm.paused, oldest, scans,
 		queueGauge(ItemPending, func(w *worker) int64 { return w.pending.Load() }),
 		queueGauge(ItemDead, func(w *worker) int64 { return w.dead.Load() }),
 	}
@@ -165,7 +172,7 @@ func initProcessMetrics() {
 func registerMetrics(reg prometheus.Registerer) (*metrics, error) {
 	processMetrics.once.Do(initProcessMetrics)
 	pm := &processMetrics
-	m := &metrics{requests: pm.requests, events: pm.events, duration: pm.duration, redeliveries: pm.redeliver}
+	m := &metrics{requests: pm.requests, events: pm.events, duration: pm.duration, redeliveries: pm.redeliver, paused: pm.paused}
 	if r, ok := reg.(*prometheus.Registry); ok && r == nil {
 		reg = nil
 	}
@@ -185,6 +192,8 @@ func registerMetrics(reg prometheus.Registerer) (*metrics, error) {
 				m.duration, err = as[prometheus.Observer](existing)
 			case pm.redeliver:
 				m.redeliveries, err = as[*prometheus.CounterVec](existing)
+			case pm.paused:
+				m.paused, err = as[*prometheus.GaugeVec](existing)
 			}
 			if err != nil {
 				return nil, err
@@ -290,6 +299,18 @@ func (m *metrics) redelivery(result string, probe bool) {
 		return
 	}
 	m.redeliveries.WithLabelValues(result, strconv.FormatBool(probe)).Inc()
+}
+
+// setPaused sets caddy_reready_paused to 1 for each of paths, and drops
+// the paths no longer paused.
+func (m *metrics) setPaused(paths []string) {
+	if m == nil {
+		return
+	}
+	m.paused.Reset()
+	for _, p := range paths {
+		m.paused.WithLabelValues(p).Set(1)
+	}
 }
 
 // liveWorker is the running config's redelivery worker, if any.

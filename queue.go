@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -182,6 +183,9 @@ type queue struct {
 	logger   *zap.Logger
 	lockWait time.Duration
 	returns  *dirProbe // file_system: the returns' directory, for held
+	pauseDir *dirProbe // file_system: the pause record's directory, for loadPause
+
+	pauseParsed atomic.Pointer[parsedPause] // file_system: the pause record, as last parsed (pause.go)
 }
 
 func newQueue(st certmagic.Storage, logger *zap.Logger) *queue {
@@ -191,6 +195,7 @@ func newQueue(st certmagic.Storage, logger *zap.Logger) *queue {
 	q := &queue{storage: st, logger: logger, lockWait: queueLockWait}
 	if fsys, ok := st.(*certmagic.FileStorage); ok {
 		q.returns = newDirProbe(fsys, queueReturnsPrefix)
+		q.pauseDir = newDirProbe(fsys, pausePrefix)
 	}
 	return q
 }

@@ -87,6 +87,7 @@ func statusFor(r Reason) int {
 const (
 	ReasonUpstreamFailed    Reason = "upstream_failed"    // queued: the app failed live
 	ReasonHeld              Reason = "held"               // queued behind an earlier delivery of its return
+	ReasonPaused            Reason = "paused"             // queued: its path is paused (POST /reready/pause)
 	ReasonResentDead        Reason = "resent_dead"        // a resend of a given-up delivery: forwarded, or queued again
 	ReasonReplayRequested   Reason = "replay_requested"   // queued again by an operator's replay (POST /reready/replay)
 	ReasonRedeliveryFailed  Reason = "redelivery_failed"  // an attempt failed; it is tried again

@@ -2,6 +2,7 @@ package rereadyverify
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 )
 
@@ -24,6 +25,9 @@ var opsRoutes = []struct {
 	{"GET /queue", serveQueue},
 	{"POST /queue/{id}/retry", serveRetry},
 	{"DELETE /queue/{id}", serveDrop},
+	{"GET /pause", servePauseState},
+	{"POST /pause", servePause},
+	{"POST /resume", serveResume},
 }
 
 // opsMux routes opsRoutes. It is served only through serveOps, which
@@ -37,12 +41,15 @@ var opsMux = func() *http.ServeMux {
 }()
 
 // opsPaths lists the operations' paths for the 404 message:
-// "/deliveries, /summary, /queue, /queue/<id>/retry or /queue/<id>".
+// "/deliveries, /summary, /queue, /queue/<id>/retry, /queue/<id>, /pause
+// or /resume".
 var opsPaths = func() string {
-	paths := make([]string, len(opsRoutes))
-	for i, rt := range opsRoutes {
+	var paths []string
+	for _, rt := range opsRoutes {
 		_, p, _ := strings.Cut(rt.pattern, " ")
-		paths[i] = strings.NewReplacer("{", "<", "}", ">").Replace(p)
+		if p = strings.NewReplacer("{", "<", "}", ">").Replace(p); !slices.Contains(paths, p) {
+			paths = append(paths, p) // once, whatever its methods
+		}
 	}
 	last := len(paths) - 1
 	return strings.Join(paths[:last], ", ") + " or " + paths[last]

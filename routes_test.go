@@ -129,7 +129,7 @@ func TestOpsRoutesHead(t *testing.T) {
 
 // The 404 message lists the routes from their patterns.
 func TestOpsPaths(t *testing.T) {
-	if want := "/deliveries, /deliveries/<id>, /summary, /replay, /queue, /queue/<id>/retry or /queue/<id>"; opsPaths != want {
+	if want := "/deliveries, /deliveries/<id>, /summary, /replay, /queue, /queue/<id>/retry, /queue/<id>, /pause or /resume"; opsPaths != want {
 		t.Fatalf("opsPaths %q, want %q", opsPaths, want)
 	}
 }

@@ -68,6 +68,43 @@ func (d *dirProbe) exists(name string) (found, ok bool, err error) {
 	return false, false, nil
 }
 
+// fileID identifies one version of a file: a file_system storage writes a
+// key through a new file renamed over the old one, so another write, here
+// or by another gateway on the same directory, changes it.
+type fileID struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime unix.Timespec
+}
+
+// identity is exists with the file's fileID when it is found.
+func (d *dirProbe) identity(name string) (id fileID, found, ok bool, err error) {
+	od := d.dir()
+	if od == nil {
+		return id, false, false, nil
+	}
+	raw, rerr := od.f.SyscallConn()
+	if rerr != nil {
+		return id, false, false, nil
+	}
+	var serr error
+	if cerr := raw.Control(func(fd uintptr) {
+		var st unix.Stat_t
+		if serr = unix.Fstatat(int(fd), name, &st, unix.AT_SYMLINK_NOFOLLOW); serr == nil {
+			id = fileID{dev: st.Dev, ino: st.Ino, size: st.Size, mtime: st.Mtim, ctime: st.Ctim}
+		}
+	}); cerr != nil {
+		return id, false, false, nil // closed by a concurrent reopen: ask the storage
+	}
+	switch {
+	case serr == nil:
+		return id, true, true, nil
+	case errors.Is(serr, unix.ENOENT):
+		return id, false, true, nil
+	}
+	return id, false, true, &os.PathError{Op: "fstatat", Path: filepath.Join(d.path, name), Err: serr}
+}
+
 // dir returns the open directory, opening it (and creating it: the storage
 // creates it at the first store anyway) when it is not open or was opened
 // more than dirReopen ago. nil: it cannot be opened.

@@ -10,3 +10,10 @@ type dirProbe struct{}
 func newDirProbe(*certmagic.FileStorage, string) *dirProbe { return nil }
 
 func (*dirProbe) exists(string) (found, ok bool, err error) { return false, false, nil }
+
+// fileID is linux only.
+type fileID struct{}
+
+func (*dirProbe) identity(string) (id fileID, found, ok bool, err error) {
+	return id, false, false, nil
+}

@@ -74,6 +74,8 @@ type worker struct {
 	pending atomic.Int64
 	dead    atomic.Int64
 	oldest  atomic.Int64 // unix nanoseconds of the oldest pending item's arrival; 0 if none
+
+	pausedPaths []string // as the last scan read them (pause.go), for the gauge; the scan's own
 }
 
 // route is what the worker knows of a route whose deliveries fail.
@@ -516,14 +518,22 @@ type candidate struct {
 }
 
 // due returns up to limit items to attempt now, the longest waiting
-// first: due, not in flight here, and first in their return's line; of a
+// first: due, not paused (the pause state is read once per call, that is
+// per scan), not in flight here, and first in their return's line; of a
 // route whose app is failing, only the oldest due, once its next probe is
 // due and no probe of it is in flight. It reads the line of a return only
 // when one of its items is a candidate.
 func (w *worker) due(ctx context.Context, now time.Time, limit int) []candidate {
+	pause, err := w.pausedForScan(ctx)
+	if err != nil {
+		return nil // cannot tell what is paused: nothing this scan
+	}
 	w.mu.Lock()
 	var cands []*queueItem
 	for _, c := range w.items {
+		if _, paused := pause.covers(c.item.path()); paused {
+			continue
+		}
 		if w.isDue(c.item, now) && !w.inFlight[c.item.ID] {
 			cands = append(cands, c.item)
 		}
@@ -595,7 +605,7 @@ func (w *worker) due(ctx context.Context, now time.Time, limit int) []candidate 
 			w.mu.Lock()
 			due := err == nil && w.isDue(h, now)
 			w.mu.Unlock()
-			if !due {
+			if _, paused := pause.covers(h.path()); !due || paused {
 				continue
 			}
 			it, relist = h, true
@@ -723,6 +733,10 @@ func (w *worker) attempt(c candidate) {
 	was := versionOf(it)
 	if cur, err := w.q.loadItem(ctx, id); err != nil || versionOf(cur) != was {
 		w.lostLock(id, err)
+		return
+	}
+	if w.pausedNow(ctx, it.path()) { // paused since the scan read it
+		w.remember(it)
 		return
 	}
 	n := it.Attempts + 1
