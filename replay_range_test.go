@@ -211,7 +211,7 @@ func TestCommandReplay(t *testing.T) {
 	if err != nil || !strings.Contains(out, "2 deliveries selected") {
 		t.Fatalf("--dry-run: %v\n%s", err, out)
 	}
-	out, errOut, err := run(o, "n\n")
+	_, errOut, err := run(o, "n\n")
 	if err == nil || !strings.Contains(errOut, "Replay 2 deliveries?") || len(rig.items(t)) != 0 {
 		t.Fatalf("declined: %v, asked %q, %d queued", err, errOut, len(rig.items(t)))
 	}
