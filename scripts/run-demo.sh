@@ -124,6 +124,11 @@ Try it from another terminal in this directory; the demo app prints here what it
                       #   bin/caddy reready queue --address $admin
   make app-up         # within seconds the queue drains: the same events, each return's in order
   bin/caddy reready deliveries --address $admin    # what the gateway saw and the app answered
+  bin/caddy reready pause --address $admin         # hold every delivery in the queue (202) ...
+  bin/caddy reready resume --address $admin        # ... and let them go, each return's in order
+  bin/caddy reready replay --since 10m --address $admin   # send the last 10 minutes again (asks first)
+
+The page shows all of it: click a delivery id for its body and headers, Replay, Pause.
 
 One signed event by hand:
 

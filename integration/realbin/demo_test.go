@@ -107,6 +107,7 @@ func TestMakeRunDemo(t *testing.T) {
 		fmt.Sprintf("demo app on 127.0.0.1:%d", ports["APP_PORT"]),
 		fmt.Sprintf("--address localhost:%d", ports["ADMIN_PORT"]),
 		demoDir, "make send-events", "make app-down", "make app-up",
+		"bin/caddy reready replay --since 10m", "bin/caddy reready pause",
 	} {
 		if !strings.Contains(printed, want) {
 			t.Errorf("make run does not print %q", want)
@@ -175,14 +176,18 @@ func TestMakeRunDemo(t *testing.T) {
 
 	// The app printed the queued events once each, each return's in the
 	// order they were sent.
-	received := map[string][]string{}
-	sc := bufio.NewScanner(strings.NewReader(out.String()))
 	line := regexp.MustCompile(`^#\d+ ReReady: device return (\S+) is (\S+):`)
-	for sc.Scan() {
-		if m := line.FindStringSubmatch(sc.Text()); m != nil {
-			received[m[1]] = append(received[m[1]], m[2])
+	printedStates := func() map[string][]string {
+		received := map[string][]string{}
+		sc := bufio.NewScanner(strings.NewReader(out.String()))
+		for sc.Scan() {
+			if m := line.FindStringSubmatch(sc.Text()); m != nil {
+				received[m[1]] = append(received[m[1]], m[2])
+			}
 		}
+		return received
 	}
+	received := printedStates()
 	want := map[string][]string{}
 	for _, q := range queued {
 		want[q[1]] = append(want[q[1]], q[2])
@@ -193,6 +198,40 @@ func TestMakeRunDemo(t *testing.T) {
 	for id, states := range want {
 		if got := strings.Join(received[id], " "); got != strings.Join(states, " ") {
 			t.Errorf("return %s: the app printed %q, want %q", id, got, strings.Join(states, " "))
+		}
+	}
+
+	// The printed replay command sends the last 10 minutes again (the demo
+	// keeps bodies): each queued return's events arrive once more, in order.
+	replay := func(args ...string) string {
+		t.Helper()
+		c := exec.Command(filepath.Join(root, "bin", "caddy"), append([]string{"reready", "replay", "--since", "10m",
+			"--address", fmt.Sprintf("localhost:%d", ports["ADMIN_PORT"])}, args...)...)
+		c.Dir, c.Env = root, withEnv()
+		b, err := c.CombinedOutput()
+		if err != nil {
+			t.Fatalf("bin/caddy reready replay --since 10m %v: %v\n%s", args, err, b)
+		}
+		return string(b)
+	}
+	deadline = time.Now().Add(10 * time.Second) // the history is written every 2 s
+	for !strings.Contains(replay("--dry-run"), "24 deliveries selected") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the history does not hold the demo's 24 deliveries:\n%s", replay("--dry-run"))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if got := replay("--yes"); !strings.Contains(got, "replayed 24 deliveries") {
+		t.Fatalf("bin/caddy reready replay --since 10m --yes:\n%s", got)
+	}
+	deadline = time.Now().Add(90 * time.Second)
+	for id, states := range want {
+		twice := strings.Join(append(append([]string{}, states...), states...), " ")
+		for strings.Join(printedStates()[id], " ") != twice {
+			if time.Now().After(deadline) {
+				t.Fatalf("return %s after the replay: the app printed %q, want %q", id, strings.Join(printedStates()[id], " "), twice)
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
 	}
 

@@ -24,7 +24,7 @@ import (
 
 // journalFields are the fields of a journal entry (seq orders them).
 var journalFields = []string{"seq", "time", "delivery_id", "outcome", "reason", "status", "upstream_status", "attempt", "probe",
-	"device_return_id", "state", "test", "verified", "key", "duration_ms", "host", "path", "remote_addr"}
+	"device_return_id", "state", "test", "verified", "key", "duration_ms", "host", "path", "remote_addr", "node"}
 
 // wantEntry is what a journal entry must hold besides time, duration, host
 // and remote address, which are checked for every entry.

@@ -608,7 +608,7 @@ func TestQueueDeadRetryDrop(t *testing.T) {
 		if err := json.Unmarshal([]byte(res.output), &items); err != nil {
 			t.Fatalf("queue --json: %v\n%s", err, res.output)
 		}
-		want := []string{"id", "status", "device_return_id", "state", "test", "received_at", "attempts", "next_attempt_at", "held_behind", "last_status", "last_error", "path", "app_failing_since"}
+		want := []string{"id", "status", "device_return_id", "state", "test", "received_at", "attempts", "next_attempt_at", "held_behind", "last_status", "last_error", "path", "app_failing_since", "replay_id"}
 		for _, it := range items {
 			if got := sortedKeys(it); strings.Join(got, ",") != strings.Join(sorted(want), ",") {
 				t.Errorf("queue --json item fields %v, want %v", got, sorted(want))
