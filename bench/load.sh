@@ -142,28 +142,7 @@ for port in $PB $PC $PD; do
 	fi
 done
 
-lua() { # $1 = with the headers B adds (1) or not (0)
-	cat <<LUA
-wrk.method = "POST"
-local f = io.open("$work/body.json", "rb"); wrk.body = f:read("*a"); f:close()
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-ReReady-Signature-512"] = "$sig"
-if $1 == 1 then
-	wrk.headers["X-ReReady-State"] = "complete"
-	wrk.headers["X-ReReady-Device-Return-Id"] = "$id"
-	wrk.headers["X-ReReady-Test"] = "false"
-	wrk.headers["X-ReReady-Url"] = "https://www.reready.co/device_returns/$id"
-	wrk.headers["X-ReReady-Timestamp"] = "$t"
-	wrk.headers["X-ReReady-Verified"] = "hmac"
-	wrk.headers["X-ReReady-Delivery-Id"] = "$t-0123456789abcdef0123456789abcdef"
-end
-local bad = 0
-response = function(status) if status ~= 200 then bad = bad + 1 end end
-done = function() if bad > 0 then io.stderr:write("non-200 answers: " .. bad .. "\n") end end
-LUA
-}
-lua 1 >"$work/same.lua"
-lua 0 >"$work/plain.lua"
+. bench/wrk-lua.sh
 
 upcpu() { awk '{print $14+$15}' "/proc/$UPPID/stat"; } # clock ticks
 # run port script -> "rps upstream-ticks-per-1e6-requests"
