@@ -116,3 +116,75 @@ func TestReplayRangeAfterAppBug(t *testing.T) {
 		t.Fatalf("without bodies: %v\n%s", err, out)
 	}
 }
+
+// The fleet on Redis: two gateways on one Redis storage share one history
+// (each entry once, on either gateway), and a replay asked of gateway 2
+// sends again what gateway 1 recorded, bodies read from Redis, in order.
+func TestHistoryAndReplayFleetOnRedis(t *testing.T) {
+	const secret = "ssk_history_redis_fleet_6f7a8b"
+	st := newBackend(t, "redis")
+	app := harness.NewUpstream(t)
+	app.Up(t)
+	global := st.global + "\n\treready {\n\t\thistory {\n\t\t\tkeep 2d\n\t\t\tbodies\n\t\t}\n\t}"
+	site := queueSite(secret, "", app.Addr)
+	g1 := startGatewayBinOn(t, st.bin, 0, global, site, nil, secret)
+	g2 := startGatewayBinOn(t, st.bin, 0, global, site, nil, secret)
+	retA, retB := harness.UUID(), harness.UUID()
+	var viaG1 []signed
+	for i, c := range []struct {
+		g  *gateway
+		ev harness.Event
+	}{
+		{g1, harness.Event{ID: retA, State: "pending_return_shipment"}},
+		{g2, harness.Event{ID: retB, State: "pending_return_shipment"}},
+		{g1, harness.Event{ID: retA, State: "pending_return_shipment_delivery"}},
+		{g1, harness.Event{ID: retA, State: "complete"}},
+		{g2, harness.Event{ID: retB, State: "complete"}},
+	} {
+		d := signEvent(t, harness.Signers[i%len(harness.Signers)], secret, c.ev)
+		if r := d.post(t, c.g, "/hooks/app"); r.status != 200 {
+			t.Fatalf("live %d: %d %q", i, r.status, r.body)
+		}
+		if c.g == g1 {
+			viaG1 = append(viaG1, d)
+		}
+	}
+	for _, g := range []*gateway{g1, g2} {
+		harness.WaitUntil(t, "the fleet's history did not show all 5 deliveries", 4*logTimeout, func() bool {
+			seen := map[string]int{}
+			for _, e := range historyRange(t, g) {
+				seen[e.str("delivery_id")]++
+			}
+			n := 0
+			for _, c := range seen {
+				if c != 1 {
+					return false
+				}
+				n++
+			}
+			return n == 5
+		})
+	}
+	admin2 := adminAddr(t, g2)
+	harness.WaitUntil(t, "the bodies did not reach Redis", 4*logTimeout, func() bool {
+		out, err := runReready(t, "", "replay", "--address", admin2, "--since", "1h", "--return-id", retA, "--dry-run")
+		return err == nil && strings.Contains(out, "3 deliveries selected")
+	})
+	out, err := runReready(t, "", "replay", "--address", admin2, "--since", "1h", "--return-id", retA, "--yes")
+	m := regexp.MustCompile(`replayed 3 deliveries \(replay ([0-9a-f]{16})\)`).FindStringSubmatch(out)
+	if err != nil || m == nil {
+		t.Fatalf("replay through gateway 2: %v\n%s", err, out)
+	}
+	harness.WaitUntil(t, "the replayed deliveries did not all arrive", queueTimeout, func() bool { return len(app.Records()) >= 8 })
+	g1.WaitScans(t, 2, queueTimeout)
+	g2.WaitScans(t, 2, queueTimeout)
+	got := app.Records()[5:]
+	if len(got) != 3 {
+		t.Fatalf("the app got %d replayed requests, want 3 (each once, by either gateway)", len(got))
+	}
+	for i, r := range got {
+		if r.ID() != viaG1[i].id || !bytes.Equal(r.Body, viaG1[i].body) || r.Header.Get("X-Reready-Replay") != m[1] {
+			t.Errorf("replayed %d: %s %q (replay %q); want %s in order, replay %s", i, r.ID(), r.Body, r.Header.Get("X-Reready-Replay"), viaG1[i].id, m[1])
+		}
+	}
+}
