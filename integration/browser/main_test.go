@@ -99,6 +99,13 @@ func startGateway(t *testing.T, a *harness.Upstream, secret string) *gateway {
 // must hold neither the secret nor the operator's password.
 func startGatewayMaxAge(t *testing.T, a *harness.Upstream, secret, maxAge string) *gateway {
 	t.Helper()
+	return startGatewayGlobal(t, a, secret, maxAge, "")
+}
+
+// startGatewayGlobal is startGatewayMaxAge with more global options
+// (such as reready { history { ... } }) after the storage.
+func startGatewayGlobal(t *testing.T, a *harness.Upstream, secret, maxAge, global string) *gateway {
+	t.Helper()
 	site := fmt.Sprintf(`	reready_verify /hook {
 		secret {env.BROWSER_TEST_SECRET}
 		queue {
@@ -119,6 +126,9 @@ func startGatewayMaxAge(t *testing.T, a *harness.Upstream, secret, maxAge string
 		reready_ui
 	}`, maxAge, a.Addr, opsUser, authHash, opsUser, authHash)
 	storage := "\tstorage file_system " + filepath.Join(t.TempDir(), "storage")
+	if global != "" {
+		storage += "\n" + global
+	}
 	g := harness.Start(t, caddyBin, 0, storage, site, []string{"BROWSER_TEST_SECRET=" + secret}, secret, opsPass)
 	return &gateway{g}
 }
