@@ -20,12 +20,18 @@ import (
 )
 
 // The history option on the real binary, at its edges: `keep` removes the
-// hours past it from storage.
+// hours past it from storage, and a storage that fails while entries are
+// written costs the sender nothing and loses nothing once it works again.
 
 const (
 	// historyFlush is history.go's historyFlushInterval: how often the
 	// buffer is written, and the fixed part of the first sweep's delay.
 	historyFlush = 2 * time.Second
+	// historyWritesMetric is caddy_reready_history_writes_total.
+	historyWritesMetric = "caddy_reready_history_writes_total"
+	// The log lines of an outage and its recovery (history.go).
+	historyFailedLog    = `"history: writing to storage failed; entries are kept in memory and written again at the next flush"`
+	historyRecoveredLog = `"history: writing to storage works again"`
 )
 
 // historyKeepGlobal is the storage in dir and the reready app with
@@ -179,5 +185,123 @@ func TestHistoryKeepSweepsOldHours(t *testing.T) {
 	}
 	if code != http.StatusOK || json.Unmarshal(b, &rec) != nil || len(rec.Entries) != 1 || !bytes.Equal(rec.Body, recent.body) {
 		t.Errorf("GET /reready/deliveries/%s: %d %s; want its entry and its body", recent.id, code, b)
+	}
+}
+
+// historyWrites reads caddy_reready_history_writes_total{result} of g.
+func historyWrites(t *testing.T, g *gateway, result string) float64 {
+	t.Helper()
+	m, _ := scrape(t, adminAddr(t, g))
+	return m[seriesKey(historyWritesMetric, "result", result)]
+}
+
+// countLines counts the lines of s holding sub.
+func countLines(s, sub string) int {
+	n := 0
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			n++
+		}
+	}
+	return n
+}
+
+// While the storage fails every write (a full disk), deliveries are
+// answered 200 at once and reach the app; the history's writes fail,
+// counted at each flush's try, and the outage is logged once. Once the
+// storage has room again, the waiting entries (and bodies) are written,
+// the recovery is logged once, and a gateway restarted on the storage
+// lists them.
+func TestHistoryStorageFailingCostsTheSenderNothing(t *testing.T) {
+	const secret = "ssk_history_storage_fails_4c5d6e"
+	const n = 6
+	dir := t.TempDir()
+	app := harness.NewUpstream(t)
+	app.Up(t)
+	// Without `queue`: only the history (and its sweep) touch the storage.
+	global := faultyStorageGlobal(dir) + "\n\treready {\n\t\thistory {\n\t\t\tkeep 2d\n\t\t\tbodies\n\t\t}\n\t}"
+	site := historySite(secret, app.Addr)
+	bin := caddyTestBin(t)
+	g := startGatewayBinOn(t, bin, 0, global, site, nil, secret)
+
+	setFaults(t, dir, "store")
+	off := logOffset(g)
+	var ds []signed
+	for i := range n {
+		d := signEvent(t, harness.Signers[i%len(harness.Signers)], secret, harness.NewEvent("complete"))
+		sent := time.Now()
+		r := d.post(t, g, "/hooks/app")
+		took := time.Since(sent)
+		if r.status != http.StatusOK {
+			t.Fatalf("delivery %d while the storage fails: %d %q", i, r.status, r.body)
+		}
+		if took > time.Second {
+			t.Errorf("delivery %d took %s to answer while the storage fails", i, took.Round(time.Millisecond))
+		}
+		if got := app.Delivered(d.id); got != 1 {
+			t.Errorf("the app got %s %d times, want 1", d.id, got)
+		}
+		ds = append(ds, d)
+	}
+
+	// Each flush tries the waiting batches again, counting them as failed
+	// at each try: two tries of all of them within a few flushes.
+	harness.WaitUntil(t, "the failed writes were not counted twice", 5*historyFlush+logTimeout, func() bool {
+		return historyWrites(t, g, "failed") >= 2*n
+	})
+	if w := historyWrites(t, g, "written"); w != 0 {
+		t.Errorf("%v entries counted written while every write fails", w)
+	}
+	if tree := readTree(t, dir); bytes.Contains(tree, []byte(ds[0].id)) {
+		t.Errorf("%s is in the storage while every write fails", ds[0].id)
+	}
+	waitLogSince(t, g, off, historyFailedLog, "no space left on device")
+
+	// Room again: what waited is written at the next flush.
+	setFaults(t, dir)
+	failed := historyWrites(t, g, "failed")
+	harness.WaitUntil(t, "the waiting entries were not written", 2*historyFlush+logTimeout, func() bool {
+		return historyWrites(t, g, "written") >= n
+	})
+	harness.WaitUntil(t, "the entries and bodies are not all in the storage", 2*historyFlush+logTimeout, func() bool {
+		tree := readTree(t, dir)
+		for _, d := range ds {
+			if bytes.Count(tree, []byte(`"delivery_id":"`+d.id+`"`)) < 2 { // its entry and its body
+				return false
+			}
+		}
+		return true
+	})
+	waitLogSince(t, g, off, historyRecoveredLog)
+	time.Sleep(historyFlush + 500*time.Millisecond) // a flush past the recovery: nothing more fails
+	if f := historyWrites(t, g, "failed"); f != failed {
+		t.Errorf("failed writes went from %v to %v after the storage recovered", failed, f)
+	}
+	if w, d := historyWrites(t, g, "written"), historyWrites(t, g, "dropped"); w != n || d != 0 {
+		t.Errorf("written %v, dropped %v; want %d written (each entry once), none dropped", w, d, n)
+	}
+	logs := g.Logs.String()[off:]
+	if c := countLines(logs, historyFailedLog); c != 1 {
+		t.Errorf("the outage is logged %d times, want once", c)
+	}
+	if c := countLines(logs, historyRecoveredLog); c != 1 {
+		t.Errorf("the recovery is logged %d times, want once", c)
+	}
+	g.Kill(t)
+
+	g2 := startGatewayBinOn(t, bin, 0, global, site, nil, secret)
+	es := historyRange(t, g2)
+	for _, d := range ds {
+		got := entriesOf(es, d.id)
+		if len(got) != 1 || got[0].str("outcome") != "forwarded" {
+			t.Errorf("after the restart, since=1h lists %v of %s, want its forwarded entry once", got, d.id)
+		}
+		code, b := adminDo(t, g2, http.MethodGet, "/reready/deliveries/"+d.id)
+		var rec struct {
+			Body []byte `json:"body"`
+		}
+		if code != http.StatusOK || json.Unmarshal(b, &rec) != nil || !bytes.Equal(rec.Body, d.body) {
+			t.Errorf("GET /reready/deliveries/%s after the restart: %d %s; want its body", d.id, code, b)
+		}
 	}
 }
