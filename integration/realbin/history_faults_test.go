@@ -75,8 +75,8 @@ func plantHistory(t *testing.T, root string, at time.Time, node string) planted 
 	}
 	body := map[string]any{
 		"delivery_id": p.id, "node": node, "at": at, "body": p.body,
-		"headers": map[string]string{"X-Reready-Delivery-Id": p.id, "X-Reready-State": "complete"},
 		"host": "127.0.0.1", "uri": "/hooks/app", "tls": false, "server": "srv0", "port": 8080,
+		"headers": map[string]string{"X-Reready-Delivery-Id": p.id, "X-Reready-State": "complete"},
 	}
 	hist := filepath.Join(root, "reready_verify", "history")
 	for path, v := range map[string]any{
