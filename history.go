@@ -613,7 +613,11 @@ func (h *history) batches(buf []journalEntry) []storedBatch {
 func (h *history) sweepLoop(ctx context.Context) {
 	// A little after start, so a fleet's gateways started together do
 	// not all try at once; then every interval.
-	first := time.NewTimer(historyFlushInterval + time.Duration(len(h.node)%7)*time.Second)
+	var spread uint32
+	for _, c := range []byte(h.node) { // node names are equally long (UUIDs): spread by content
+		spread = spread*31 + uint32(c)
+	}
+	first := time.NewTimer(historyFlushInterval + time.Duration(spread%7)*time.Second)
 	defer first.Stop()
 	select {
 	case <-ctx.Done():

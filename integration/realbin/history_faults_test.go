@@ -108,15 +108,19 @@ func exists(t *testing.T, path string) bool {
 }
 
 // firstSweepDelay is how long after start history.go's sweepLoop first
-// sweeps on g: the flush interval plus a second per len(node)%7, node
-// being Caddy's instance id (in g's data directory).
+// sweeps on g: the flush interval plus a second per (a hash of the
+// node)%7, node being Caddy's instance id (in g's data directory).
 func firstSweepDelay(t *testing.T, g *gateway) time.Duration {
 	t.Helper()
 	id, err := os.ReadFile(filepath.Join(filepath.Dir(g.Config), "data", "caddy", "instance.uuid"))
 	if err != nil {
 		t.Fatalf("the gateway's instance id: %v", err)
 	}
-	return historyFlush + time.Duration(len(strings.TrimSpace(string(id)))%7)*time.Second
+	var spread uint32
+	for _, c := range []byte(strings.TrimSpace(string(id))) {
+		spread = spread*31 + uint32(c)
+	}
+	return historyFlush + time.Duration(spread%7)*time.Second
 }
 
 // listed reports whether entries es hold delivery id.
