@@ -117,15 +117,21 @@ var historyWrites = sync.OnceValue(func() *prometheus.CounterVec {
 // registerHistoryMetrics registers historyWrites on reg and returns the
 // counter vector reg exports.
 func registerHistoryMetrics(reg prometheus.Registerer) (*prometheus.CounterVec, error) {
-	c := historyWrites()
+	return registerOn(reg, historyWrites())
+}
+
+// registerOn registers a process-wide collector c on a config's registry
+// reg (none: c itself) and returns the one reg exports.
+func registerOn[T prometheus.Collector](reg prometheus.Registerer, c T) (T, error) {
 	if r, ok := reg.(*prometheus.Registry); reg == nil || ok && r == nil {
 		return c, nil
 	}
 	existing, err := register(reg, c)
 	if err != nil {
-		return nil, err
+		var zero T
+		return zero, err
 	}
-	return as[*prometheus.CounterVec](existing)
+	return as[T](existing)
 }
 
 // nodeName names this gateway in the history: Caddy's instance id (kept

@@ -295,13 +295,5 @@ var replaysTotal = sync.OnceValue(func() prometheus.Counter {
 // registerReplayMetrics registers replaysTotal on reg and returns the
 // counter reg exports.
 func registerReplayMetrics(reg prometheus.Registerer) (prometheus.Counter, error) {
-	c := replaysTotal()
-	if r, ok := reg.(*prometheus.Registry); reg == nil || ok && r == nil {
-		return c, nil
-	}
-	existing, err := register(reg, c)
-	if err != nil {
-		return nil, err
-	}
-	return as[prometheus.Counter](existing)
+	return registerOn(reg, replaysTotal())
 }
