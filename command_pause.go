@@ -1,7 +1,6 @@
 package rereadyverify
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -42,23 +41,9 @@ func runPause(o pauseOptions, stdout io.Writer) error {
 	default:
 		return fmt.Errorf("unknown action %q", o.Action)
 	}
-	addr, err := caddycmd.DetermineAdminAPIAddress(o.Address, nil, o.Config, o.Adapter)
-	if err != nil {
+	var data json.RawMessage
+	if err := adminSend(o.adminOptions, method, uri, body, &data); err != nil {
 		return err
-	}
-	var hdr http.Header
-	var rd io.Reader
-	if body != nil {
-		hdr, rd = http.Header{"Content-Type": {"application/json"}}, bytes.NewReader(body)
-	}
-	resp, err := caddycmd.AdminAPIRequest(addr, method, uri, hdr, rd)
-	if err != nil {
-		return fmt.Errorf("admin endpoint %s: %w", addr, adminError(err))
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return fmt.Errorf("reading the admin endpoint's answer: %w", err)
 	}
 	var s PauseState
 	if err := json.Unmarshal(data, &s); err != nil {

@@ -29,15 +29,26 @@ type replayOptions struct {
 
 // adminPost POSTs v as JSON to uri and decodes the JSON answer into out.
 func adminPost(o adminOptions, uri string, v, out any) error {
-	addr, err := caddycmd.DetermineAdminAPIAddress(o.Address, nil, o.Config, o.Adapter)
-	if err != nil {
-		return err
-	}
 	body, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	resp, err := caddycmd.AdminAPIRequest(addr, http.MethodPost, uri, http.Header{"Content-Type": {"application/json"}}, bytes.NewReader(body))
+	return adminSend(o, http.MethodPost, uri, body, out)
+}
+
+// adminSend sends body (JSON; nil: none) to uri with method and decodes
+// the JSON answer into out (a *json.RawMessage keeps it as it came).
+func adminSend(o adminOptions, method, uri string, body []byte, out any) error {
+	addr, err := caddycmd.DetermineAdminAPIAddress(o.Address, nil, o.Config, o.Adapter)
+	if err != nil {
+		return err
+	}
+	var hdr http.Header
+	var rd io.Reader
+	if body != nil {
+		hdr, rd = http.Header{"Content-Type": {"application/json"}}, bytes.NewReader(body)
+	}
+	resp, err := caddycmd.AdminAPIRequest(addr, method, uri, hdr, rd)
 	if err != nil {
 		return fmt.Errorf("admin endpoint %s: %w", addr, adminError(err))
 	}
