@@ -117,11 +117,7 @@ func server(t *testing.T) (*caddytest.Tester, *recorder) {
 	})
 	tester := caddytest.NewTester(t)
 	tester.InitServer(withPorts(fmt.Sprintf(`{
-		admin localhost:{{admin}}
-		http_port {{http}}
-		https_port {{https}}
-		grace_period 1ns
-		skip_install_trust
+		{{base}}
 	}
 	%[1]s {
 		reready_verify /hook {

@@ -69,8 +69,12 @@ func freePorts(n int) ([]int, error) {
 }
 
 // withPorts puts this run's ports into a caddytest config: {{admin}},
-// {{http}} and {{https}}.
+// {{http}} and {{https}}; {{base}} (in the global options block) is the
+// options every test's Caddy runs with: the admin endpoint and HTTP ports,
+// no grace period, no trust store installation.
 func withPorts(cfg string) string {
+	cfg = strings.ReplaceAll(cfg, "{{base}}",
+		"admin localhost:{{admin}}\n\t\thttp_port {{http}}\n\t\thttps_port {{https}}\n\t\tgrace_period 1ns\n\t\tskip_install_trust")
 	return strings.NewReplacer(
 		"{{admin}}", fmt.Sprint(caddytest.Default.AdminPort),
 		"{{http}}", fmt.Sprint(httpPort),

@@ -47,11 +47,7 @@ func TestE2EPauseEvents(t *testing.T) {
 
 	tester := caddytest.NewTester(t)
 	tester.InitServer(withPorts(fmt.Sprintf(`{
-		admin localhost:{{admin}}
-		http_port {{http}}
-		https_port {{https}}
-		grace_period 1ns
-		skip_install_trust
+		{{base}}
 		storage file_system %[1]s
 		events {
 			on reready.paused reready_e2e_recorder

@@ -18,11 +18,7 @@ import (
 func TestE2EOpsRoutes(t *testing.T) {
 	tester := caddytest.NewTester(t)
 	tester.InitServer(withPorts(fmt.Sprintf(`{
-		admin localhost:{{admin}}
-		http_port {{http}}
-		https_port {{https}}
-		grace_period 1ns
-		skip_install_trust
+		{{base}}
 		storage file_system %[1]s
 	}
 	%[2]s {
