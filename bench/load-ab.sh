@@ -16,6 +16,7 @@
 # and speed-corrected as load.sh does (rps x upstream CPU per request).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 
 OLD=$(realpath "$1")
 NEW=$(realpath "$2")
@@ -55,24 +56,7 @@ gateway() { # $1 = old|new, $2 = binary
 	default_bind 127.0.0.1
 	storage file_system $work/storage-$1
 }
-http://127.0.0.1:$pa {
-	reverse_proxy 127.0.0.1:$UP
-}
-http://127.0.0.1:$pb {
-	reready_verify {
-		secret $SECRET
-		replay off
-	}
-	reverse_proxy 127.0.0.1:$UP
-}
-http://127.0.0.1:$pc {
-	reready_verify {
-		secret $SECRET
-		replay off
-		queue
-	}
-	reverse_proxy 127.0.0.1:$UP
-}
+$(abc_sites "$pa" "$pb" "$pc")
 CF
 	XDG_DATA_HOME=$work/data-$1 XDG_CONFIG_HOME=$work/config-$1 \
 		"$2" run --config "$work/$1.caddyfile" --adapter caddyfile >"$work/$1.log" 2>&1 &
@@ -88,14 +72,7 @@ for port in $UP "${PORT[@]}"; do
 	for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
 
-id=e025d043-c41d-4167-8bd3-24cc66345696
-base="{\"device_return_id\":\"$id\",\"serial_number\":null,\"state\":\"complete\",\"test\":false,\"ticket_url\":null,\"url\":\"https://www.reready.co/device_returns/$id\",\"note\":\""
-pad=$((SIZE - ${#base} - 2)); [ $pad -lt 0 ] && pad=0
-body="$base$(head -c $pad /dev/zero | tr '\0' x)\"}"
-printf '%s' "$body" >"$work/body.json"
-t=$(date +%s)
-mac=$( (printf '%s.' "$t"; cat "$work/body.json") | openssl dgst -sha512 -hmac "$SECRET" -r | cut -d' ' -f1)
-sig="t=$t,v=$mac"
+signed_body
 for v in oldb oldc newb newc; do
 	code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Content-Type: application/json" \
 		-H "X-ReReady-Signature-512: $sig" --data-binary @"$work/body.json" "http://127.0.0.1:${PORT[$v]}/")
@@ -106,7 +83,7 @@ for v in oldb oldc newb newc; do
 	fi
 done
 
-. bench/wrk-lua.sh
+wrk_scripts
 
 upcpu() { awk '{print $14+$15}' "/proc/$UPPID/stat"; }
 run() { # port script -> "rps upstream-ticks-per-1e6-requests"

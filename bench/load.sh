@@ -31,6 +31,7 @@
 # The request is signed with openssl, not with the module's code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 
 ROUNDS=${1:-11}
 SECS=${2:-4}
@@ -77,24 +78,7 @@ cat >"$work/gateway.caddyfile" <<CF
 	storage file_system $work/storage
 $history
 }
-http://127.0.0.1:$PA {
-	reverse_proxy 127.0.0.1:$UP
-}
-http://127.0.0.1:$PB {
-	reready_verify {
-		secret $SECRET
-		replay off
-	}
-	reverse_proxy 127.0.0.1:$UP
-}
-http://127.0.0.1:$PC {
-	reready_verify {
-		secret $SECRET
-		replay off
-		queue
-	}
-	reverse_proxy 127.0.0.1:$UP
-}
+$(abc_sites "$PA" "$PB" "$PC")
 CF
 cat >"$work/redis.caddyfile" <<CF
 {
@@ -130,15 +114,7 @@ for port in $UP $PA $PB $PC $PD; do
 	for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
 
-# A vendor-shaped body padded to SIZE bytes, signed by openssl.
-id=e025d043-c41d-4167-8bd3-24cc66345696
-base="{\"device_return_id\":\"$id\",\"serial_number\":null,\"state\":\"complete\",\"test\":false,\"ticket_url\":null,\"url\":\"https://www.reready.co/device_returns/$id\",\"note\":\""
-pad=$((SIZE - ${#base} - 2)); [ $pad -lt 0 ] && pad=0
-body="$base$(head -c $pad /dev/zero | tr '\0' x)\"}"
-printf '%s' "$body" >"$work/body.json"
-t=$(date +%s)
-mac=$( (printf '%s.' "$t"; cat "$work/body.json") | openssl dgst -sha512 -hmac "$SECRET" -r | cut -d' ' -f1)
-sig="t=$t,v=$mac"
+signed_body
 
 # Check once that B, C and D verify and forward (200 from the upstream).
 for port in $PB $PC $PD; do
@@ -151,7 +127,7 @@ for port in $PB $PC $PD; do
 	fi
 done
 
-. bench/wrk-lua.sh
+wrk_scripts
 
 upcpu() { awk '{print $14+$15}' "/proc/$UPPID/stat"; } # clock ticks
 # run port script -> "rps upstream-ticks-per-1e6-requests"

@@ -1,0 +1,71 @@
+# Shared by bench/load.sh and bench/load-ab.sh (sourced), so that both
+# measure the same sites with the same request.
+
+# abc_sites prints the sites A (reverse_proxy alone), B (reready_verify +
+# reverse_proxy, replay off) and C (B with queue on) on ports $1 $2 $3, in
+# front of the upstream on $UP.
+abc_sites() {
+	cat <<CF
+http://127.0.0.1:$1 {
+	reverse_proxy 127.0.0.1:$UP
+}
+http://127.0.0.1:$2 {
+	reready_verify {
+		secret $SECRET
+		replay off
+	}
+	reverse_proxy 127.0.0.1:$UP
+}
+http://127.0.0.1:$3 {
+	reready_verify {
+		secret $SECRET
+		replay off
+		queue
+	}
+	reverse_proxy 127.0.0.1:$UP
+}
+CF
+}
+
+# signed_body writes a vendor-shaped body padded to $SIZE bytes to
+# $work/body.json and signs it with openssl: sets id, t and sig.
+signed_body() {
+	id=e025d043-c41d-4167-8bd3-24cc66345696
+	local base pad body mac
+	base="{\"device_return_id\":\"$id\",\"serial_number\":null,\"state\":\"complete\",\"test\":false,\"ticket_url\":null,\"url\":\"https://www.reready.co/device_returns/$id\",\"note\":\""
+	pad=$((SIZE - ${#base} - 2)); [ $pad -lt 0 ] && pad=0
+	body="$base$(head -c $pad /dev/zero | tr '\0' x)\"}"
+	printf '%s' "$body" >"$work/body.json"
+	t=$(date +%s)
+	mac=$( (printf '%s.' "$t"; cat "$work/body.json") | openssl dgst -sha512 -hmac "$SECRET" -r | cut -d' ' -f1)
+	sig="t=$t,v=$mac"
+}
+
+# wrk_scripts writes the wrk scripts that send the signed request:
+# $work/same.lua with the headers reready_verify adds (A's client:
+# "header-fair") and $work/plain.lua with the signature only.
+wrk_scripts() {
+	lua 1 >"$work/same.lua"
+	lua 0 >"$work/plain.lua"
+}
+
+lua() { # $1 = with the headers B adds (1) or not (0)
+	cat <<LUA
+wrk.method = "POST"
+local f = io.open("$work/body.json", "rb"); wrk.body = f:read("*a"); f:close()
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-ReReady-Signature-512"] = "$sig"
+if $1 == 1 then
+	wrk.headers["X-ReReady-State"] = "complete"
+	wrk.headers["X-ReReady-Device-Return-Id"] = "$id"
+	wrk.headers["X-ReReady-Test"] = "false"
+	wrk.headers["X-ReReady-Url"] = "https://www.reready.co/device_returns/$id"
+	wrk.headers["X-ReReady-Timestamp"] = "$t"
+	wrk.headers["X-ReReady-Verified"] = "hmac"
+	wrk.headers["X-ReReady-Delivery-Id"] = "$t-0123456789abcdef0123456789abcdef"
+end
+local bad = 0
+response = function(status) if status ~= 200 then bad = bad + 1 end end
+done = function() if bad > 0 then io.stderr:write("non-200 answers: " .. bad .. "\n") end end
+LUA
+}
