@@ -220,7 +220,10 @@ func (a *App) server(name string, port int) *caddyhttp.Server {
 // port it arrived on (0 when unknown).
 func (a *App) serverOf(r *http.Request) (name string, port int) {
 	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
-	if addr, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+	switch addr := r.Context().Value(http.LocalAddrContextKey).(type) {
+	case *net.TCPAddr:
+		port = addr.Port
+	case net.Addr:
 		if _, p, err := net.SplitHostPort(addr.String()); err == nil {
 			port, _ = strconv.Atoi(p)
 		}

@@ -2,11 +2,11 @@ package rereadyverify
 
 import (
 	"context"
+	"math"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/http"
 	"os"
 	"regexp"
 	"strconv"
@@ -32,14 +32,18 @@ import (
 // Storage layout, under reready_verify/history/:
 //
 //	<YYYY-MM-DDTHH>/<node>-<epoch>-<first seq>.json   one batch: entries of that UTC hour
-//	bodies/<YYYY-MM-DDTHH>/<delivery id>               one delivery's body, by the hour of the id's t
+//	bodies/<YYYY-MM-DDTHH>/<node>-<epoch>-<n>_<t1>-<t2>.json
+//	                                                   one pack: bodies whose ids' t (unix
+//	                                                   seconds t1 to t2) fall in that hour
 //	swept                                              when the fleet last swept
 //
 // A batch holds the entries of one process (node and journal epoch) of one
 // hour, so its key is unique and is never written twice by two gateways;
-// reading a range or sweeping lists only the hours concerned. A body is
-// stored once per delivery id: its hour comes from the id itself, so it is
-// found without a listing.
+// reading a range or sweeping lists only the hours concerned. Bodies are
+// written a pack per flush (history_bodies.go): a delivery's id names the
+// hour folder, and the pack's name the span of ids' times it holds, so a
+// body is found by listing one folder and reading the packs whose span
+// holds it.
 //
 // Nothing here sits on the request path: App.record appends the entry to
 // a bounded buffer in memory (no allocation, no storage call); a flusher
@@ -169,21 +173,6 @@ type historyBatch struct {
 	Entries []Delivery `json:"entries"`
 }
 
-// historyBody is a kept body as stored: what a replay needs to send the
-// delivery again through its route.
-type historyBody struct {
-	DeliveryID string            `json:"delivery_id"`
-	Node       string            `json:"node"`
-	At         time.Time         `json:"at"`   // when it was kept
-	Body       []byte            `json:"body"` // exact bytes
-	Headers    map[string]string `json:"headers"`
-	Host       string            `json:"host"`
-	URI        string            `json:"uri"` // as the client sent it, without the token
-	TLS        bool              `json:"tls"`
-	Server     string            `json:"server"`
-	Port       int               `json:"port"`
-}
-
 // storedBatch is a batch ready to write (or waiting to be written again).
 type storedBatch struct {
 	key     string
@@ -205,13 +194,17 @@ type history struct {
 
 	pendingMax int // historyPendingMax; tests lower it
 
-	mu        sync.Mutex
-	buf       []journalEntry      // not yet batched, oldest first
-	spare     []journalEntry      // the flusher's last buffer, reused
-	bodyQ     []*historyBody      // not yet written
-	bodyIDs   map[string]struct{} // of bodyQ
-	bodyBytes int
-	dropped   int // dropped from buf since the last flush
+	mu          sync.Mutex
+	buf         []journalEntry          // not yet batched, oldest first
+	spare       []journalEntry          // the flusher's last buffer, reused
+	kept        keptBodies              // bodies not yet written
+	keptDropped int                     // bodies dropped from kept since the last flush
+	storedBody  map[deliveryID]struct{} // bodies known stored
+	packSeq     int                     // packs named so far
+	packCap     int                     // the size the next pack's buffer starts with
+	freeBufs    [][]byte                // written packs' buffers, for the next packs
+	reuseBufs   bool                    // the storage keeps no written value's bytes (file_system)
+	dropped     int                     // dropped from buf since the last flush
 
 	wake chan struct{}
 	stop chan struct{}
@@ -219,12 +212,11 @@ type history struct {
 	once sync.Once
 
 	// The flusher's own (flushMu: the flusher and the last flush at stop).
-	flushMu    sync.Mutex
-	pending    []storedBatch       // failed batches, oldest first
-	failedBody []*historyBody      // bodies whose write failed
-	failing    bool                // a write failed and none succeeded since
-	droppedLog bool                // drops were logged this outage
-	storedBody map[string]struct{} // bodies known stored, by delivery id
+	flushMu      sync.Mutex
+	pending      []storedBatch // failed batches, oldest first
+	pendingPacks []storedPack  // packs whose write failed, oldest first
+	failing      bool          // a write failed and none succeeded since
+	droppedLog   bool          // drops were logged this outage
 }
 
 func newHistory(cfg *HistoryConfig, st certmagic.Storage, logger *zap.Logger, epoch string, writes *prometheus.CounterVec) *history {
@@ -235,11 +227,17 @@ func newHistory(cfg *HistoryConfig, st certmagic.Storage, logger *zap.Logger, ep
 	if writes == nil {
 		writes = historyWrites()
 	}
+	// A written pack's buffer is used again for a later pack (writing into
+	// a fresh buffer of megabytes costs a page fault every few bodies) only
+	// when the storage is known not to hold on to the bytes it was given:
+	// file_system writes them to a file; another storage might keep them.
+	_, reuse := st.(*certmagic.FileStorage)
 	return &history{
-		storage: st, logger: logger, node: thisNode(), epoch: epoch, keep: keep, bodies: cfg.Bodies,
+		reuseBufs: reuse,
+		storage:   st, logger: logger, node: thisNode(), epoch: epoch, keep: keep, bodies: cfg.Bodies,
 		writes: writes, now: time.Now, pendingMax: historyPendingMax,
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
-		storedBody: map[string]struct{}{},
+		storedBody: map[deliveryID]struct{}{}, packCap: 4096,
 	}
 }
 
@@ -277,119 +275,6 @@ func (h *history) add(e journalEntry) {
 		case h.wake <- struct{}{}:
 		default:
 		}
-	}
-}
-
-// keepingBodies reports whether bodies are kept.
-func (h *history) keepingBodies() bool { return h != nil && h.bodies }
-
-// keepLive keeps a live delivery's body and the trusted headers it was
-// forwarded with, when bodies are on: only a delivery that passed every
-// check (its payload parsed) and got an id. r is the request as
-// forwardable rewrote it. Off, it costs a nil check and a bool.
-func (h *Handler) keepLive(r *http.Request, st *requestState) {
-	if h.app == nil {
-		return
-	}
-	hist := h.app.history
-	if !hist.keepingBodies() || st == nil || st.id.isZero() || st.auth.reason != "" || st.auth.verified == "" || st.event.State == "" || st.body.buf == nil {
-		return
-	}
-	b := &historyBody{
-		DeliveryID: st.deliveryID(),
-		Body:       append([]byte(nil), st.body.buf...),
-		Headers:    trustedHeaders(r.Header),
-		Host:       r.Host,
-		URI:        h.uriWithoutToken(r, st),
-		TLS:        r.TLS != nil,
-	}
-	b.Server, b.Port = h.app.serverOf(r)
-	hist.keepBody(b)
-}
-
-// uriWithoutToken is the URI the client sent, without ?token= (as newItem
-// makes a queue item's).
-func (h *Handler) uriWithoutToken(r *http.Request, st *requestState) string {
-	uri := originalURI(r)
-	if st.auth.stripQuery {
-		if path, query, ok := strings.Cut(uri, "?"); ok {
-			query, _ = h.verifier.CheckToken(query)
-			uri = path
-			if query != "" {
-				uri += "?" + query
-			}
-		}
-	}
-	return uri
-}
-
-// trustedHeaders copies the X-ReReady-* headers of a rewritten request:
-// ours, since forwardable replaced any the client sent; the signature
-// header, which the client sent, is left out.
-func trustedHeaders(hdr http.Header) map[string]string {
-	out := make(map[string]string, 8)
-	for k, v := range hdr {
-		if k != hdrSignature && isReReadyHeader(k) && len(v) > 0 {
-			out[k] = v[0]
-		}
-	}
-	return out
-}
-
-// keepItem keeps a queued item's body, when bodies are on and the live
-// path has not (a delivery queued as it arrived, or before bodies were
-// on): its trusted headers are made again from its payload, as the live
-// path set them.
-func (h *history) keepItem(it *queueItem) {
-	if !h.keepingBodies() || len(it.Body) == 0 {
-		return
-	}
-	id, ok := parseDeliveryID(it.ID)
-	if !ok {
-		return
-	}
-	st := new(requestState)
-	ev, err := verify.ParsePayloadInto(it.Body, st.strs[:0])
-	if err != nil {
-		return
-	}
-	st.event, st.id = ev, id
-	st.auth = auth{verified: it.Verified, signed: it.Timestamp != ""}
-	st.auth.sig.T = it.Timestamp
-	hdr := http.Header{}
-	setEventHeaders(hdr, st)
-	h.keepBody(&historyBody{
-		DeliveryID: it.ID,
-		Body:       append([]byte(nil), it.Body...),
-		Headers:    trustedHeaders(hdr),
-		Host:       it.Host,
-		URI:        it.URI,
-		TLS:        it.TLS,
-		Server:     it.Server,
-		Port:       it.Port,
-	})
-}
-
-// keepBody queues a body for the next flush; bodies past
-// historyBodyBytesMax waiting push out the oldest.
-func (h *history) keepBody(b *historyBody) {
-	b.Node, b.At = h.node, h.now().UTC()
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if _, dup := h.bodyIDs[b.DeliveryID]; dup {
-		return // the first one the app got
-	}
-	if h.bodyIDs == nil {
-		h.bodyIDs = map[string]struct{}{}
-	}
-	h.bodyIDs[b.DeliveryID] = struct{}{}
-	h.bodyQ = append(h.bodyQ, b)
-	h.bodyBytes += len(b.Body)
-	for h.bodyBytes > historyBodyBytesMax && len(h.bodyQ) > 1 {
-		h.bodyBytes -= len(h.bodyQ[0].Body)
-		delete(h.bodyIDs, h.bodyQ[0].DeliveryID)
-		h.bodyQ[0] = nil
-		h.bodyQ = h.bodyQ[1:]
 	}
 }
 
@@ -456,11 +341,6 @@ func (h *history) stopAndFlush() {
 // hourOf is the name of t's hour folder.
 func hourOf(t time.Time) string { return t.UTC().Format(historyHourLayout) }
 
-// bodyKey is where a delivery's body is kept.
-func bodyKey(id deliveryID) string {
-	return historyBodiesPrefix + "/" + hourOf(time.Unix(id.t, 0)) + "/" + id.String()
-}
-
 // flush writes the buffer as batches, after the batches of earlier
 // flushes that failed, and then the bodies. It stops at the first failed
 // write (the storage is likely down): the rest waits for the next flush.
@@ -471,8 +351,6 @@ func (h *history) flush(ctx context.Context) {
 	h.mu.Lock()
 	buf, dropped := h.buf, h.dropped
 	h.buf, h.dropped = h.spare[:0], 0
-	bodies := h.bodyQ
-	h.bodyQ, h.bodyBytes, h.bodyIDs = nil, 0, nil
 	h.mu.Unlock()
 
 	h.pending = append(h.pending, h.batches(buf)...)
@@ -513,53 +391,7 @@ func (h *history) flush(ctx context.Context) {
 		h.pending = nil
 	}
 
-	bodies = append(h.failedBody, bodies...)
-	h.failedBody = nil
-	for i, b := range bodies {
-		if h.failing {
-			h.failedBody = append(h.failedBody, bodies[i:]...)
-			break
-		}
-		if err := h.storeBody(ctx, b); err != nil {
-			h.failed(err)
-			h.failedBody = append(h.failedBody, bodies[i:]...)
-			break
-		}
-	}
-	for bytes, i := 0, len(h.failedBody)-1; i >= 0; i-- {
-		if bytes += len(h.failedBody[i].Body); bytes > historyBodyBytesMax {
-			h.logger.Warn("history: dropping kept bodies not yet written to storage", zap.Int("bodies", i+1))
-			h.failedBody = h.failedBody[i+1:]
-			break
-		}
-	}
-}
-
-// storeBody writes a body unless one is stored for its delivery already
-// (the first the app got is kept).
-func (h *history) storeBody(ctx context.Context, b *historyBody) error {
-	if _, ok := h.storedBody[b.DeliveryID]; ok {
-		return nil
-	}
-	id, ok := parseDeliveryID(b.DeliveryID)
-	if !ok {
-		return nil
-	}
-	key := bodyKey(id)
-	if !h.storage.Exists(ctx, key) {
-		data, err := json.Marshal(b)
-		if err != nil {
-			return nil
-		}
-		if err := h.storage.Store(ctx, key, data); err != nil {
-			return err
-		}
-	}
-	if len(h.storedBody) >= 10_000 {
-		clear(h.storedBody)
-	}
-	h.storedBody[b.DeliveryID] = struct{}{}
-	return nil
+	h.writeBodies(ctx, len(h.pending) > 0)
 }
 
 // failed notes a failed write, logging the first of an outage.
@@ -588,7 +420,7 @@ func pendingEntries(bs []storedBatch) int {
 }
 
 // batches turns buffered entries into batches: one per hour of their
-// times, of at most historyBatchMax entries.
+// times, of at most historyBatchMax entries, encoded as historyBatch.
 func (h *history) batches(buf []journalEntry) []storedBatch {
 	var out []storedBatch
 	for len(buf) > 0 {
@@ -597,19 +429,83 @@ func (h *history) batches(buf []journalEntry) []storedBatch {
 		for n < len(buf) && n < historyBatchMax && hourOf(buf[n].at) == hour {
 			n++
 		}
-		b := historyBatch{Node: h.node, Epoch: h.epoch, Entries: make([]Delivery, n)}
+		data := make([]byte, 0, n*400+128)
+		data = append(data, `{"node":`...)
+		data = appendJSONString(data, h.node)
+		data = append(data, `,"epoch":`...)
+		data = appendJSONString(data, h.epoch)
+		data = append(data, `,"entries":[`...)
 		for i := range n {
-			b.Entries[i] = buf[i].view()
-			b.Entries[i].Node = h.node
+			if i > 0 {
+				data = append(data, ',')
+			}
+			data = appendDeliveryJSON(data, &buf[i], h.node)
 		}
-		data, err := json.Marshal(b)
-		if err == nil {
-			key := fmt.Sprintf("%s/%s/%s-%s-%d.json", historyPrefix, hour, h.node, h.epoch, buf[0].seq)
-			out = append(out, storedBatch{key: key, data: data, entries: n})
-		}
+		data = append(data, "]}"...)
+		key := fmt.Sprintf("%s/%s/%s-%s-%d.json", historyPrefix, hour, h.node, h.epoch, buf[0].seq)
+		out = append(out, storedBatch{key: key, data: data, entries: n})
 		buf = buf[n:]
 	}
 	return out
+}
+
+// appendDeliveryJSON appends e as the JSON of its Delivery view with
+// node: what json.Marshal(e.view()) writes, without its reflection and
+// allocations (TestHistoryDeliveryJSON holds the two equal).
+func appendDeliveryJSON(dst []byte, e *journalEntry, node string) []byte {
+	dst = append(dst, `{"seq":`...)
+	dst = strconv.AppendUint(dst, e.seq, 10)
+	dst = append(dst, `,"time":"`...)
+	dst = e.at.UTC().AppendFormat(dst, time.RFC3339Nano)
+	dst = append(dst, `","delivery_id":"`...)
+	if !e.id.isZero() {
+		dst = e.id.appendTo(dst)
+	}
+	dst = append(dst, `","outcome":`...)
+	dst = appendJSONString(dst, e.outcome)
+	dst = append(dst, `,"reason":`...)
+	dst = appendJSONString(dst, string(e.reason))
+	dst = append(dst, `,"status":`...)
+	dst = strconv.AppendInt(dst, int64(e.status), 10)
+	dst = append(dst, `,"upstream_status":`...)
+	dst = strconv.AppendInt(dst, int64(e.upstreamStatus), 10)
+	dst = append(dst, `,"attempt":`...)
+	dst = strconv.AppendInt(dst, int64(e.attempt), 10)
+	dst = append(dst, `,"probe":`...)
+	dst = strconv.AppendBool(dst, e.probe)
+	dst = append(dst, `,"device_return_id":`...)
+	dst = appendJSONString(dst, e.returnID.peek())
+	dst = append(dst, `,"state":`...)
+	dst = appendJSONString(dst, e.state)
+	dst = append(dst, `,"test":`...)
+	dst = strconv.AppendBool(dst, e.test)
+	dst = append(dst, `,"verified":`...)
+	dst = appendJSONString(dst, e.verified)
+	dst = append(dst, `,"key":`...)
+	dst = strconv.AppendInt(dst, int64(e.key), 10)
+	dst = append(dst, `,"duration_ms":`...)
+	dst = appendJSONFloat(dst, float64(e.duration.Microseconds())/1000)
+	dst = append(dst, `,"host":`...)
+	dst = appendJSONString(dst, e.host)
+	dst = append(dst, `,"path":`...)
+	dst = appendJSONString(dst, e.path)
+	dst = append(dst, `,"remote_addr":`...)
+	dst = appendJSONString(dst, e.remoteAddr)
+	dst = append(dst, `,"node":`...)
+	dst = appendJSONString(dst, node)
+	return append(dst, '}')
+}
+
+// appendJSONFloat appends f as encoding/json writes a float64.
+func appendJSONFloat(dst []byte, f float64) []byte {
+	if a := math.Abs(f); a != 0 && (a < 1e-6 || a >= 1e21) || math.IsNaN(f) || math.IsInf(f, 0) {
+		data, err := json.Marshal(f)
+		if err != nil {
+			return append(dst, '0')
+		}
+		return append(dst, data...)
+	}
+	return strconv.AppendFloat(dst, f, 'f', -1, 64)
 }
 
 // ---------------------------------------------------------------------

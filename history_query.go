@@ -129,17 +129,9 @@ func readHour(ctx context.Context, st certmagic.Storage, hour string) ([]keyed, 
 		if !strings.HasSuffix(key, ".json") {
 			continue // file_system's temporary files
 		}
-		var data []byte
-		err := retryStorage(ctx, func() error {
-			var err error
-			data, err = st.Load(ctx, key)
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		})
+		data, err := loadListed(ctx, st, key)
 		if err != nil {
-			return nil, fmt.Errorf("reading %s: %w", key, err)
+			return nil, err
 		}
 		var b historyBatch
 		if data == nil || json.Unmarshal(data, &b) != nil {
@@ -276,15 +268,12 @@ func deliveryRecord(ctx context.Context, a *App, j *journal, id deliveryID) (rec
 				}
 			}
 		}
-		data, err := st.Load(ctx, bodyKey(id))
+		b, err := a.history.loadBody(ctx, id)
 		switch {
 		case err == nil:
-			var b historyBody
-			if json.Unmarshal(data, &b) == nil {
-				rec.Body, rec.Headers, rec.Host, rec.URI = b.Body, b.Headers, b.Host, b.URI
-				if rec.Body == nil {
-					rec.Body = []byte{}
-				}
+			rec.Body, rec.Headers, rec.Host, rec.URI = b.Body, b.Headers, b.Host, b.URI
+			if rec.Body == nil {
+				rec.Body = []byte{}
 			}
 		case !errors.Is(err, fs.ErrNotExist):
 			return rec, false, fmt.Errorf("reading the body: %w", err)

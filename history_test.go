@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -35,7 +36,13 @@ type storeFailStorage struct {
 	*certmagic.FileStorage
 	fail   atomic.Bool
 	stores atomic.Int64
+	loads  atomic.Int64
 	hold   chan struct{} // when set, Store waits for it to close
+}
+
+func (f *storeFailStorage) Load(ctx context.Context, key string) ([]byte, error) {
+	f.loads.Add(1)
+	return f.FileStorage.Load(ctx, key)
 }
 
 func (f *storeFailStorage) Store(ctx context.Context, key string, value []byte) error {
@@ -488,15 +495,15 @@ func TestHistoryBodies(t *testing.T) {
 			if len(rec.Entries) != 2 || rec.Entries[0].Outcome != OutcomeForwarded || rec.Entries[1].Outcome != OutcomeReplayed {
 				t.Fatalf("entries %+v", rec.Entries)
 			}
-			stored, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(bodyKey(id))))
+			stored := storedBodies(t, dir)
 			if !bodies {
-				if rec.Body != nil || rec.Headers != nil || err == nil {
-					t.Fatalf("bodies off, yet kept: %s (%v)", resp, err)
+				if rec.Body != nil || rec.Headers != nil || len(stored) > 0 {
+					t.Fatalf("bodies off, yet kept: %s (%q)", resp, stored)
 				}
 				return
 			}
-			if err != nil {
-				t.Fatal(err)
+			if !bytes.Contains(stored, []byte(id.String())) {
+				t.Fatalf("no body of %s in the storage: %q", id, stored)
 			}
 			if !bytes.Equal(rec.Body, body) {
 				t.Fatalf("body %q, want %q", rec.Body, body)
@@ -653,16 +660,34 @@ func TestHistoryBodiesOfAQueuedDelivery(t *testing.T) {
 	}
 	rig.h.app.history.flush(context.Background())
 	id, _ := parseDeliveryID(resp.Header().Get(hdrDeliveryID))
-	data, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(bodyKey(id))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b historyBody
-	if err := json.Unmarshal(data, &b); err != nil {
-		t.Fatal(err)
+	kept, err := findBodies(context.Background(), &certmagic.FileStorage{Path: dir}, []deliveryID{id})
+	b := kept[id]
+	if err != nil || b == nil {
+		t.Fatalf("the body of %s: %v %v", id, b, err)
 	}
 	if !bytes.Equal(b.Body, body) || b.Headers[hdrState] != verify.StateComplete || b.Headers[hdrDeliveryID] != id.String() ||
 		b.Headers[hdrDeviceReturnID] != "ret-q" || b.Headers[hdrVerified] != "hmac" || b.Headers[hdrSignature] != "" || b.URI != "/hook" {
 		t.Fatalf("kept %+v", b)
 	}
+}
+
+// storedBodies is every file under dir's kept bodies, concatenated.
+func storedBodies(t *testing.T, dir string) []byte {
+	t.Helper()
+	var all []byte
+	err := filepath.WalkDir(filepath.Join(dir, filepath.FromSlash(historyBodiesPrefix)), func(path string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		all = append(all, data...)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return all
 }

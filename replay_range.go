@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
 	"slices"
 	"strings"
@@ -93,16 +92,16 @@ func (a *App) replay(ctx context.Context, req ReplayRequest, by string) (ReplayR
 		return ReplayResult{}, oerr
 	}
 	res := ReplayResult{IDs: []string{}}
+	kept, err := findBodies(ctx, a.history.storage, ids)
+	if err != nil {
+		return ReplayResult{}, opsErrorf(http.StatusServiceUnavailable, "reading the kept bodies: %v", err)
+	}
 	var bodies []*historyBody
 	for _, id := range ids {
-		b, err := a.history.loadBody(ctx, id)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			res.Skipped = append(res.Skipped, ReplaySkip{id.String(), "its body is not kept (it arrived before history bodies was on, or is past keep)"})
-		case err != nil:
-			return ReplayResult{}, opsErrorf(http.StatusServiceUnavailable, "reading the body of %s: %v", id, err)
-		default:
+		if b, ok := kept[id]; ok {
 			bodies = append(bodies, b)
+		} else {
+			res.Skipped = append(res.Skipped, ReplaySkip{id.String(), "its body is not kept (it arrived before history bodies was on, or is past keep)"})
 		}
 	}
 	// The original order: by when each was kept (as it arrived), then id.
@@ -266,22 +265,6 @@ func (a *App) replayItem(b *historyBody, replayID string, receivedAt time.Time) 
 		Body:           b.Body,
 		ReplayID:       replayID,
 	}, nil
-}
-
-// loadBody reads the kept body of delivery id; fs.ErrNotExist when none.
-func (h *history) loadBody(ctx context.Context, id deliveryID) (*historyBody, error) {
-	data, err := h.storage.Load(ctx, bodyKey(id))
-	if err != nil {
-		return nil, err
-	}
-	var b historyBody
-	if err := json.Unmarshal(data, &b); err != nil {
-		return nil, fmt.Errorf("kept body of %s: %w", id, err)
-	}
-	if b.DeliveryID != id.String() {
-		return nil, fmt.Errorf("kept body of %s names %q", id, b.DeliveryID)
-	}
-	return &b, nil
 }
 
 // replaysTotal is caddy_reready_replays_total, created once per process.

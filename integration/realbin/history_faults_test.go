@@ -48,8 +48,9 @@ type planted struct {
 
 // plantHistory writes, under a file_system storage root, one batch of
 // node holding one forwarded entry at `at`, in the hour folder of `at`,
-// and the delivery's body under bodies/<that hour>/<its id>: the layout
-// and the JSON of history.go (historyBatch, historyBody).
+// and the delivery's body in a pack under bodies/<that hour>/, named with
+// the span of ids' t it holds: the layout and the JSON of history.go and
+// history_bodies.go (historyBatch, bodyPack, historyBody).
 func plantHistory(t *testing.T, root string, at time.Time, node string) planted {
 	t.Helper()
 	at = at.UTC()
@@ -81,7 +82,9 @@ func plantHistory(t *testing.T, root string, at time.Time, node string) planted 
 	hist := filepath.Join(root, "reready_verify", "history")
 	for path, v := range map[string]any{
 		filepath.Join(hist, p.hour, node+"-00112233445566ff-7.json"): batch,
-		filepath.Join(hist, "bodies", p.hour, p.id):                  body,
+		filepath.Join(hist, "bodies", p.hour, fmt.Sprintf("%s-00112233445566ff-1_%d-%d.json", node, at.Unix(), at.Unix())): map[string]any{
+			"node": node, "epoch": "00112233445566ff", "bodies": []any{body},
+		},
 	} {
 		data, err := json.Marshal(v)
 		if err != nil {
