@@ -5,7 +5,7 @@
 # second.
 #
 #   bench/load.sh [rounds] [seconds-per-round] [body-bytes]   # default 11 4 256
-#   HISTORY=1 bench/load.sh ...   # the same with history { bodies } on
+#   (the history's cost under load: bench/load-history.sh)
 #
 # B runs with `replay off`: wrk replays one pre-signed request, which replay
 # suppression would (rightly) answer without forwarding. A's client sends
@@ -64,19 +64,11 @@ http://127.0.0.1:$UP {
 	respond "ok" 200
 }
 CF
-# HISTORY=1 runs the gateway of A, B and C with the reready app's history
-# and bodies on (every entry and body written to the storage by the
-# flusher): compare its B/A and C/B with a run without.
-history=""
-if [ -n "${HISTORY:-}" ]; then
-	history=$'\treready {\n\t\thistory {\n\t\t\tbodies\n\t\t}\n\t}'
-fi
 cat >"$work/gateway.caddyfile" <<CF
 {
 	admin 127.0.0.1:$ADMIN
 	default_bind 127.0.0.1
 	storage file_system $work/storage
-$history
 }
 $(abc_sites "$PA" "$PB" "$PC")
 CF
