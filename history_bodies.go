@@ -27,10 +27,11 @@ import (
 //
 // Bodies are written in packs, not one storage object each: one pack per
 // flush and per hour of the ids' t (a delivery id starts with its t), at
-// most historyPackMax bodies or historyPackBytesMax bytes. At ten thousand
-// deliveries a second, one object per body cost the gateway 4-8 % of its
-// throughput (BENCHMARKS.md); a pack per flush costs one write. A pack is
-// named
+// most historyPackMax bodies or about historyPackBytesMax bytes. A body is
+// encoded into the pack being filled when it is kept, so the flusher writes
+// the pack as it is. At 8,000 deliveries a second, one object per body cost
+// the gateway 11 % of its throughput and could not keep up; packs cost
+// under 1 % (bench/load-history.sh, BENCHMARKS.md). A pack is named
 //
 //	bodies/<hour of the ids' t>/<node>-<epoch>-<n>_<t1>-<t2>.json
 //
