@@ -59,10 +59,6 @@ func (AdminAPI) Routes() []caddy.AdminRoute {
 	}}
 }
 
-// journalHeader carries the journal's epoch, so a follower notices that
-// the process (and its sequence numbers) changed.
-const journalHeader = "X-Reready-Journal"
-
 // opsError is a refused operation: a status and a message for the JSON
 // error body.
 type opsError struct {

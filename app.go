@@ -275,50 +275,6 @@ func (a *App) changed(id string) {
 // kick tells the worker a delivery on path succeeded.
 func (a *App) kick(path string) { a.worker.Load().kick(path) }
 
-// record adds an entry to the journal and, with history on, hands it to
-// the history's buffer (no storage call).
-func (a *App) record(e journalEntry) {
-	e = a.journal.add(e)
-	a.history.add(e)
-}
-
-// recordItem journals what happened to a queued item and emits the
-// matching event.
-func (a *App) recordItem(it *queueItem, outcome string, reason Reason, res attemptResult) {
-	id, _ := parseDeliveryID(it.ID)
-	path, host := it.path(), it.Host
-	e := journalEntry{
-		id:             id,
-		probe:          res.probe,
-		outcome:        outcome,
-		reason:         reason,
-		status:         res.status,
-		upstreamStatus: res.upstream,
-		attempt:        it.Attempts,
-		state:          ownString(it.State),
-		test:           it.Test,
-		verified:       it.Verified,
-		key:            it.Key,
-		duration:       res.duration,
-		host:           host,
-		path:           path,
-		remoteAddr:     it.RemoteAddr,
-	}
-	e.returnID.set(it.DeviceReturnID)
-	a.record(e)
-	if it.ReplayID == "" { // a replay's body is kept already, as it first arrived
-		a.history.keepItem(it)
-	}
-	switch outcome {
-	case OutcomeRedelivered:
-		a.emit("reready.redelivered", it, res)
-	case OutcomeDead:
-		a.emit("reready.dead", it, res)
-	case OutcomeQueued:
-		a.emit("reready.queued", it, res)
-	}
-}
-
 // emit sends a Caddy event about an item. Its data never holds a body,
 // header or secret.
 func (a *App) emit(name string, it *queueItem, res attemptResult) {

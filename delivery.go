@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/reready-verify/caddy-reready-verify/internal/verify"
 )
@@ -80,4 +81,14 @@ func parseDeliveryID(s string) (d deliveryID, ok bool) {
 	}
 	d.t = t
 	return d, true
+}
+
+// deliveryID is the delivery id's text, made once per request in the
+// request's state (no allocation of its own).
+func (st *requestState) deliveryID() string {
+	if st.idText == "" && !st.id.isZero() {
+		b := st.id.appendTo(st.idBuf[:0])
+		st.idText = unsafe.String(unsafe.SliceData(b), len(b)) // idBuf is not written again
+	}
+	return st.idText
 }

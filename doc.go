@@ -16,25 +16,28 @@
 // buffers under max_body and body_timeout), signature or token, payload,
 // replay gate (replay.go, with a per-process store in replay_memory.go or a
 // fleet-wide one in Caddy's storage in replay_storage.go), then
-// forward.go: the request rewritten for the app (headers.go: the trusted
-// X-ReReady-* headers and the {http.reready.*} placeholders) and passed to
-// the rest of the route. Every reason a request can be refused for, with
+// forward.go: the request rewritten for the app (headers.go: every header
+// name, the trusted X-ReReady-* headers and the {http.reready.*}
+// placeholders) and passed to the rest of the route. Every reason a request can be refused for, with
 // its status, is in reasons.go; delivery ids, derived from what was
 // signed, in delivery.go.
 //
 // The `reready` app (app.go) owns what outlives a request: the delivery
 // journal (journal.go: a bounded ring of every outcome, per process, kept
-// across reloads; with `history`, history.go writes it to Caddy's storage
-// in batches, sweeps it past keep and keeps bodies, and history_query.go
-// reads the ring and the storage together by range and by delivery) and, when a handler has `queue` on, the store-and-forward
-// queue. A delivery the app failed is stored (queue.go: one item per
+// across reloads, and the records of live requests and queued items
+// written to it; with `history`, history.go writes it to Caddy's storage
+// in batches and sweeps it past keep, history_bodies.go keeps bodies in
+// packs, and history_query.go reads the ring and the storage together by
+// range and by delivery) and, when a handler has `queue` on, the
+// store-and-forward queue. A delivery the app failed is stored (queue.go: one item per
 // delivery and one line per return in Caddy's storage, shared by every
 // gateway on that storage; storage.go: the locks, retries and listings it
 // needs from any certmagic.Storage) and answered 202. The worker
 // (worker.go: one per running config, with its settings and backoff)
 // scans the queue, probes a failing app with one delivery at a time, and
 // redelivers each return's deliveries in order through the same route, in
-// process (redeliver.go: the round trip). Pause and resume (pause.go: one
+// process (redeliver.go: the round trip, both the worker's and the
+// handler's side). Pause and resume (pause.go: one
 // record in the same storage, read by every live delivery and every scan)
 // hold a path's deliveries in the queue until resumed. Metrics are in
 // metrics.go.

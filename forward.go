@@ -7,12 +7,8 @@ import (
 	"io"
 	"maps"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
-	"unsafe"
-
-	"github.com/reready-verify/caddy-reready-verify/internal/verify"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -21,19 +17,9 @@ import (
 // This file is the last step of the pipeline: passing a verified delivery
 // on to the rest of the route, and, with `queue` on, taking over when the
 // app fails (storing the delivery and answering 202) or when earlier
-// deliveries of the same return are still queued. It also holds the
-// handler's side of a redelivery and the journal records of live requests.
-
-// Headers a forwarded delivery carries besides the event's.
-const (
-	hdrDeliveryID = "X-Reready-Delivery-Id"
-	hdrAttempt    = "X-Reready-Attempt"
-	hdrReceivedAt = "X-Reready-Received-At"
-)
-
-// journalClip bounds the strings a journal entry keeps from a request, so
-// 10,000 entries stay small whatever clients send.
-const journalClip = 256
+// deliveries of the same return are still queued. The handler's side of a
+// redelivery is in redeliver.go, the journal records of live requests in
+// journal.go.
 
 // forward passes a verified request on and journals what it was answered.
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, st *requestState, start time.Time) error {
@@ -318,89 +304,6 @@ func (st *requestState) upstreamStatus() int {
 	return st.answered()
 }
 
-// redeliver is the handler's side of a redelivery: the request carries a
-// marker of an unexported type, set by the reready app's worker, instead
-// of a checkable signature. It passes the stored delivery on with its
-// trusted headers and reports what the rest of the route answered.
-func (h *Handler) redeliver(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, rd *redelivery) error {
-	it := rd.item
-	ref := getBuf(len(it.Body))
-	*ref = append(*ref, it.Body...)
-	st := &requestState{body: newBodyReader(ref), redelivery: rd}
-	defer st.release(r)
-	ev, err := verify.ParsePayloadInto(st.body.buf, st.strs[:0])
-	if err != nil {
-		rd.report(0, caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("stored delivery %s: %w", it.ID, err)))
-		return nil
-	}
-	st.event = ev
-	st.auth = auth{verified: it.Verified, signed: it.Timestamp != ""}
-	st.auth.sig.T = it.Timestamp
-	st.id, _ = parseDeliveryID(it.ID)
-	h.forwardable(r, st)
-	st.status.ResponseWriter = w
-	defer func() {
-		if p := recover(); p != nil {
-			rd.mu.Lock()
-			rd.status = st.status.code // what the app answered before the panic
-			rd.mu.Unlock()
-			panic(p)
-		}
-	}()
-	err = next.ServeHTTP(&st.status, r)
-	rd.report(st.status.code, err)
-	// The worker records a failure and tries again later: no handle_errors
-	// route (a fallback would get a duplicate) and no error log per attempt.
-	return nil
-}
-
-// report records what the rest of the route did with a redelivery.
-func (rd *redelivery) report(status int, err error) {
-	rd.mu.Lock()
-	rd.returned, rd.status, rd.err = true, status, err
-	rd.mu.Unlock()
-}
-
-// journalLive records a live request. st is nil for a request refused
-// before its body was read.
-func (h *Handler) journalLive(r *http.Request, st *requestState, start time.Time, outcome string, reason Reason, status, upstream int) {
-	if h.app == nil {
-		return
-	}
-	e := journalEntry{
-		outcome:        outcome,
-		reason:         reason,
-		status:         status,
-		upstreamStatus: upstream,
-		duration:       time.Since(start),
-		host:           verify.Clip(r.Host, journalClip), // the journal keeps its own copies
-		path:           verify.Clip(r.URL.Path, journalClip),
-		remoteAddr:     verify.Clip(r.RemoteAddr, journalClip), // the connection's own string
-	}
-	if st != nil {
-		e.id = st.id
-		e.returnID.set(verify.Clip(st.event.DeviceReturnID, journalClip))
-		e.state = ownString(verify.Clip(st.event.State, journalClip))
-		e.test = st.event.Test
-		e.verified = st.auth.verified
-		e.key = st.auth.keyNumber()
-		if outcome == OutcomeForwarded || outcome == OutcomeObserved {
-			e.attempt = 1
-		}
-	}
-	h.app.record(e)
-	h.keepLive(r, st)
-}
-
-// keyNumber is the 1-based position of the secret that matched, 0 when no
-// signature was checked.
-func (a *auth) keyNumber() int {
-	if !a.signed {
-		return 0
-	}
-	return a.sig.Key + 1
-}
-
 // queueWriter is the response writer of a live delivery with the queue on.
 // A 5xx, 408 or 429 answer is swallowed, headers and body, so the handler
 // can store the delivery and answer 202 instead; any other answer passes
@@ -498,32 +401,6 @@ func (q *queueWriter) Unwrap() http.ResponseWriter { return q.w }
 
 // writerOnly hides ReadFrom, so io.Copy uses Write.
 type writerOnly struct{ io.Writer }
-
-// deliveryHeaders adds the delivery id, and for a redelivery its attempt
-// and arrival time, to a forwarded request.
-func (st *requestState) deliveryHeaders(set func(k, v string)) {
-	if st.id.isZero() {
-		return
-	}
-	set(hdrDeliveryID, st.deliveryID())
-	if rd := st.redelivery; rd != nil {
-		set(hdrAttempt, strconv.Itoa(rd.attempt))
-		set(hdrReceivedAt, rd.item.ReceivedAt.UTC().Format(time.RFC3339))
-		if rd.item.ReplayID != "" {
-			set(hdrReplay, rd.item.ReplayID)
-		}
-	}
-}
-
-// deliveryID is the delivery id's text, made once per request in the
-// request's state (no allocation of its own).
-func (st *requestState) deliveryID() string {
-	if st.idText == "" && !st.id.isZero() {
-		b := st.id.appendTo(st.idBuf[:0])
-		st.idText = unsafe.String(unsafe.SliceData(b), len(b)) // idBuf is not written again
-	}
-	return st.idText
-}
 
 // statusWriter records the final status the rest of the chain wrote.
 type statusWriter struct {

@@ -4,13 +4,15 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 )
 
-// This file rewrites a verified request for the upstream: the trusted
-// X-ReReady-* headers (client-sent ones removed), the body's framing, and
-// the {http.reready.*} placeholders.
+// This file is every header name the handler reads and sets, and rewrites
+// a verified request for the upstream: the trusted X-ReReady-* headers
+// (client-sent ones removed), the delivery's own headers, the body's
+// framing, and the {http.reready.*} placeholders.
 
 // Canonical forms of the headers the handler reads and sets.
 const (
@@ -24,6 +26,22 @@ const (
 	hdrTimestamp      = "X-Reready-Timestamp"
 	hdrVerified       = "X-Reready-Verified"
 	hdrRejectReason   = "X-Reready-Reject-Reason"
+
+	// Set on a forwarded delivery besides the event's (deliveryHeaders).
+	hdrDeliveryID = "X-Reready-Delivery-Id"
+	hdrAttempt    = "X-Reready-Attempt"     // redeliveries
+	hdrReceivedAt = "X-Reready-Received-At" // redeliveries
+	hdrReplay     = "X-Reready-Replay"      // an operator's replay (replay_range.go)
+)
+
+// Headers of the admin API's answers.
+const (
+	// journalHeader carries the journal's epoch, so a follower notices
+	// that the process (and its sequence numbers) changed.
+	journalHeader = "X-Reready-Journal"
+	// nextCursorHeader carries the cursor of the next page of a range
+	// query; absent on the last page.
+	nextCursorHeader = "X-Reready-Next-Cursor"
 )
 
 // forwardable rewrites the request for the upstream: the exact body, the
@@ -196,4 +214,20 @@ func (st *requestState) placeholder(key string) (any, bool) {
 		return "1", true
 	}
 	return nil, false
+}
+
+// deliveryHeaders adds the delivery id, and for a redelivery its attempt
+// and arrival time, to a forwarded request.
+func (st *requestState) deliveryHeaders(set func(k, v string)) {
+	if st.id.isZero() {
+		return
+	}
+	set(hdrDeliveryID, st.deliveryID())
+	if rd := st.redelivery; rd != nil {
+		set(hdrAttempt, strconv.Itoa(rd.attempt))
+		set(hdrReceivedAt, rd.item.ReceivedAt.UTC().Format(time.RFC3339))
+		if rd.item.ReplayID != "" {
+			set(hdrReplay, rd.item.ReplayID)
+		}
+	}
 }

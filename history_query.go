@@ -26,10 +26,6 @@ import (
 // time, then by that name. A cursor is the last entry of a page, encoded:
 // the next page is what comes after it in that order.
 
-// nextCursorHeader carries the cursor of the next page of a range query;
-// absent on the last page.
-const nextCursorHeader = "X-Reready-Next-Cursor"
-
 // entryKey names and orders an entry.
 type entryKey struct {
 	At    time.Time

@@ -3,6 +3,7 @@ package rereadyverify
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -15,7 +16,9 @@ import (
 // request that reached a reready_verify handler in this process, and of
 // every redelivery attempt, newest kept. It never holds a secret, the
 // token, a MAC, the signature header or a body: only what the operator
-// needs to answer "did it arrive, and what did the app say?".
+// needs to answer "did it arrive, and what did the app say?". Its writers
+// are here too: journalLive (a live request, from the handler) and
+// recordItem (a queued item's arrival, attempt or end, from the app).
 //
 // The process keeps one journal across config reloads, so a reload neither
 // empties it nor restarts its sequence numbers (which `caddy reready
@@ -379,4 +382,92 @@ func (j *journal) summary(now time.Time) Summary {
 	// Entries were dropped, and the oldest kept one is within the hour.
 	s.Partial = j.n > 0 && j.nextSeq-1 > uint64(j.n) && !j.ring[j.start].at.Before(from)
 	return s
+}
+
+// journalClip bounds the strings a journal entry keeps from a request, so
+// 10,000 entries stay small whatever clients send.
+const journalClip = 256
+
+// journalLive records a live request. st is nil for a request refused
+// before its body was read.
+func (h *Handler) journalLive(r *http.Request, st *requestState, start time.Time, outcome string, reason Reason, status, upstream int) {
+	if h.app == nil {
+		return
+	}
+	e := journalEntry{
+		outcome:        outcome,
+		reason:         reason,
+		status:         status,
+		upstreamStatus: upstream,
+		duration:       time.Since(start),
+		host:           verify.Clip(r.Host, journalClip), // the journal keeps its own copies
+		path:           verify.Clip(r.URL.Path, journalClip),
+		remoteAddr:     verify.Clip(r.RemoteAddr, journalClip), // the connection's own string
+	}
+	if st != nil {
+		e.id = st.id
+		e.returnID.set(verify.Clip(st.event.DeviceReturnID, journalClip))
+		e.state = ownString(verify.Clip(st.event.State, journalClip))
+		e.test = st.event.Test
+		e.verified = st.auth.verified
+		e.key = st.auth.keyNumber()
+		if outcome == OutcomeForwarded || outcome == OutcomeObserved {
+			e.attempt = 1
+		}
+	}
+	h.app.record(e)
+	h.keepLive(r, st)
+}
+
+// keyNumber is the 1-based position of the secret that matched, 0 when no
+// signature was checked.
+func (a *auth) keyNumber() int {
+	if !a.signed {
+		return 0
+	}
+	return a.sig.Key + 1
+}
+
+// record adds an entry to the journal and, with history on, hands it to
+// the history's buffer (no storage call).
+func (a *App) record(e journalEntry) {
+	e = a.journal.add(e)
+	a.history.add(e)
+}
+
+// recordItem journals what happened to a queued item and emits the
+// matching event.
+func (a *App) recordItem(it *queueItem, outcome string, reason Reason, res attemptResult) {
+	id, _ := parseDeliveryID(it.ID)
+	path, host := it.path(), it.Host
+	e := journalEntry{
+		id:             id,
+		probe:          res.probe,
+		outcome:        outcome,
+		reason:         reason,
+		status:         res.status,
+		upstreamStatus: res.upstream,
+		attempt:        it.Attempts,
+		state:          ownString(it.State),
+		test:           it.Test,
+		verified:       it.Verified,
+		key:            it.Key,
+		duration:       res.duration,
+		host:           host,
+		path:           path,
+		remoteAddr:     it.RemoteAddr,
+	}
+	e.returnID.set(it.DeviceReturnID)
+	a.record(e)
+	if it.ReplayID == "" { // a replay's body is kept already, as it first arrived
+		a.history.keepItem(it)
+	}
+	switch outcome {
+	case OutcomeRedelivered:
+		a.emit("reready.redelivered", it, res)
+	case OutcomeDead:
+		a.emit("reready.dead", it, res)
+	case OutcomeQueued:
+		a.emit("reready.queued", it, res)
+	}
 }

@@ -249,3 +249,46 @@ func (d *discardWriter) Write(p []byte) (int, error) {
 }
 
 func (d *discardWriter) Flush() {}
+
+// redeliver is the handler's side of a redelivery: the request carries a
+// marker of an unexported type, set by the reready app's worker, instead
+// of a checkable signature. It passes the stored delivery on with its
+// trusted headers and reports what the rest of the route answered.
+func (h *Handler) redeliver(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, rd *redelivery) error {
+	it := rd.item
+	ref := getBuf(len(it.Body))
+	*ref = append(*ref, it.Body...)
+	st := &requestState{body: newBodyReader(ref), redelivery: rd}
+	defer st.release(r)
+	ev, err := verify.ParsePayloadInto(st.body.buf, st.strs[:0])
+	if err != nil {
+		rd.report(0, caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("stored delivery %s: %w", it.ID, err)))
+		return nil
+	}
+	st.event = ev
+	st.auth = auth{verified: it.Verified, signed: it.Timestamp != ""}
+	st.auth.sig.T = it.Timestamp
+	st.id, _ = parseDeliveryID(it.ID)
+	h.forwardable(r, st)
+	st.status.ResponseWriter = w
+	defer func() {
+		if p := recover(); p != nil {
+			rd.mu.Lock()
+			rd.status = st.status.code // what the app answered before the panic
+			rd.mu.Unlock()
+			panic(p)
+		}
+	}()
+	err = next.ServeHTTP(&st.status, r)
+	rd.report(st.status.code, err)
+	// The worker records a failure and tries again later: no handle_errors
+	// route (a fallback would get a duplicate) and no error log per attempt.
+	return nil
+}
+
+// report records what the rest of the route did with a redelivery.
+func (rd *redelivery) report(status int, err error) {
+	rd.mu.Lock()
+	rd.returned, rd.status, rd.err = true, status, err
+	rd.mu.Unlock()
+}

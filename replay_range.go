@@ -31,9 +31,6 @@ import (
 // Replay suppression does not stop them: a redelivery does not pass the
 // replay gate.
 
-// hdrReplay names the replay that sent a delivery again.
-const hdrReplay = "X-Reready-Replay"
-
 // maxReplay bounds the deliveries one replay selects.
 const maxReplay = 10_000
 
