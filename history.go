@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,6 +36,11 @@ import (
 //	bodies/<YYYY-MM-DDTHH>/<node>-<epoch>-<n>_<t1>-<t2>.json
 //	                                                   one pack: bodies whose ids' t (unix
 //	                                                   seconds t1 to t2) fall in that hour
+//	late/<YYYY-MM-DDTHH>/<node>-<epoch>-<first seq>.json
+//	                                                   the late index: for deliveries whose
+//	                                                   ids' t fall in that hour, the hours
+//	                                                   of their entries recorded over
+//	                                                   historyLateAfter later
 //	swept                                              when the fleet last swept
 //
 // A batch holds the entries of one process (node and journal epoch) of one
@@ -72,6 +78,7 @@ const (
 
 	historyPrefix       = "reready_verify/history"
 	historyBodiesPrefix = historyPrefix + "/bodies"
+	historyLatePrefix   = historyPrefix + "/late"
 	historySweepKey     = historyPrefix + "/swept"
 	historyHourLayout   = "2006-01-02T15"
 
@@ -95,10 +102,12 @@ const (
 	historySweepInterval = 5 * time.Minute
 	// historyLockWait bounds the wait for the sweep's storage lock.
 	historyLockWait = 5 * time.Second
-	// historyDeliveryWindow is how long after a delivery's t its entries
-	// are looked for by GET /deliveries/{id} (a queued delivery is retried
-	// for max_age, 72h by default).
-	historyDeliveryWindow = 8 * 24 * time.Hour
+	// historyDeliveryWindow is how long after a delivery's t
+	// GET /deliveries/{id} reads every hour for its entries; an entry
+	// recorded later than historyLateAfter (a redelivery hours later, a
+	// replay days later) is found through the late index instead.
+	historyDeliveryWindow = 2 * time.Hour
+	historyLateAfter      = time.Hour
 )
 
 // Results of writes, the result label of
@@ -444,7 +453,48 @@ func (h *history) batches(buf []journalEntry) []storedBatch {
 		data = append(data, "]}"...)
 		key := fmt.Sprintf("%s/%s/%s-%s-%d.json", historyPrefix, hour, h.node, h.epoch, buf[0].seq)
 		out = append(out, storedBatch{key: key, data: data, entries: n})
+		out = append(out, h.lateIndex(buf[:n], hour)...)
 		buf = buf[n:]
+	}
+	return out
+}
+
+// lateRef is an entry of the late index: delivery id's entries are (also)
+// in the hour folder hour.
+type lateRef struct {
+	ID   string `json:"id"`
+	Hour string `json:"hour"`
+}
+
+// lateIndex is the late index of a batch of entries of hour: for each
+// delivery with an entry recorded over historyLateAfter after its id's t,
+// a reference from the hour of that t to hour, one object per hour of t.
+// It is written after the batch it points to, so a reference never names
+// an hour that does not hold the entry yet.
+func (h *history) lateIndex(entries []journalEntry, hour string) []storedBatch {
+	var byHour map[string][]lateRef
+	for i := range entries {
+		e := &entries[i]
+		if e.id.isZero() || e.at.Sub(time.Unix(e.id.t, 0)) <= historyLateAfter {
+			continue
+		}
+		idHour := hourOf(time.Unix(e.id.t, 0))
+		if byHour == nil {
+			byHour = map[string][]lateRef{}
+		}
+		ref := lateRef{e.id.String(), hour}
+		if !slices.Contains(byHour[idHour], ref) {
+			byHour[idHour] = append(byHour[idHour], ref)
+		}
+	}
+	var out []storedBatch
+	for idHour, refs := range byHour {
+		data, err := json.Marshal(refs)
+		if err != nil {
+			continue
+		}
+		key := fmt.Sprintf("%s/%s/%s-%s-%d.json", historyLatePrefix, idHour, h.node, h.epoch, entries[0].seq)
+		out = append(out, storedBatch{key: key, data: data})
 	}
 	return out
 }
@@ -565,7 +615,7 @@ func (h *history) sweep(ctx context.Context) (deleted int, err error) {
 		return 0, err
 	}
 	cutoff := now.Add(-h.keep)
-	for _, prefix := range []string{historyPrefix, historyBodiesPrefix} {
+	for _, prefix := range []string{historyPrefix, historyBodiesPrefix, historyLatePrefix} {
 		hours, err := listHours(ctx, h.storage, prefix)
 		if err != nil {
 			return deleted, err

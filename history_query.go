@@ -145,6 +145,36 @@ func readHour(ctx context.Context, st certmagic.Storage, hour string) ([]keyed, 
 	return out, nil
 }
 
+// lateHours reads the late index of id's hour: the hour folders holding
+// entries of id recorded over historyLateAfter after its t.
+func lateHours(ctx context.Context, st certmagic.Storage, id deliveryID) ([]string, error) {
+	keys, err := listKeys(ctx, st, historyLatePrefix+"/"+hourOf(time.Unix(id.t, 0)))
+	if err != nil {
+		return nil, err
+	}
+	want := id.String()
+	var hours []string
+	for _, key := range keys {
+		if !strings.HasSuffix(key, ".json") {
+			continue // file_system's temporary files
+		}
+		data, err := loadListed(ctx, st, key)
+		if err != nil {
+			return nil, err
+		}
+		var refs []lateRef
+		if data == nil || json.Unmarshal(data, &refs) != nil {
+			continue
+		}
+		for _, r := range refs {
+			if r.ID == want && hourName.MatchString(r.Hour) && !slices.Contains(hours, r.Hour) {
+				hours = append(hours, r.Hour)
+			}
+		}
+	}
+	return hours, nil
+}
+
 // hoursBetween lists the history's hour folders that may hold entries
 // from `from` to `to` (zero: no bound), newest first.
 func hoursBetween(ctx context.Context, st certmagic.Storage, from, to time.Time) ([]historyHour, error) {
@@ -237,9 +267,9 @@ type DeliveryRecord struct {
 }
 
 // deliveryRecord gathers a delivery's entries from the ring and, when a
-// runs with history, from storage (the hours from its t to
-// historyDeliveryWindow later), with its body when kept. ok is false when
-// nothing is known of it.
+// runs with history, from storage (the hours from an hour before its t to
+// historyDeliveryWindow after, and the hours the late index names for it),
+// with its body when kept. ok is false when nothing is known of it.
 func deliveryRecord(ctx context.Context, a *App, j *journal, id deliveryID) (rec DeliveryRecord, ok bool, err error) {
 	rec = DeliveryRecord{DeliveryID: id.String(), Entries: []Delivery{}}
 	found := map[string]keyed{}
@@ -253,8 +283,21 @@ func deliveryRecord(ctx context.Context, a *App, j *journal, id deliveryID) (rec
 		if err != nil {
 			return rec, false, err
 		}
+		names := make([]string, 0, len(hours))
 		for _, h := range hours {
-			entries, err := readHour(ctx, st, baseName(h.key))
+			names = append(names, baseName(h.key))
+		}
+		late, err := lateHours(ctx, st, id)
+		if err != nil {
+			return rec, false, err
+		}
+		for _, hour := range late {
+			if !slices.Contains(names, hour) {
+				names = append(names, hour)
+			}
+		}
+		for _, hour := range names {
+			entries, err := readHour(ctx, st, hour)
 			if err != nil {
 				return rec, false, err
 			}

@@ -691,3 +691,59 @@ func storedBodies(t *testing.T, dir string) []byte {
 	}
 	return all
 }
+
+// Entries recorded long after a delivery's t (a redelivery hours later, a
+// replay days later) are found through the late index; GET
+// /deliveries/{id} reads the hours around its t and those the index names,
+// not every hour in between.
+func TestHistoryDeliveryLateEntries(t *testing.T) {
+	dir := t.TempDir()
+	st := &storeFailStorage{FileStorage: &certmagic.FileStorage{Path: dir}}
+	a, _ := historyApp(t, st, HistoryConfig{}, 1)
+	withLiveApp(t, a)
+	at := time.Now().Add(-20 * 24 * time.Hour).Truncate(time.Hour).Add(10 * time.Minute)
+	id := deliveryID{t: at.Unix(), h: [16]byte{7}}
+	steps := []struct {
+		after   time.Duration
+		outcome string
+	}{
+		{0, OutcomeQueued}, {30 * time.Minute, OutcomeRetrying}, {5 * time.Hour, OutcomeRedelivered},
+		{9 * 24 * time.Hour, OutcomeReplayed}, {19 * 24 * time.Hour, OutcomeReplayed},
+	}
+	for i, s := range steps {
+		a.record(journalEntry{at: at.Add(s.after), id: id, outcome: s.outcome, attempt: i + 1})
+		// The hours after hold other deliveries' entries.
+		for h := s.after + time.Hour; h < s.after+3*time.Hour; h += time.Hour {
+			a.record(journalEntry{at: at.Add(h), id: deliveryID{t: at.Add(h).Unix(), h: [16]byte{8}}, outcome: OutcomeForwarded})
+		}
+		a.history.flush(context.Background())
+	}
+	a.record(journalEntry{at: time.Now(), outcome: OutcomeRejected}) // the ring holds none of id's
+
+	st.loads.Store(0)
+	code, _, body := adminDo(t, http.MethodGet, "/reready/deliveries/"+id.String())
+	if code != 200 {
+		t.Fatalf("%d %s", code, body)
+	}
+	var rec DeliveryRecord
+	if err := json.Unmarshal([]byte(body), &rec); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range rec.Entries {
+		got = append(got, d.Outcome)
+	}
+	want := []string{OutcomeQueued, OutcomeRetrying, OutcomeRedelivered, OutcomeReplayed, OutcomeReplayed}
+	if !slices.Equal(got, want) {
+		t.Fatalf("outcomes %v, want %v", got, want)
+	}
+	// The batches of the hours from t to t+2h (2 flushes wrote to each of
+	// the 3), the late entries' 3 batches and the 3 objects of the late
+	// index: not the other hours'.
+	if n := st.loads.Load(); n != 12 {
+		t.Errorf("%d objects read for one delivery, want 12", n)
+	}
+	if n := len(historyFiles(t, dir)); n < 15 {
+		t.Fatalf("only %d objects in the history; the test wants many hours", n)
+	}
+}
