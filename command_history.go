@@ -70,6 +70,7 @@ func runDeliveriesRange(o deliveriesOptions, stdout, stderr io.Writer) error {
 		q.Set(flag, v)
 	}
 	var all []Delivery
+	unread := 0
 	for {
 		size := rangePage
 		if o.Limit > 0 {
@@ -82,6 +83,9 @@ func runDeliveriesRange(o deliveriesOptions, stdout, stderr io.Writer) error {
 			return err
 		}
 		all = append(all, o.keepTest(page)...)
+		if n, _ := strconv.Atoi(hdr.Get(partialHeader)); n > 0 {
+			unread += n
+		}
 		next := hdr.Get(nextCursorHeader)
 		if next == "" || len(page) == 0 || o.Limit > 0 && len(all) >= o.Limit {
 			break
@@ -89,6 +93,7 @@ func runDeliveriesRange(o deliveriesOptions, stdout, stderr io.Writer) error {
 		q.Set("cursor", next)
 	}
 	slices.Reverse(all)
+	warnPartial(stderr, unread)
 	if o.JSON {
 		return writeIndentedJSON(stdout, all)
 	}
@@ -110,13 +115,17 @@ type showOptions struct {
 
 // runShow prints a delivery's entries and, when kept, its headers and
 // body (pretty-printed when it is JSON); with Body, only the body's bytes.
-func runShow(o showOptions, stdout io.Writer) error {
+func runShow(o showOptions, stdout, stderr io.Writer) error {
 	if _, ok := parseDeliveryID(o.ID); !ok {
 		return fmt.Errorf("invalid delivery id %q: want <t>-<32 hex digits>, as caddy reready deliveries --json shows", o.ID)
 	}
 	var rec DeliveryRecord
-	if _, err := adminGet(o.adminOptions, "/reready/deliveries/"+url.PathEscape(o.ID), &rec); err != nil {
+	hdr, err := adminGet(o.adminOptions, "/reready/deliveries/"+url.PathEscape(o.ID), &rec)
+	if err != nil {
 		return err
+	}
+	if n, _ := strconv.Atoi(hdr.Get(partialHeader)); n > 0 {
+		warnPartial(stderr, n)
 	}
 	if o.Body {
 		if rec.Body == nil {
@@ -168,7 +177,7 @@ func runShow(o showOptions, stdout io.Writer) error {
 		b.WriteString(terminalSafe(string(rec.Body)))
 	}
 	b.WriteString("\n")
-	_, err := io.WriteString(stdout, b.String())
+	_, err = io.WriteString(stdout, b.String())
 	return err
 }
 
@@ -205,11 +214,19 @@ localhost:2019.
 		Args:                  cobra.ExactArgs(1),
 		DisableFlagsInUseLine: true,
 		RunE: cobraRun(func(fl caddycmd.Flags, c *cobra.Command) error {
-			return runShow(showOptions{adminOptions: adminFlags(fl), ID: c.Flags().Arg(0), JSON: fl.Bool("json"), Body: fl.Bool("body")}, c.OutOrStdout())
+			return runShow(showOptions{adminOptions: adminFlags(fl), ID: c.Flags().Arg(0), JSON: fl.Bool("json"), Body: fl.Bool("body")}, c.OutOrStdout(), c.ErrOrStderr())
 		}),
 	}
 	show.Flags().Bool("json", false, "Print JSON")
 	show.Flags().Bool("body", false, "Print only the body, byte for byte")
 	addAdminFlags(show)
 	return show
+}
+
+// warnPartial says on stderr that n history objects were listed but not
+// read, so the answer may lack entries (the admin API's partialHeader).
+func warnPartial(stderr io.Writer, n int) {
+	if n > 0 {
+		fmt.Fprintf(stderr, "warning: %s of the history listed but not readable (swept meanwhile, or not written yet): entries may be missing; ask again\n", plural(n, "object", "objects"))
+	}
 }

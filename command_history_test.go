@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -59,7 +60,7 @@ func TestCommandHistory(t *testing.T) {
 	}
 
 	out.Reset()
-	if err := runShow(showOptions{adminOptions: o, ID: id.String()}, &out); err != nil {
+	if err := runShow(showOptions{adminOptions: o, ID: id.String()}, &out, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"delivery " + id.String(), "queued", "recorded by node-a", "X-Reready-State: complete", "request: h.test/hook", "\"device_return_id\": \"ret-2\""} {
@@ -68,10 +69,10 @@ func TestCommandHistory(t *testing.T) {
 		}
 	}
 	out.Reset()
-	if err := runShow(showOptions{adminOptions: o, ID: id.String(), Body: true}, &out); err != nil || !bytes.Equal(out.Bytes(), body) {
+	if err := runShow(showOptions{adminOptions: o, ID: id.String(), Body: true}, &out, io.Discard); err != nil || !bytes.Equal(out.Bytes(), body) {
 		t.Fatalf("show --body: %v %q", err, out.String())
 	}
-	err := runShow(showOptions{adminOptions: o, ID: "1-00000000000000000000000000000000"}, &out)
+	err := runShow(showOptions{adminOptions: o, ID: "1-00000000000000000000000000000000"}, &out, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "(HTTP 404)") {
 		t.Fatalf("show of an unknown id: %v", err)
 	}

@@ -81,6 +81,7 @@ func runReplay(o replayOptions, stdin io.Reader, stdout, stderr io.Writer) error
 			fmt.Fprintln(stdout, "  "+id)
 		}
 		printSkipped(stdout, dry.Skipped)
+		warnPartial(stderr, int(dry.Unreadable))
 		return nil
 	}
 	if !o.Yes {
@@ -101,6 +102,7 @@ func runReplay(o replayOptions, stdin io.Reader, stdout, stderr io.Writer) error
 	}
 	fmt.Fprintf(stdout, "replayed %s (replay %s): queued again, in order per return\n", plural(res.Count, "delivery", "deliveries"), res.ReplayID)
 	printSkipped(stdout, res.Skipped)
+	warnPartial(stderr, int(res.Unreadable))
 	return nil
 }
 

@@ -42,6 +42,10 @@ const (
 	// nextCursorHeader carries the cursor of the next page of a range
 	// query; absent on the last page.
 	nextCursorHeader = "X-Reready-Next-Cursor"
+	// partialHeader says how many history objects were listed but could
+	// not be read (swept meanwhile, or on Redis not written yet): the
+	// answer may lack their entries. Absent when none.
+	partialHeader = "X-Reready-Partial"
 )
 
 // forwardable rewrites the request for the upstream: the exact body, the

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -492,22 +493,54 @@ func findBodies(ctx context.Context, st certmagic.Storage, ids []deliveryID) (ma
 	return found, nil
 }
 
-// loadListed loads a key a listing named; nil when it is gone since (a
-// sweep, or a storage whose listing runs ahead of its values).
+// loadListed loads a key a listing named; nil when it is gone. A key
+// listed but not there is tried once more a little later (Redis's storage
+// lists from an index written before the value); still missing (swept
+// meanwhile, or not written yet), it is counted in ctx's unreadCount, so
+// that the answer can say it is partial.
 func loadListed(ctx context.Context, st certmagic.Storage, key string) ([]byte, error) {
 	var data []byte
-	err := retryStorage(ctx, func() error {
-		var err error
-		data, err = st.Load(ctx, key)
-		if errors.Is(err, fs.ErrNotExist) {
-			data, err = nil, nil
+	for try := 0; ; try++ {
+		err := retryStorage(ctx, func() error {
+			var err error
+			data, err = st.Load(ctx, key)
+			if errors.Is(err, fs.ErrNotExist) {
+				data, err = nil, nil
+			}
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("reading %s: %w", key, err)
 		}
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", key, err)
+		if data != nil {
+			return data, nil
+		}
+		if try == 1 {
+			if n, ok := ctx.Value(unreadKey{}).(*atomic.Int64); ok {
+				n.Add(1)
+			}
+			return nil, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(listedRetryWait):
+		}
 	}
-	return data, nil
+}
+
+// listedRetryWait is how long loadListed waits before loading a listed key
+// that was not there again.
+const listedRetryWait = 50 * time.Millisecond
+
+// unreadKey is the context key of the count of listed objects that did not
+// load (*atomic.Int64), set by the queries that report a partial answer.
+type unreadKey struct{}
+
+// withUnreadCount returns ctx counting listed objects that do not load.
+func withUnreadCount(ctx context.Context) (context.Context, *atomic.Int64) {
+	n := new(atomic.Int64)
+	return context.WithValue(ctx, unreadKey{}, n), n
 }
 
 // loadBody reads the kept body of delivery id; fs.ErrNotExist when none.

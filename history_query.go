@@ -10,7 +10,9 @@ import (
 	"io/fs"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -113,7 +115,7 @@ func (j *journal) ringEntries(node string, limit int, match func(k entryKey, e *
 
 // readHour reads the batches of an hour folder. A batch that is listed but
 // does not load (swept meanwhile; on a networked store, not written yet)
-// is left out; any other failure is an error.
+// is left out and counted (loadListed); any other failure is an error.
 func readHour(ctx context.Context, st certmagic.Storage, hour string) ([]keyed, error) {
 	prefix := historyPrefix + "/" + hour
 	keys, err := listKeys(ctx, st, prefix)
@@ -382,13 +384,15 @@ func parseWhen(s string, now time.Time) (time.Time, error) {
 // a JSON array as without them, and the next page's cursor in
 // nextCursorHeader.
 func serveDeliveryRange(w http.ResponseWriter, r *http.Request, q rangeQuery) *opsError {
-	ds, next, err := queryRange(r.Context(), liveApp.Load(), processJournal, q)
+	ctx, unread := withUnreadCount(r.Context())
+	ds, next, err := queryRange(ctx, liveApp.Load(), processJournal, q)
 	if err != nil {
 		return opsErrorf(http.StatusServiceUnavailable, "reading the history: %v", err)
 	}
 	if next != nil {
 		w.Header().Set(nextCursorHeader, next.cursor())
 	}
+	setPartial(w, unread)
 	return writeJSON(w, ds)
 }
 
@@ -399,14 +403,23 @@ func serveDelivery(w http.ResponseWriter, r *http.Request) *opsError {
 	if !ok {
 		return opsErrorf(http.StatusNotFound, "no delivery %q", clip(s))
 	}
-	rec, ok, err := deliveryRecord(r.Context(), liveApp.Load(), processJournal, id)
+	ctx, unread := withUnreadCount(r.Context())
+	rec, ok, err := deliveryRecord(ctx, liveApp.Load(), processJournal, id)
 	if err != nil {
 		return opsErrorf(http.StatusServiceUnavailable, "reading the history: %v", err)
 	}
+	setPartial(w, unread)
 	if !ok {
 		return opsErrorf(http.StatusNotFound, "no delivery %q in the journal or the history", s)
 	}
 	return writeJSON(w, rec)
+}
+
+// setPartial sets partialHeader when listed objects did not load.
+func setPartial(w http.ResponseWriter, unread *atomic.Int64) {
+	if n := unread.Load(); n > 0 {
+		w.Header().Set(partialHeader, strconv.FormatInt(n, 10))
+	}
 }
 
 // withNode sets this process's node on entries of its journal.

@@ -52,6 +52,10 @@ type ReplayResult struct {
 	IDs      []string     `json:"ids"`                 // those deliveries, in the order they go
 	ReplayID string       `json:"replay_id,omitempty"` // X-ReReady-Replay of their redeliveries; none with dry_run
 	Skipped  []ReplaySkip `json:"skipped,omitempty"`   // selected, but not queued
+	// History objects listed but not readable while selecting (swept
+	// meanwhile, or on Redis not written yet): deliveries in them may be
+	// missing from the selection.
+	Unreadable int64 `json:"unreadable,omitempty"`
 }
 
 // ReplaySkip is a selected delivery that was not queued, and why.
@@ -75,10 +79,12 @@ func serveReplay(w http.ResponseWriter, r *http.Request) *opsError {
 	case !a.queueOn:
 		return opsErrorf(http.StatusConflict, "replay needs `queue` on a reready_verify handler: replayed deliveries go through the queue")
 	}
-	res, oerr := a.replay(r.Context(), req, r.RemoteAddr)
+	ctx, unread := withUnreadCount(r.Context())
+	res, oerr := a.replay(ctx, req, r.RemoteAddr)
 	if oerr != nil {
 		return oerr
 	}
+	res.Unreadable = unread.Load()
 	return writeJSON(w, res)
 }
 
