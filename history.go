@@ -214,6 +214,7 @@ type history struct {
 	freeBufs    [][]byte                // written packs' buffers, for the next packs
 	reuseBufs   bool                    // the storage keeps no written value's bytes (file_system)
 	dropped     int                     // dropped from buf since the last flush
+	closed      bool                    // stopped: add and keepRecord refuse
 
 	wake chan struct{}
 	stop chan struct{}
@@ -263,12 +264,17 @@ func (c *HistoryConfig) validate() error {
 
 // add queues a journal entry, as the journal stored it, for the next
 // flush. It never blocks on storage and, once the buffer has grown, does
-// not allocate.
-func (h *history) add(e journalEntry) {
+// not allocate. It reports false, keeping nothing, once the history has
+// stopped (App.record then hands the entry to the running config's).
+func (h *history) add(e journalEntry) bool {
 	if h == nil {
-		return
+		return true
 	}
 	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return false
+	}
 	if len(h.buf) >= historyBufferMax {
 		n := historyBufferMax / 4
 		copy(h.buf, h.buf[n:])
@@ -285,6 +291,7 @@ func (h *history) add(e journalEntry) {
 		default:
 		}
 	}
+	return true
 }
 
 // start runs the flusher and the sweeper until stop.
@@ -330,6 +337,9 @@ func (h *history) stopAndFlush() {
 		return
 	}
 	h.once.Do(func() {
+		h.mu.Lock()
+		h.closed = true // what comes later goes to the running config's history
+		h.mu.Unlock()
 		close(h.stop)
 		ctx, cancel := context.WithTimeout(context.Background(), historyStopWait)
 		defer cancel()

@@ -94,7 +94,13 @@ func (h *Handler) keepLive(r *http.Request, st *requestState) {
 	}
 	rec := bodyRecord{id: st.id, body: st.body.buf, hdr: r.Header, host: r.Host, uri: h.uriWithoutToken(r, st), tls: r.TLS != nil}
 	rec.server, rec.port = h.app.serverOf(r)
-	hist.keepRecord(&rec)
+	if !hist.keepRecord(&rec) {
+		// A request of a config that has stopped since (a reload): the
+		// running config's history keeps it, if it keeps bodies.
+		if cur := liveApp.Load(); cur != nil && cur != h.app && cur.history.keepingBodies() {
+			cur.history.keepRecord(&rec)
+		}
+	}
 }
 
 // uriWithoutToken is the URI the client sent, without ?token= (as newItem
@@ -179,21 +185,25 @@ type keptBodies struct {
 
 // keepRecord queues a body for the next flush, encoded. Past
 // historyBodyBytesMax waiting (the flusher stuck in a slow write), bodies
-// are dropped and counted in the log at the next flush.
-func (h *history) keepRecord(rec *bodyRecord) {
+// are dropped and counted in the log at the next flush. It reports false,
+// keeping nothing, once the history has stopped.
+func (h *history) keepRecord(rec *bodyRecord) bool {
 	at := h.now().UTC()
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.closed {
+		return false
+	}
 	q := &h.kept
 	if _, dup := q.seen[rec.id]; dup {
-		return // the first one the app got
+		return true // the first one the app got
 	}
 	if _, stored := h.storedBody[rec.id]; stored {
-		return
+		return true
 	}
 	if q.bytes+len(rec.body) > historyBodyBytesMax {
 		h.keptDropped++
-		return
+		return true
 	}
 	if q.seen == nil {
 		q.seen = map[deliveryID]struct{}{}
@@ -233,6 +243,7 @@ func (h *history) keepRecord(rec *bodyRecord) {
 	q.bytes += len(p.data) - n
 	p.ids = append(p.ids, rec.id)
 	p.t1, p.t2 = min(p.t1, rec.id.t), max(p.t2, rec.id.t)
+	return true
 }
 
 // seal closes and names the i-th open pack and moves it to ready (h.mu).

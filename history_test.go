@@ -807,3 +807,39 @@ func TestHistoryPartialAnswer(t *testing.T) {
 		}
 	}
 }
+
+// An entry recorded by a config that has stopped (a request of the old
+// config still running after a reload) is written by the running config's
+// history, not lost in the stopped one's buffer; a body, refused by the
+// stopped history, goes the same way (keepLive).
+func TestHistoryAfterStop(t *testing.T) {
+	oldDir, newDir := t.TempDir(), t.TempDir()
+	old, _ := historyApp(t, &certmagic.FileStorage{Path: oldDir}, HistoryConfig{Bodies: true}, 10)
+	cur := testApp(t)
+	cur.journal = old.journal
+	cur.history = newHistory(&HistoryConfig{Bodies: true}, &certmagic.FileStorage{Path: newDir}, zap.NewNop(), cur.journal.epoch, nil)
+	withLiveApp(t, cur)
+	old.history.start()
+	old.history.stopAndFlush()
+
+	at := time.Now()
+	id := deliveryID{t: at.Unix(), h: [16]byte{3}}
+	old.record(journalEntry{at: at, id: id, outcome: OutcomeForwarded, status: 200})
+	if old.history.keepRecord(&bodyRecord{id: id, body: []byte(`{}`)}) {
+		t.Error("the stopped history took a body (keepLive would not hand it to the running config's)")
+	}
+	cur.history.flush(context.Background())
+	if files := historyFiles(t, oldDir); len(files) != 0 {
+		t.Errorf("the stopped history wrote %v", files)
+	}
+	files := historyFiles(t, newDir)
+	var entries int
+	for _, f := range files {
+		if !strings.HasPrefix(f, "bodies") {
+			entries += len(readBatch(t, newDir, f).Entries)
+		}
+	}
+	if entries != 1 {
+		t.Errorf("the running config's history holds %d entries (%v), want the late one", entries, files)
+	}
+}

@@ -432,7 +432,14 @@ func (a *auth) keyNumber() int {
 // the history's buffer (no storage call).
 func (a *App) record(e journalEntry) {
 	e = a.journal.add(e)
-	a.history.add(e)
+	if !a.history.add(e) {
+		// This app's history has stopped (a request or an attempt of an
+		// old config still running after a reload): the running config's
+		// history writes it, if it has one.
+		if cur := liveApp.Load(); cur != nil && cur != a {
+			cur.history.add(e)
+		}
+	}
 }
 
 // recordItem journals what happened to a queued item and emits the
