@@ -162,6 +162,10 @@ func (a *App) Start() error {
 		w := newWorker(a, a.queue, a.logger)
 		a.worker.Store(w)
 		w.start()
+	} else {
+		// The paused gauge is the worker's view of the pause state; with
+		// no worker, none (not a previous config's, left standing).
+		a.metrics.setPaused(nil)
 	}
 	a.prev.Store(liveApp.Swap(a))
 	return nil

@@ -27,7 +27,7 @@ import (
 //	caddy_reready_queue_oldest_age_seconds        age of the oldest pending one
 //	caddy_reready_redeliveries_total{result,probe} attempts: delivered, failed, dead
 //	caddy_reready_queue_scans_total               scans of the queue completed
-//	caddy_reready_paused{path}                    1 while a path is paused ("*": every path)
+//	caddy_reready_paused{path}                    1 while a path is paused ("*": every path), as the worker reads it (no series without queue)
 
 // Request outcomes, the outcome label of caddy_reready_requests_total.
 const (

@@ -515,3 +515,23 @@ func TestPauseParsedPerVersion(t *testing.T) {
 		t.Fatalf("after the resume: %+v %v, want nothing paused", s, err)
 	}
 }
+
+// A config without queue has no worker to read the pause state: its start
+// drops the paused series a previous config's worker left.
+func TestPausedGaugeWithoutQueue(t *testing.T) {
+	m, err := registerMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.setPaused([]string{"/hook"})
+	a := testApp(t)
+	a.metrics = m
+	withLiveApp(t, liveApp.Load()) // restored after Start makes a the live app
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Stop()
+	if n := collectAndCount(m.paused); n != 0 {
+		t.Fatalf("caddy_reready_paused has %d series in a config without queue", n)
+	}
+}
