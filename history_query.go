@@ -117,23 +117,11 @@ func (j *journal) ringEntries(node string, limit int, match func(k entryKey, e *
 // does not load (swept meanwhile; on a networked store, not written yet)
 // is left out and counted (loadListed); any other failure is an error.
 func readHour(ctx context.Context, st certmagic.Storage, hour string) ([]keyed, error) {
-	prefix := historyPrefix + "/" + hour
-	keys, err := listKeys(ctx, st, prefix)
-	if err != nil {
-		return nil, err
-	}
 	var out []keyed
-	for _, key := range keys {
-		if !strings.HasSuffix(key, ".json") {
-			continue // file_system's temporary files
-		}
-		data, err := loadListed(ctx, st, key)
-		if err != nil {
-			return nil, err
-		}
+	err := readListed(ctx, st, historyPrefix+"/"+hour, func(data []byte) {
 		var b historyBatch
-		if data == nil || json.Unmarshal(data, &b) != nil {
-			continue
+		if json.Unmarshal(data, &b) != nil {
+			return
 		}
 		for _, d := range b.Entries {
 			at, err := time.Parse(time.RFC3339Nano, d.Time)
@@ -143,38 +131,49 @@ func readHour(ctx context.Context, st certmagic.Storage, hour string) ([]keyed, 
 			d.Node = b.Node
 			out = append(out, keyed{entryKey{At: at, Node: b.Node, Epoch: b.Epoch, Seq: d.Seq}, d})
 		}
-	}
-	return out, nil
+	})
+	return out, err
 }
 
-// lateHours reads the late index of id's hour: the hour folders holding
-// entries of id recorded over historyLateAfter after its t.
-func lateHours(ctx context.Context, st certmagic.Storage, id deliveryID) ([]string, error) {
-	keys, err := listKeys(ctx, st, historyLatePrefix+"/"+hourOf(time.Unix(id.t, 0)))
+// readListed lists prefix and calls f with each JSON object in it (not
+// file_system's temporary files) that loads (loadListed).
+func readListed(ctx context.Context, st certmagic.Storage, prefix string, f func(data []byte)) error {
+	keys, err := listKeys(ctx, st, prefix)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	want := id.String()
-	var hours []string
 	for _, key := range keys {
 		if !strings.HasSuffix(key, ".json") {
 			continue // file_system's temporary files
 		}
 		data, err := loadListed(ctx, st, key)
 		if err != nil {
-			return nil, err
+			return err
 		}
+		if data != nil {
+			f(data)
+		}
+	}
+	return nil
+}
+
+// lateHours reads the late index of id's hour: the hour folders holding
+// entries of id recorded over historyLateAfter after its t.
+func lateHours(ctx context.Context, st certmagic.Storage, id deliveryID) ([]string, error) {
+	want := id.String()
+	var hours []string
+	err := readListed(ctx, st, historyLatePrefix+"/"+hourOf(time.Unix(id.t, 0)), func(data []byte) {
 		var refs []lateRef
-		if data == nil || json.Unmarshal(data, &refs) != nil {
-			continue
+		if json.Unmarshal(data, &refs) != nil {
+			return
 		}
 		for _, r := range refs {
 			if r.ID == want && hourName.MatchString(r.Hour) && !slices.Contains(hours, r.Hour) {
 				hours = append(hours, r.Hour)
 			}
 		}
-	}
-	return hours, nil
+	})
+	return hours, err
 }
 
 // hoursBetween lists the history's hour folders that may hold entries
