@@ -1,5 +1,22 @@
-# Shared by bench/load.sh and bench/load-ab.sh (sourced), so that both
-# measure the same sites with the same request.
+# Shared by bench/load.sh, bench/load-ab.sh and bench/load-history.sh
+# (sourced), so that they measure the same sites with the same request.
+
+# start_work makes $work, a temporary directory removed at exit, after the
+# processes whose pids are added to pids are killed.
+start_work() {
+	work=$(mktemp -d)
+	pids=()
+	trap cleanup EXIT
+}
+
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$work"
+}
+
+# free_port prints a free TCP port on 127.0.0.1.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # abc_sites prints the sites A (reverse_proxy alone), B (reready_verify +
 # reverse_proxy, replay off) and C (B with queue on) on ports $1 $2 $3, in

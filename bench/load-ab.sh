@@ -25,16 +25,7 @@ SECS=${4:-4}
 SIZE=${5:-256}
 SECRET=ssk_bench_5d2e8a71c9f04b36
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+start_work
 UP=$(free_port); ADMIN_UP=$(free_port)
 cat >"$work/upstream.caddyfile" <<CF
 {

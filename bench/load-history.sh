@@ -17,6 +17,7 @@
 # speed-corrected by the upstream's CPU time per request, as in load.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 
 ROUNDS=${1:-11}
 SECS=${2:-4}
@@ -27,16 +28,7 @@ SECRET=ssk_bench_5d2e8a71c9f04b36
 scripts/deps.sh --bench
 scripts/build-caddy.sh
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+start_work
 UP=$(free_port); POFF=$(free_port); PON=$(free_port)
 ADMIN_UP=$(free_port); ADMIN_OFF=$(free_port); ADMIN_ON=$(free_port)
 

@@ -42,16 +42,7 @@ scripts/deps.sh --bench
 scripts/build-caddy.sh
 scripts/build-caddy.sh test
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+start_work
 UP=$(free_port); PA=$(free_port); PB=$(free_port); PC=$(free_port); PD=$(free_port)
 ADMIN=$(free_port); ADMIN_UP=$(free_port); ADMIN_D=$(free_port); REDIS=$(free_port)
 
