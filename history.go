@@ -448,12 +448,7 @@ func (h *history) batches(buf []journalEntry) []storedBatch {
 		for n < len(buf) && n < historyBatchMax && hourOf(buf[n].at) == hour {
 			n++
 		}
-		data := make([]byte, 0, n*400+128)
-		data = append(data, `{"node":`...)
-		data = appendJSONString(data, h.node)
-		data = append(data, `,"epoch":`...)
-		data = appendJSONString(data, h.epoch)
-		data = append(data, `,"entries":[`...)
+		data := h.appendBatchHead(make([]byte, 0, n*400+128), "entries")
 		for i := range n {
 			if i > 0 {
 				data = append(data, ',')
@@ -507,6 +502,19 @@ func (h *history) lateIndex(entries []journalEntry, hour string) []storedBatch {
 		out = append(out, storedBatch{key: key, data: data})
 	}
 	return out
+}
+
+// appendBatchHead appends the start of a stored object of this process
+// holding a list (entries, or a pack's bodies): {"node":…,"epoch":…,"list":[
+// the caller appends the items, then "]}".
+func (h *history) appendBatchHead(dst []byte, list string) []byte {
+	dst = append(dst, `{"node":`...)
+	dst = appendJSONString(dst, h.node)
+	dst = append(dst, `,"epoch":`...)
+	dst = appendJSONString(dst, h.epoch)
+	dst = append(dst, `,"`...)
+	dst = append(dst, list...)
+	return append(dst, `":[`...)
 }
 
 // appendDeliveryJSON appends e as the JSON of its Delivery view with

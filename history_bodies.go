@@ -144,19 +144,6 @@ func (h *history) keepItem(it *queueItem) {
 	h.keepRecord(&bodyRecord{id: id, body: it.Body, hdr: hdr, host: it.Host, uri: it.URI, tls: it.TLS, server: it.Server, port: it.Port})
 }
 
-// keepBody keeps b as it is (tests, and bodies made elsewhere).
-func (h *history) keepBody(b *historyBody) {
-	id, ok := parseDeliveryID(b.DeliveryID)
-	if !ok {
-		return
-	}
-	hdr := http.Header{}
-	for k, v := range b.Headers {
-		hdr[k] = []string{v}
-	}
-	h.keepRecord(&bodyRecord{id: id, body: b.Body, hdr: hdr, host: b.Host, uri: b.URI, tls: b.TLS, server: b.Server, port: b.Port})
-}
-
 // bodyRecord is what keep writes of a delivery; hdr's X-ReReady-* headers
 // but the signature are the trusted headers kept.
 type bodyRecord struct {
@@ -229,11 +216,7 @@ func (h *history) keepRecord(rec *bodyRecord) bool {
 		} else {
 			p.data = make([]byte, 0, h.packCap)
 		}
-		p.data = append(p.data, `{"node":`...)
-		p.data = appendJSONString(p.data, h.node)
-		p.data = append(p.data, `,"epoch":`...)
-		p.data = appendJSONString(p.data, h.epoch)
-		p.data = append(p.data, `,"bodies":[`...)
+		p.data = h.appendBatchHead(p.data, "bodies")
 		q.open = append(q.open, p)
 	} else {
 		p.data = append(p.data, ',')

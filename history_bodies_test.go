@@ -227,3 +227,16 @@ func TestHistoryDeliveryJSON(t *testing.T) {
 		}
 	}
 }
+
+// keepBody keeps b as it is, as keepLive and keepItem keep theirs.
+func (h *history) keepBody(b *historyBody) {
+	id, ok := parseDeliveryID(b.DeliveryID)
+	if !ok {
+		return
+	}
+	hdr := http.Header{}
+	for k, v := range b.Headers {
+		hdr[k] = []string{v}
+	}
+	h.keepRecord(&bodyRecord{id: id, body: b.Body, hdr: hdr, host: b.Host, uri: b.URI, tls: b.TLS, server: b.Server, port: b.Port})
+}
