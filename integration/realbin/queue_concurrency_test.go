@@ -295,11 +295,18 @@ func testQueueHeldWhileAppDown(t *testing.T, st *backend) {
 			t.Errorf("%s answered %d with the app down, want 202", id, status)
 		}
 	}
+	// A queued delivery is journaled just after its 202 is flushed to the
+	// sender (forward.go's enqueue), so the last entries may lag the last
+	// answers by a moment: read them until every delivery has one or
+	// logTimeout passes, then judge what is there.
 	reasons := map[string]string{} // delivery id -> reason of its queued entry
-	for _, g := range gs {
-		for _, e := range journalQuery(t, g, "outcome=queued&limit=10000") {
-			if r := e.str("reason"); r == "upstream_failed" || r == "held" { // as it arrived, not a failed attempt
-				reasons[e.str("delivery_id")] = r
+	for deadline := time.Now().Add(logTimeout); len(reasons) < returns*per && time.Now().Before(deadline); time.Sleep(25 * time.Millisecond) {
+		clear(reasons)
+		for _, g := range gs {
+			for _, e := range journalQuery(t, g, "outcome=queued&limit=10000") {
+				if r := e.str("reason"); r == "upstream_failed" || r == "held" { // as it arrived, not a failed attempt
+					reasons[e.str("delivery_id")] = r
+				}
 			}
 		}
 	}
