@@ -18,6 +18,27 @@ cleanup() {
 # free_port prints a free TCP port on 127.0.0.1.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# upcpu prints the upstream's CPU time so far ($UPPID), in clock ticks.
+upcpu() { awk '{print $14+$15}' "/proc/$UPPID/stat"; }
+
+# run port script prints "rps upstream-ticks-per-1e6-requests" of a wrk run
+# of $SECS seconds against port with script; a non-200 answer ends it.
+run() {
+	local c0 c1 out
+	c0=$(upcpu)
+	out=$(timeout $((SECS + 20)) wrk -t2 -c32 -d"${SECS}s" -s "$2" "http://127.0.0.1:$1/" 2>&1)
+	c1=$(upcpu)
+	if grep -q "non-200" <<<"$out"; then echo "$(basename "$0" .sh): $out" >&2; exit 1; fi
+	awk -v c0="$c0" -v c1="$c1" '/^Requests\/sec:/ {r=$2} /requests in/ {n=$1} END {printf "%s %.1f\n", r, (c1-c0)*1e6/n}' <<<"$out"
+}
+
+# ratio x y prints y/x; corr rps_x up_x rps_y up_y the speed-corrected
+# ratio of y over x, (rps_y * up_y) / (rps_x * up_x); median the median of
+# the numbers on stdin.
+ratio() { awk -v x="$1" -v y="$2" 'BEGIN {printf "%.3f", y/x}'; }
+corr() { awk -v rx="$1" -v ux="$2" -v ry="$3" -v uy="$4" 'BEGIN {printf "%.3f", (ry*uy)/(rx*ux)}'; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
 # abc_sites prints the sites A (reverse_proxy alone), B (reready_verify +
 # reverse_proxy, replay off) and C (B with queue on) on ports $1 $2 $3, in
 # front of the upstream on $UP.

@@ -76,19 +76,7 @@ done
 
 wrk_scripts
 
-upcpu() { awk '{print $14+$15}' "/proc/$UPPID/stat"; }
-run() { # port script -> "rps upstream-ticks-per-1e6-requests"
-	local c0 c1 out
-	c0=$(upcpu)
-	out=$(timeout $((SECS + 20)) wrk -t2 -c32 -d"${SECS}s" -s "$2" "http://127.0.0.1:$1/" 2>&1)
-	c1=$(upcpu)
-	if grep -q "non-200" <<<"$out"; then echo "load-ab: $out" >&2; exit 1; fi
-	awk -v c0="$c0" -v c1="$c1" '/^Requests\/sec:/ {r=$2} /requests in/ {n=$1} END {printf "%s %.1f\n", r, (c1-c0)*1e6/n}' <<<"$out"
-}
 script() { case $1 in *a) echo "$work/same.lua" ;; *) echo "$work/plain.lua" ;; esac; }
-ratio() { awk -v x="$1" -v y="$2" 'BEGIN {printf "%.3f", y/x}'; }
-corr() { awk -v rx="$1" -v ux="$2" -v ry="$3" -v uy="$4" 'BEGIN {printf "%.3f", (ry*uy)/(rx*ux)}'; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 echo "load-ab: old=$OLD new=$NEW; ${ROUNDS} rounds of ${SECS}s, ${SIZE}-byte body, wrk -t2 -c32, replay off, $(nproc) cores"
 for v in olda oldb oldc newa newb newc; do run "${PORT[$v]}" "$(script $v)" >/dev/null; done # warm-up

@@ -123,30 +123,19 @@ for port in $POFF $PON; do
 	fi
 done
 
-upcpu() { awk '{print $14+$15}' "/proc/$UPPID/stat"; }
-run() { # port -> "rps upstream-ticks-per-1e6-requests"
-	local c0 c1 out
-	c0=$(upcpu)
-	out=$(wrk -t2 -c32 -d"${SECS}s" -s "$work/many.lua" "http://127.0.0.1:$1/" 2>&1)
-	c1=$(upcpu)
-	if grep -q "non-200" <<<"$out"; then echo "load-history: $out" >&2; exit 1; fi
-	awk -v c0="$c0" -v c1="$c1" '/^Requests\/sec:/ {r=$2} /requests in/ {n=$1} END {printf "%s %.1f\n", r, (c1-c0)*1e6/n}' <<<"$out"
-}
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 echo "load-history: ${ROUNDS} rounds of ${SECS}s each, ${SIZE}-byte bodies, $N distinct deliveries, wrk -t2 -c32, $(nproc) cores"
 printf '%-5s %9s %9s %7s %7s\n' round OFF ON ON/OFF corr
 raw=(); cor=()
-run "$POFF" >/dev/null # warm-up
-run "$PON" >/dev/null
+run "$POFF" "$work/many.lua" >/dev/null # warm-up
+run "$PON" "$work/many.lua" >/dev/null
 for r in $(seq "$ROUNDS"); do
 	if [ $((r % 2)) = 1 ]; then
-		read -r off uoff <<<"$(run "$POFF")"; read -r on uon <<<"$(run "$PON")"
+		read -r off uoff <<<"$(run "$POFF" "$work/many.lua")"; read -r on uon <<<"$(run "$PON" "$work/many.lua")"
 	else
-		read -r on uon <<<"$(run "$PON")"; read -r off uoff <<<"$(run "$POFF")"
+		read -r on uon <<<"$(run "$PON" "$work/many.lua")"; read -r off uoff <<<"$(run "$POFF" "$work/many.lua")"
 	fi
-	x=$(awk -v a="$off" -v b="$on" 'BEGIN {printf "%.3f", b/a}')
-	y=$(awk -v a="$off" -v ua="$uoff" -v b="$on" -v ub="$uon" 'BEGIN {printf "%.3f", (b*ub)/(a*ua)}')
+	x=$(ratio "$off" "$on"); y=$(corr "$off" "$uoff" "$on" "$uon")
 	raw+=("$x"); cor+=("$y")
 	printf '%-5s %9s %9s %7s %7s\n' "$r" "$off" "$on" "$x" "$y"
 done

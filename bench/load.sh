@@ -112,20 +112,6 @@ done
 
 wrk_scripts
 
-upcpu() { awk '{print $14+$15}' "/proc/$UPPID/stat"; } # clock ticks
-# run port script -> "rps upstream-ticks-per-1e6-requests"
-run() {
-	local c0 c1 out
-	c0=$(upcpu)
-	out=$(wrk -t2 -c32 -d"${SECS}s" -s "$2" "http://127.0.0.1:$1/" 2>&1)
-	c1=$(upcpu)
-	if grep -q "non-200" <<<"$out"; then echo "load: $out" >&2; exit 1; fi
-	awk -v c0="$c0" -v c1="$c1" '/^Requests\/sec:/ {r=$2} /requests in/ {n=$1} END {printf "%s %.1f\n", r, (c1-c0)*1e6/n}' <<<"$out"
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", b/a}'; }
-# corrected ratio of y over x: (rps_y * up_y) / (rps_x * up_x)
-corr() { awk -v rx="$1" -v ux="$2" -v ry="$3" -v uy="$4" 'BEGIN {printf "%.3f", (ry*uy)/(rx*ux)}'; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 echo "load: ${ROUNDS} rounds of ${SECS}s each, ${SIZE}-byte body, wrk -t2 -c32, replay off, $(nproc) cores"
 printf '%-5s %9s %9s %9s %9s %9s %7s %7s %7s %7s %7s %7s %7s\n' round A-same A-plain B C D \
