@@ -484,14 +484,7 @@ func TestHistoryBodies(t *testing.T) {
 			}
 			id, _ := parseDeliveryID(ds[1].DeliveryID)
 
-			code, _, resp := adminDo(t, http.MethodGet, "/reready/deliveries/"+id.String())
-			if code != 200 {
-				t.Fatalf("GET /deliveries/{id}: %d %s", code, resp)
-			}
-			var rec DeliveryRecord
-			if err := json.Unmarshal([]byte(resp), &rec); err != nil {
-				t.Fatal(err)
-			}
+			rec, resp := getDelivery(t, id)
 			if len(rec.Entries) != 2 || rec.Entries[0].Outcome != OutcomeForwarded || rec.Entries[1].Outcome != OutcomeReplayed {
 				t.Fatalf("entries %+v", rec.Entries)
 			}
@@ -560,14 +553,7 @@ func TestHistoryDeliveryByID(t *testing.T) {
 	a.history.flush(context.Background()) // the ring keeps the last 3 only
 	a.record(journalEntry{at: at.Add(10 * time.Minute), id: id, outcome: OutcomeReplayed})
 
-	code, _, body := adminDo(t, http.MethodGet, "/reready/deliveries/"+id.String())
-	if code != 200 {
-		t.Fatalf("%d %s", code, body)
-	}
-	var rec DeliveryRecord
-	if err := json.Unmarshal([]byte(body), &rec); err != nil {
-		t.Fatal(err)
-	}
+	rec, body := getDelivery(t, id)
 	var got []string
 	for _, d := range rec.Entries {
 		if d.DeliveryID != id.String() || d.Node != "node-a" {
@@ -721,14 +707,7 @@ func TestHistoryDeliveryLateEntries(t *testing.T) {
 	a.record(journalEntry{at: time.Now(), outcome: OutcomeRejected}) // the ring holds none of id's
 
 	st.loads.Store(0)
-	code, _, body := adminDo(t, http.MethodGet, "/reready/deliveries/"+id.String())
-	if code != 200 {
-		t.Fatalf("%d %s", code, body)
-	}
-	var rec DeliveryRecord
-	if err := json.Unmarshal([]byte(body), &rec); err != nil {
-		t.Fatal(err)
-	}
+	rec, _ := getDelivery(t, id)
 	var got []string
 	for _, d := range rec.Entries {
 		got = append(got, d.Outcome)
@@ -842,4 +821,18 @@ func TestHistoryAfterStop(t *testing.T) {
 	if entries != 1 {
 		t.Errorf("the running config's history holds %d entries (%v), want the late one", entries, files)
 	}
+}
+
+// getDelivery asks GET /reready/deliveries/<id> of the live app and
+// decodes its answer, which must be 200; body is the answer as sent.
+func getDelivery(t *testing.T, id deliveryID) (rec DeliveryRecord, body string) {
+	t.Helper()
+	code, _, body := adminDo(t, http.MethodGet, "/reready/deliveries/"+id.String())
+	if code != 200 {
+		t.Fatalf("GET /deliveries/%s: %d %s", id, code, body)
+	}
+	if err := json.Unmarshal([]byte(body), &rec); err != nil {
+		t.Fatal(err)
+	}
+	return rec, body
 }
