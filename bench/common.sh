@@ -18,6 +18,32 @@ cleanup() {
 # free_port prints a free TCP port on 127.0.0.1.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# wait_ports waits up to 10 s for each of the ports to accept connections.
+wait_ports() {
+	local port
+	for port in "$@"; do
+		for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+	done
+}
+
+# check_forwards "LOG..." PORT... sends the signed $work/body.json ($sig)
+# once to each port and ends the script, printing the logs, unless each
+# answers 200 (verified and forwarded to the upstream).
+check_forwards() {
+	local logs=$1 port code
+	shift
+	for port in "$@"; do
+		code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Content-Type: application/json" \
+			-H "X-ReReady-Signature-512: $sig" --data-binary @"$work/body.json" "http://127.0.0.1:$port/")
+		if [ "$code" != 200 ]; then
+			echo "$(basename "$0" .sh): gateway on port $port answered $code to a valid request" >&2
+			# shellcheck disable=SC2086
+			cat $logs >&2
+			exit 1
+		fi
+	done
+}
+
 # upcpu prints the upstream's CPU time so far ($UPPID), in clock ticks.
 upcpu() { awk '{print $14+$15}' "/proc/$UPPID/stat"; }
 

@@ -59,20 +59,10 @@ UPPID=$!
 pids+=($UPPID)
 gateway old "$OLD"
 gateway new "$NEW"
-for port in $UP "${PORT[@]}"; do
-	for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-done
+wait_ports $UP "${PORT[@]}"
 
 signed_body
-for v in oldb oldc newb newc; do
-	code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Content-Type: application/json" \
-		-H "X-ReReady-Signature-512: $sig" --data-binary @"$work/body.json" "http://127.0.0.1:${PORT[$v]}/")
-	if [ "$code" != 200 ]; then
-		echo "load-ab: $v answered $code to a valid request" >&2
-		cat "$work/old.log" "$work/new.log" >&2
-		exit 1
-	fi
-done
+check_forwards "$work/old.log $work/new.log" "${PORT[oldb]}" "${PORT[oldc]}" "${PORT[newb]}" "${PORT[newc]}"
 
 wrk_scripts
 

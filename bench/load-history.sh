@@ -69,9 +69,7 @@ bin/caddy run --config "$work/off.caddyfile" --adapter caddyfile >"$work/off.log
 pids+=($!)
 bin/caddy run --config "$work/on.caddyfile" --adapter caddyfile >"$work/on.log" 2>&1 &
 pids+=($!)
-for port in $UP $POFF $PON; do
-	for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-done
+wait_ports $UP $POFF $PON
 
 # N distinct signed deliveries, signed by python3's hmac (not the module's
 # code), as a Lua table wrk loads; each thread starts at its own half.
@@ -113,15 +111,7 @@ LUA
 # Check once that both verify and forward.
 sig=$(awk -F'"' 'NR==2 {print $2}' "$work/reqs.lua")
 sed -n '2s/.*\[==\[\(.*\)\]==\].*/\1/p' "$work/reqs.lua" | tr -d '\n' >"$work/body.json"
-for port in $POFF $PON; do
-	code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Content-Type: application/json" \
-		-H "X-ReReady-Signature-512: $sig" --data-binary @"$work/body.json" "http://127.0.0.1:$port/")
-	if [ "$code" != 200 ]; then
-		echo "load-history: gateway on port $port answered $code to a valid request" >&2
-		cat "$work/off.log" "$work/on.log" >&2
-		exit 1
-	fi
-done
+check_forwards "$work/off.log $work/on.log" $POFF $PON
 
 
 echo "load-history: ${ROUNDS} rounds of ${SECS}s each, ${SIZE}-byte bodies, $N distinct deliveries, wrk -t2 -c32, $(nproc) cores"

@@ -88,27 +88,15 @@ UPPID=$!
 pids+=($UPPID)
 bin/caddy run --config "$work/gateway.caddyfile" --adapter caddyfile >"$work/gateway.log" 2>&1 &
 pids+=($!)
-for port in $REDIS; do
-	for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-done
+wait_ports $REDIS
 bin/caddy-test run --config "$work/redis.caddyfile" --adapter caddyfile >"$work/redis-gateway.log" 2>&1 &
 pids+=($!)
-for port in $UP $PA $PB $PC $PD; do
-	for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-done
+wait_ports $UP $PA $PB $PC $PD
 
 signed_body
 
 # Check once that B, C and D verify and forward (200 from the upstream).
-for port in $PB $PC $PD; do
-	code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Content-Type: application/json" \
-		-H "X-ReReady-Signature-512: $sig" --data-binary @"$work/body.json" "http://127.0.0.1:$port/")
-	if [ "$code" != 200 ]; then
-		echo "load: gateway on port $port answered $code to a valid request" >&2
-		cat "$work/gateway.log" "$work/redis-gateway.log" >&2
-		exit 1
-	fi
-done
+check_forwards "$work/gateway.log $work/redis-gateway.log" $PB $PC $PD
 
 wrk_scripts
 
