@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -54,7 +55,16 @@ func (rd *redelivery) take() bool {
 	return true
 }
 
+// redeliveriesServing counts the attempts being served (srv.ServeHTTP in
+// attempt). A marked request exists only while its attempt is served, so
+// while the count is 0, which is nearly always, redeliveryFrom skips the
+// walk up every live request's context chain.
+var redeliveriesServing atomic.Int64
+
 func redeliveryFrom(ctx context.Context) *redelivery {
+	if redeliveriesServing.Load() == 0 {
+		return nil
+	}
 	rd, _ := ctx.Value(redeliveryKey{}).(*redelivery)
 	return rd
 }
@@ -117,6 +127,8 @@ func (a *App) deliver(ctx context.Context, it *queueItem, n int) (res attemptRes
 		return attemptResult{status: http.StatusBadGateway, reason: ReasonRouteUnavailable, errText: err.Error()}
 	}
 	rw := &discardWriter{header: http.Header{}}
+	redeliveriesServing.Add(1)
+	defer redeliveriesServing.Add(-1) // before the recover above: a panic passes through
 	srv.ServeHTTP(rw, req)
 
 	rd.mu.Lock()
