@@ -230,9 +230,8 @@ func decodeMAC(out *[MACSize]byte, s string) bool {
 		return false
 	}
 	for i := range out {
-		hi, ok1 := fromHex(s[2*i])
-		lo, ok2 := fromHex(s[2*i+1])
-		if !ok1 || !ok2 {
+		hi, lo := hexValue[s[2*i]], hexValue[s[2*i+1]]
+		if hi|lo > 0xf {
 			return false
 		}
 		out[i] = hi<<4 | lo
@@ -240,22 +239,30 @@ func decodeMAC(out *[MACSize]byte, s string) bool {
 	return true
 }
 
-func fromHex(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
+// hexValue maps a hex digit (either case) to its value and every other
+// byte to 0xff: one table load per character on the signature's path.
+var hexValue = func() (t [256]byte) {
+	for c := range t {
+		t[c] = 0xff
 	}
-	return 0, false
+	for c := '0'; c <= '9'; c++ {
+		t[c] = byte(c - '0')
+	}
+	for c := 'a'; c <= 'f'; c++ {
+		t[c] = byte(c-'a') + 10
+		t[c-'a'+'A'] = byte(c-'a') + 10
+	}
+	return t
+}()
+
+func fromHex(c byte) (byte, bool) {
+	v := hexValue[c]
+	return v, v <= 0xf
 }
 
 func isHex(s string) bool {
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+		if hexValue[s[i]] > 0xf {
 			return false
 		}
 	}

@@ -2,6 +2,7 @@ package verify
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/hex"
 	"os"
 	"path/filepath"
@@ -310,4 +311,34 @@ func TestSignRoundTrip(t *testing.T) {
 	if _, _, err := v.VerifySignature(hdr, body, now); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestHexTable holds the hex table to encoding/hex for every byte, in
+// both positions of a pair.
+func TestHexTable(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		_, err := hex.DecodeString(string([]byte{byte(c), '0'}))
+		if got, want := isHex(string([]byte{byte(c)})), err == nil; got != want {
+			t.Errorf("isHex(%q) = %v, encoding/hex says %v", byte(c), got, want)
+		}
+		if v, ok := fromHex(byte(c)); ok != (err == nil) || ok && v != mustHex(t, c) {
+			t.Errorf("fromHex(%q) = %d, %v", byte(c), v, ok)
+		}
+		for _, pair := range [][2]byte{{byte(c), 'a'}, {'F', byte(c)}} {
+			s := strings.Repeat("00", MACSize-1) + string(pair[:])
+			var out [MACSize]byte
+			want, werr := hex.DecodeString(s)
+			if ok := decodeMAC(&out, s); ok != (werr == nil) || ok && !bytes.Equal(out[:], want) {
+				t.Errorf("decodeMAC(...%q) = %v, %x; encoding/hex: %x, %v", pair, ok, out[MACSize-1], want, werr)
+			}
+		}
+	}
+}
+
+func mustHex(t *testing.T, c int) byte {
+	b, err := hex.DecodeString("0" + string([]byte{byte(c)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b[0]
 }
