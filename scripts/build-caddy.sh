@@ -26,8 +26,10 @@ mkdir -p bin
 exec 9>bin/.build-lock
 flock 9
 
-# The page's files (ui/) are embedded, so they count as sources too.
-sum=$( (echo "$CADDY_VERSION"; cat go.mod go.sum; ls *.go | grep -v _test.go | sort | xargs cat; find ui -type f | LC_ALL=C sort | xargs cat
+# The page's files (ui/) are embedded, so they count as sources too, and
+# so do the internal packages (internal/verify) the module is built from.
+sum=$( (echo "$CADDY_VERSION"; cat go.mod go.sum; ls *.go | grep -v _test.go | sort | xargs cat
+	find internal -name '*.go' ! -name '*_test.go' | LC_ALL=C sort | xargs cat; find ui -type f | LC_ALL=C sort | xargs cat
 	for d in "${EXTRA[@]}"; do cat "$d/go.mod" "$d/go.sum"; ls "$d"/*.go | grep -v _test.go | sort | xargs cat; done) | sha256sum | cut -d' ' -f1)
 if [ -x "$OUT" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$sum" ]; then
 	exit 0
