@@ -26,11 +26,14 @@ import (
 // It is written only under the storage lock of its key, re-read after the
 // lock is taken, and read back after the write (a lock may expire while
 // its holder works). While a path is paused, every verified delivery on it
-// is queued (202, reason paused) and the worker attempts none of it; the
-// live path reads the record from storage for every delivery, beside its
-// return's line, so a pause made on another gateway holds at once. A
-// per-process copy (pauseHint) serves only the warning of handlers
-// without `queue`: it may say "paused", never decide "not paused".
+// is queued (202, reason paused) and the worker attempts none of it. The
+// live path acts on a read of the record for at most pauseFresh (counted
+// from before the read began), and a pause or resume answers only once
+// pauseFresh has passed since its write: so when it has answered, every
+// gateway on the storage acts on it, and a busy gateway reads the record
+// about 20 times a second instead of once per delivery. A per-process
+// copy (pauseHint) serves only the warning of handlers without `queue`:
+// it may say "paused", never decide "not paused".
 
 const (
 	pausePrefix = "reready_verify"
@@ -46,6 +49,11 @@ const (
 	// pauseWriteTries is how often a pause or resume is written again when
 	// reading it back shows another writer's record (a lost lock).
 	pauseWriteTries = 3
+
+	// pauseFresh is how long the live path acts on a pause state it read,
+	// and how long a pause or resume waits after its write before it
+	// answers.
+	pauseFresh = 50 * time.Millisecond
 
 	// pauseHintAge is how old the per-process copy of the pause state may
 	// be before a handler without `queue` has it read again.
@@ -230,6 +238,11 @@ func (q *queue) updatePause(ctx context.Context, change func(*PauseState), done 
 			return PauseState{}, err
 		}
 		if done(s) {
+			// This gateway's live path reads the change at once; the
+			// others' copies, read before the write, are stale within
+			// pauseFresh, and only then is the change answered.
+			q.pauseLive.Store(nil)
+			time.Sleep(pauseFresh)
 			return s, nil
 		}
 		q.logger.Warn("pause: the pause state read back does not show the change (another gateway wrote it meanwhile); writing it again")
@@ -281,15 +294,38 @@ func (q *queue) resume(ctx context.Context, path string) (PauseState, error) {
 // The live path and the worker
 
 // pausedLive reports whether a verified delivery to path must be queued
-// because it is paused, reading the storage's record (see loadPause). An
-// error means the gateway cannot tell: the caller must not forward.
+// because it is paused (see livePause). An error means the gateway cannot
+// tell: the caller must not forward.
 func (a *App) pausedLive(ctx context.Context, path string) (bool, error) {
-	s, err := a.queue.loadPause(ctx)
+	s, err := a.queue.livePause(ctx)
 	if err != nil {
 		return false, err
 	}
 	_, paused := s.covers(path)
 	return paused, nil
+}
+
+// livePause is the pause state for the live path: the one read last, if
+// that read began less than pauseFresh ago, or a new read of the storage's
+// record (loadPause). A failed read is not kept.
+func (q *queue) livePause(ctx context.Context) (PauseState, error) {
+	now := time.Now()
+	if c := q.pauseLive.Load(); c != nil && now.Before(c.until) {
+		return c.state, nil
+	}
+	s, err := q.loadPause(ctx)
+	if err != nil {
+		return s, err
+	}
+	q.pauseLive.Store(&readPause{state: s, until: now.Add(pauseFresh)})
+	return s, nil
+}
+
+// readPause is a pause state read for the live path, and until when it may
+// be acted on.
+type readPause struct {
+	state PauseState
+	until time.Time
 }
 
 // pauseHint is the pause state as this process last read it, for the

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -534,4 +535,44 @@ func TestPausedGaugeWithoutQueue(t *testing.T) {
 	if n := collectAndCount(m.paused); n != 0 {
 		t.Fatalf("caddy_reready_paused has %d series in a config without queue", n)
 	}
+}
+
+// The live path reads the pause record at most once per pauseFresh, not
+// once per delivery, and sees this gateway's own pause at once.
+func TestPauseReadOncePerFresh(t *testing.T) {
+	rig := newQueueRig(t, QueueConfig{MaxAge: caddy.Duration(time.Hour), MaxItems: 100})
+	st := &countingPauseStorage{Storage: &certmagic.FileStorage{Path: t.TempDir()}}
+	rig.h.app.queue = newQueue(st, zap.NewNop())
+	forwarded := 0
+	next := func(w http.ResponseWriter, r *http.Request) error { forwarded++; return nil }
+	start := time.Now()
+	const n = 50
+	for i := range n {
+		if resp := rig.serveAt("/hook", eventBody(fmt.Sprint("ret-", i), verify.StateComplete), next); resp.Code != 200 {
+			t.Fatalf("delivery %d: %d", i, resp.Code)
+		}
+	}
+	// A slow machine may take longer than pauseFresh for the loop: one
+	// read per pauseFresh that passed, and one to start.
+	if reads, most := st.reads.Load(), int64(time.Since(start)/pauseFresh)+1; reads > most || reads == 0 {
+		t.Fatalf("%d reads of the pause record for %d deliveries in %s; want 1 to %d", reads, n, time.Since(start), most)
+	}
+	mustPause(t, rig.h.app.queue, "/hook")
+	if resp := rig.serveAt("/hook", eventBody("ret-x", verify.StateComplete), next); resp.Code != 202 || forwarded != n {
+		t.Fatalf("after this gateway's pause: %d, forwarded %d; want 202", resp.Code, forwarded)
+	}
+}
+
+// countingPauseStorage counts loads of the pause record; it is not a
+// *certmagic.FileStorage, so no directory probe answers first.
+type countingPauseStorage struct {
+	certmagic.Storage
+	reads atomic.Int64
+}
+
+func (s *countingPauseStorage) Load(ctx context.Context, key string) ([]byte, error) {
+	if key == pauseKey {
+		s.reads.Add(1)
+	}
+	return s.Storage.Load(ctx, key)
 }

@@ -179,6 +179,8 @@ type queue struct {
 	pauseDir *dirProbe // file_system: the pause record's directory, for loadPause
 
 	pauseParsed atomic.Pointer[parsedPause] // file_system: the pause record, as last parsed (pause.go)
+	pauseLive   atomic.Pointer[readPause]   // the live path's read of the pause state (livePause)
+	linesRead   atomic.Pointer[readLines]   // the live path's read of the returns' directory (noLines)
 }
 
 func newQueue(st certmagic.Storage, logger *zap.Logger) *queue {
