@@ -38,7 +38,8 @@
 // redelivers each return's deliveries in order through the same route, in
 // process (redeliver.go: the round trip, both the worker's and the
 // handler's side). Pause and resume (pause.go: one
-// record in the same storage, read by every live delivery and every scan)
+// record in the same storage, read by every scan, and by the live path at
+// most once per 50 ms, which pause and resume wait out before answering)
 // hold a path's deliveries in the queue until resumed. Metrics are in
 // metrics.go.
 //

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"slices"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -22,6 +23,24 @@ import (
 type returnRecord struct {
 	DeviceReturnID string   `json:"device_return_id"`
 	IDs            []string `json:"ids"`
+
+	stored bool // loadReturn read it from the storage (storeReturn: not a new line)
+}
+
+// lineFresh is how long the live path acts on a read of the returns'
+// directory that found no line at all (counted from before the read
+// began), and how long the write that starts a line waits before the
+// enqueue, retry or revive that made it goes on to answer. So once a
+// delivery was answered 202, every gateway on the storage holds its
+// return's later deliveries behind it, while a gateway whose queue is
+// empty reads the directory about 20 times a second instead of once per
+// delivery.
+const lineFresh = 50 * time.Millisecond
+
+// readLines is what the live path last read of the returns' directory.
+type readLines struct {
+	none  bool // no return had a line
+	until time.Time
 }
 
 // returnKey names a return's record by a digest of its id, which is any
@@ -52,6 +71,7 @@ func (q *queue) loadReturn(ctx context.Context, returnID string) (returnRecord, 
 		q.logger.Warn("queue: ignoring a damaged return record", zap.String("key", returnKey(returnID)))
 		return returnRecord{DeviceReturnID: returnID}, nil
 	}
+	rec.stored = true
 	return rec, nil
 }
 
@@ -67,15 +87,27 @@ func (q *queue) storeReturn(ctx context.Context, rec returnRecord) error {
 	if err := q.storage.Store(ctx, key, data); err != nil {
 		return fmt.Errorf("storing %s: %w", key, err)
 	}
+	if !rec.stored {
+		// A new line: this gateway's live path sees it at once; the
+		// others' reads that found no line, made before this write, are
+		// stale within lineFresh, and only then is the delivery answered.
+		q.linesRead.Store(nil)
+		time.Sleep(lineFresh)
+	}
 	return nil
 }
 
 // held reports whether returnID has pending deliveries, so a live one for
-// it must queue behind them. It asks the storage every time: another
-// gateway may have queued one a moment ago, and a return's record exists
-// exactly while its line is not empty. A failed read is tried again a few
-// times, then returned: the caller cannot tell, and must not forward.
+// it must queue behind them. Unless a read of the returns' directory made
+// less than lineFresh ago found no line at all (noLines), it asks the
+// storage for the return's record, which exists exactly while its line is
+// not empty: another gateway may have queued one a moment ago. A gateway's
+// memory of its own queue is never asked. A failed read is tried again a
+// few times, then returned: the caller cannot tell, and must not forward.
 func (q *queue) held(ctx context.Context, returnID string) (bool, error) {
+	if q.noLines(ctx) {
+		return false, nil
+	}
 	if q.returns != nil {
 		d := returnDigest(returnID)
 		var name [2 * len(d)]byte
@@ -98,6 +130,29 @@ func (q *queue) held(ctx context.Context, returnID string) (bool, error) {
 		return false, fmt.Errorf("reading the queue of return %q: %w", clip(returnID), err)
 	}
 	return held, nil
+}
+
+// noLines reports whether no return has a line, as a read of the returns'
+// directory that began less than lineFresh ago found (see lineFresh). It
+// is false when that read found one or could not tell: held then asks for
+// the return's own record.
+func (q *queue) noLines(ctx context.Context) bool {
+	now := time.Now()
+	if c := q.linesRead.Load(); c != nil && now.Before(c.until) {
+		return c.none
+	}
+	none := false
+	if q.returns != nil {
+		empty, ok := q.returns.empty()
+		none = ok && empty
+	} else {
+		// Only an answer without error counts: a failed or partial
+		// listing is not an empty one.
+		keys, err := q.storage.List(ctx, queueReturnsPrefix, false)
+		none = err == nil && len(keys) == 0
+	}
+	q.linesRead.Store(&readLines{none: none, until: now.Add(lineFresh)})
+	return none
 }
 
 // leaveLine removes id from its return's line (delivered, dead or dropped).

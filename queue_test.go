@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -296,6 +297,74 @@ func TestQueueHeldAsksTheStorage(t *testing.T) {
 	if held, err := q.held(ctx, "r1"); err != nil || !held {
 		t.Fatalf("queued by another gateway: held %v, %v", held, err)
 	}
+}
+
+// With no line in the queue, the live path reads the returns' directory
+// at most once per lineFresh, not each return's record per delivery; on a
+// storage without a directory probe, through List, where only an answer
+// without error counts as empty. A line started on another gateway holds
+// its return once the enqueue has answered.
+func TestQueueHeldReadOncePerFresh(t *testing.T) {
+	dir := t.TempDir()
+	// FileStorage lists an absent directory as an error (not-exist), which
+	// counts as "cannot tell"; an emptied one, as a queue has after its
+	// first delivery, lists as empty.
+	if err := os.MkdirAll(filepath.Join(dir, filepath.FromSlash(queueReturnsPrefix)), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	st := &countingLineStorage{Storage: &certmagic.FileStorage{Path: dir}}
+	q, other := newQueue(st, zap.NewNop()), newQueue(st, zap.NewNop())
+	ctx := context.Background()
+	start := time.Now()
+	const n = 50
+	for i := range n {
+		if held, err := q.held(ctx, fmt.Sprint("r", i)); err != nil || held {
+			t.Fatalf("empty queue: held %v, %v", held, err)
+		}
+	}
+	lists, most := st.lists.Load(), int64(time.Since(start)/lineFresh)+1
+	if lists == 0 || lists > most || st.stats.Load() != 0 {
+		t.Fatalf("%d listings and %d reads of a return's record for %d deliveries in %s; want 1 to %d listings, no reads",
+			lists, st.stats.Load(), n, time.Since(start), most)
+	}
+	mustEnqueue(t, other, testItem(1, "r1"), 10)
+	if held, err := q.held(ctx, "r1"); err != nil || !held {
+		t.Fatalf("queued by another gateway: held %v, %v", held, err)
+	}
+	if held, err := q.held(ctx, "r2"); err != nil || held {
+		t.Fatalf("another return: held %v, %v", held, err)
+	}
+	st.failList.Store(true) // a failed listing is not an empty one
+	q.linesRead.Store(nil)
+	if held, err := q.held(ctx, "r1"); err != nil || !held {
+		t.Fatalf("listing failed: held %v, %v", held, err)
+	}
+}
+
+// countingLineStorage counts listings of the returns and reads of a
+// return's record, and can fail the listings; it is not a
+// *certmagic.FileStorage, so no directory probe answers first.
+type countingLineStorage struct {
+	certmagic.Storage
+	lists, stats atomic.Int64
+	failList     atomic.Bool
+}
+
+func (s *countingLineStorage) List(ctx context.Context, prefix string, recursive bool) ([]string, error) {
+	if prefix == queueReturnsPrefix {
+		s.lists.Add(1)
+		if s.failList.Load() {
+			return nil, errors.New("injected listing fault")
+		}
+	}
+	return s.Storage.List(ctx, prefix, recursive)
+}
+
+func (s *countingLineStorage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
+	if strings.HasPrefix(key, queueReturnsPrefix+"/") {
+		s.stats.Add(1)
+	}
+	return s.Storage.Stat(ctx, key)
 }
 
 func TestQueueFirstInLine(t *testing.T) {

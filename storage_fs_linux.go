@@ -4,6 +4,8 @@ package rereadyverify
 
 import (
 	"errors"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -66,6 +68,27 @@ func (d *dirProbe) exists(name string) (found, ok bool, err error) {
 		return false, true, &os.PathError{Op: "fstatat", Path: filepath.Join(d.path, name), Err: serr}
 	}
 	return false, false, nil
+}
+
+// empty reports whether the directory has no entry (an absent one has
+// none). ok is false when it cannot tell.
+func (d *dirProbe) empty() (empty, ok bool) {
+	f, err := os.Open(d.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return true, true
+	}
+	if err != nil {
+		return false, false
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	switch {
+	case len(names) > 0:
+		return false, true
+	case err == io.EOF:
+		return true, true
+	}
+	return false, false
 }
 
 // fileID identifies one version of a file: a file_system storage writes a

@@ -11,6 +11,8 @@ func newDirProbe(*certmagic.FileStorage, string) *dirProbe { return nil }
 
 func (*dirProbe) exists(string) (found, ok bool, err error) { return false, false, nil }
 
+func (*dirProbe) empty() (empty, ok bool) { return false, false }
+
 // fileID is linux only.
 type fileID struct{}
 
