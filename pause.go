@@ -309,23 +309,7 @@ func (a *App) pausedLive(ctx context.Context, path string) (bool, error) {
 // that read began less than pauseFresh ago, or a new read of the storage's
 // record (loadPause). A failed read is not kept.
 func (q *queue) livePause(ctx context.Context) (PauseState, error) {
-	now := time.Now()
-	if c := q.pauseLive.Load(); c != nil && now.Before(c.until) {
-		return c.state, nil
-	}
-	s, err := q.loadPause(ctx)
-	if err != nil {
-		return s, err
-	}
-	q.pauseLive.Store(&readPause{state: s, until: now.Add(pauseFresh)})
-	return s, nil
-}
-
-// readPause is a pause state read for the live path, and until when it may
-// be acted on.
-type readPause struct {
-	state PauseState
-	until time.Time
+	return readLive(&q.pauseLive, pauseFresh, func() (PauseState, error) { return q.loadPause(ctx) })
 }
 
 // pauseHint is the pause state as this process last read it, for the

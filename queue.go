@@ -178,9 +178,32 @@ type queue struct {
 	returns  *dirProbe // file_system: the returns' directory, for held
 	pauseDir *dirProbe // file_system: the pause record's directory, for loadPause
 
-	pauseParsed atomic.Pointer[parsedPause] // file_system: the pause record, as last parsed (pause.go)
-	pauseLive   atomic.Pointer[readPause]   // the live path's read of the pause state (livePause)
-	linesRead   atomic.Pointer[readLines]   // the live path's read of the returns' directory (noLines)
+	pauseParsed atomic.Pointer[parsedPause]          // file_system: the pause record, as last parsed (pause.go)
+	pauseLive   atomic.Pointer[liveRead[PauseState]] // the live path's read of the pause state (livePause)
+	linesRead   atomic.Pointer[liveRead[bool]]       // the live path's read "no return has a line" (noLines)
+}
+
+// liveRead is a value the live path read from the storage, and until when
+// it may act on it: the read's start plus pauseFresh or lineFresh, which
+// the writes that change the value wait out before they answer.
+type liveRead[T any] struct {
+	v     T
+	until time.Time
+}
+
+// readLive returns the value kept in p if its read began less than fresh
+// ago; otherwise it calls read and keeps what it returns, unless it failed.
+func readLive[T any](p *atomic.Pointer[liveRead[T]], fresh time.Duration, read func() (T, error)) (T, error) {
+	now := time.Now()
+	if c := p.Load(); c != nil && now.Before(c.until) {
+		return c.v, nil
+	}
+	v, err := read()
+	if err != nil {
+		return v, err
+	}
+	p.Store(&liveRead[T]{v: v, until: now.Add(fresh)})
+	return v, nil
 }
 
 func newQueue(st certmagic.Storage, logger *zap.Logger) *queue {

@@ -37,12 +37,6 @@ type returnRecord struct {
 // delivery.
 const lineFresh = 50 * time.Millisecond
 
-// readLines is what the live path last read of the returns' directory.
-type readLines struct {
-	none  bool // no return had a line
-	until time.Time
-}
-
 // returnKey names a return's record by a digest of its id, which is any
 // string the payload carried.
 func returnKey(returnID string) string {
@@ -137,21 +131,16 @@ func (q *queue) held(ctx context.Context, returnID string) (bool, error) {
 // is false when that read found one or could not tell: held then asks for
 // the return's own record.
 func (q *queue) noLines(ctx context.Context) bool {
-	now := time.Now()
-	if c := q.linesRead.Load(); c != nil && now.Before(c.until) {
-		return c.none
-	}
-	none := false
-	if q.returns != nil {
-		empty, ok := q.returns.empty()
-		none = ok && empty
-	} else {
+	none, _ := readLive(&q.linesRead, lineFresh, func() (bool, error) {
+		if q.returns != nil {
+			empty, ok := q.returns.empty()
+			return ok && empty, nil
+		}
 		// Only an answer without error counts: a failed or partial
 		// listing is not an empty one.
 		keys, err := q.storage.List(ctx, queueReturnsPrefix, false)
-		none = err == nil && len(keys) == 0
-	}
-	q.linesRead.Store(&readLines{none: none, until: now.Add(lineFresh)})
+		return err == nil && len(keys) == 0, nil
+	})
 	return none
 }
 
